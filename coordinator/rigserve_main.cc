@@ -1,0 +1,48 @@
+// rigserve: one binary, subcommands. Each subcommand lives with the room that owns it.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "worker/cli.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*fn)(int, char**);
+  const char* summary;
+};
+
+const Command kCommands[] = {
+    {"inspect", rs::cli::inspect_main, "print a GGUF file's metadata and tensor table"},
+    {"make-model", rs::cli::make_model_main, "write a random-weight Qwen3.5 GGUF (presets)"},
+    {"generate", rs::cli::generate_main, "greedy/sampled generation from prompt ids"},
+    {"score", rs::cli::score_main, "logits of every input position in one forward pass"},
+};
+
+void usage(FILE* f) {
+  std::fprintf(f,
+               "usage: rigserve COMMAND [options]   (rigserve COMMAND --help for details)\n\n"
+               "rigserve serves the Qwen3.5 model family from GGUF files.\n\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(f, "  %-12s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  std::string cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    usage(stdout);
+    return 0;
+  }
+  for (const auto& c : kCommands) {
+    if (cmd == c.name) return c.fn(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "rigserve: unknown command '%s'\n\n", cmd.c_str());
+  usage(stderr);
+  return 2;
+}

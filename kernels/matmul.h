@@ -1,0 +1,43 @@
+// Matrix-vector / matrix-matrix products of a quantised weight with f32 activations.
+//
+// Weights follow GGUF: a matrix with ne0 = cols (contiguous, the input dimension) and
+// ne1 = rows (the output dimension); row r starts at data + r * row_stride.
+//   Y[t][r] = sum_c W[r][c] * X[t][c]     for t < n_tok, r < rows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/formats.h"
+
+namespace rs {
+
+struct WeightView {
+  GgmlType type = GgmlType::F32;
+  const void* data = nullptr;
+  int64_t cols = 0;         // ne0: input features
+  int64_t rows = 0;         // ne1: output features
+  size_t row_stride = 0;    // bytes between rows (row_bytes(type, cols) for a dense matrix)
+
+  const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_stride; }
+  // Rows [r0, r0 + n) as a view (an expert's slice of a stacked 3-D tensor, a shard).
+  WeightView slice_rows(int64_t r0, int64_t n) const {
+    WeightView v = *this; v.data = row(r0); v.rows = n; return v;
+  }
+};
+
+// Reference: each row dequantised exactly to f32 (dequantize_row_ref), f32 dot in plain order.
+// X is [n_tok][ldx], Y is [n_tok][ldy].
+void matmul_ref(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                int64_t ldy);
+
+// Fast CPU path: activations converted once per call into the format's partner (q8 blocks for
+// the integer formats, f32/f16 for the float ones) and reused by every row; rows split over
+// n_threads OpenMP threads; AVX2/FMA/F16C with a runtime check and a scalar fallback.
+void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                int64_t ldy, int n_threads);
+
+// Dot product of one quantised row (n elements) with an f32 vector, fast path (for tests).
+float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n);
+
+}  // namespace rs
