@@ -35,10 +35,16 @@ struct Value {
   ValueType elem_type = ValueType::U8;  // ARRAY
   std::vector<Value> array;              // ARRAY
 
+  static Value U8(uint8_t v);
+  static Value I8(int8_t v);
+  static Value U16(uint16_t v);
+  static Value I16(int16_t v);
   static Value U32(uint32_t v);
   static Value I32(int32_t v);
   static Value U64(uint64_t v);
+  static Value I64(int64_t v);
   static Value F32(float v);
+  static Value F64(double v);
   static Value Bool(bool v);
   static Value Str(std::string v);
   static Value Array(ValueType elem, std::vector<Value> items);
@@ -108,6 +114,9 @@ class File {
   File() = default;
   absl::Status Parse();          // parses buf_[0, size_)
   absl::Status Index();          // builds the lookup maps, checks duplicates/overlaps
+  // Checks one tensor info (type, dims, shape, byte size, alignment, bounds) and sets t.size.
+  absl::Status CheckTensor(TensorInfo& t, size_t index) const;
+  std::string Where(const std::vector<uint64_t>& offsets, size_t index) const;
 
   std::string path_;
   const uint8_t* buf_ = nullptr;
@@ -124,6 +133,9 @@ class File {
   std::vector<TensorInfo> tensors_;
   absl::flat_hash_map<std::string, size_t> kv_index_;
   absl::flat_hash_map<std::string, size_t> tensor_index_;
+  // File offsets of each key / tensor info (parsed files only; empty for FromParts).
+  std::vector<uint64_t> kv_offsets_;
+  std::vector<uint64_t> tensor_offsets_;
 };
 
 // Streams a GGUF v3 file: metadata and tensor infos first, then each tensor's bytes from a
