@@ -1,0 +1,702 @@
+// Fast CPU matmul / matvec over every compute type.
+//
+// Plan of one call (Y[t][r] = sum_c W[r][c] X[t][c]):
+//  1. Activations are converted once: kept f32 for F32/F16/BF16 weights; quantised to q8 blocks
+//     of 32 (Q8_0, Q4_0, IQ4_XS) or of 256 with per-16 sums (Q4_K, Q5_K, Q6_K) otherwise. The
+//     q8 rows live in a thread_local buffer that only grows (no allocation per decode step).
+//  2. Rows are split into one contiguous range per OpenMP thread (streaming reads, good for the
+//     hardware prefetcher). Within a range, rows go in tiles that fit L2; each tile is swept
+//     once per group of up to 4 tokens, and a row kernel decodes each weight block once for
+//     all the tokens of the group. Decode (n_tok = 1) is a plain streaming matvec.
+//  3. Row kernels: AVX2/FMA/F16C when the CPU has them (runtime check), otherwise scalar loops
+//     with the same integer arithmetic (forced in tests with set_force_scalar).
+// Integer formats: sum over a 32/16-element sub-block of q_w * q_a exactly in int32, then scaled
+// by the fp16 block scales and the activation scale in f32.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/matmul.h"
+#include "kernels/matmul_cpu_internal.h"
+#include "kernels/quant_blocks.h"
+
+namespace rs {
+namespace matmul_internal {
+
+using namespace qblk;
+
+ActKind act_kind(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::IQ4_XS: return ActKind::kQ8x32;
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K: return ActKind::kQ8x256;
+    default: return ActKind::kF32;
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool has = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+  }();
+  return has;
+}
+
+namespace {
+std::atomic<int> g_force_scalar{-1};  // -1: not decided yet (read RS_FORCE_SCALAR)
+}
+
+void set_force_scalar(bool on) { g_force_scalar.store(on ? 1 : 0); }
+
+bool using_avx2() {
+  int f = g_force_scalar.load(std::memory_order_relaxed);
+  if (f < 0) {
+    const char* e = std::getenv("RS_FORCE_SCALAR");
+    f = (e && *e && std::strcmp(e, "0") != 0) ? 1 : 0;
+    int expected = -1;
+    g_force_scalar.compare_exchange_strong(expected, f);
+    f = g_force_scalar.load();
+  }
+  return f == 0 && cpu_has_avx2();
+}
+
+namespace {
+
+inline int8_t q8_round(float v) { return static_cast<int8_t>(std::lrintf(v)); }
+
+// max|x| of n values, and d / 1/d of the symmetric 8-bit code.
+inline void q8_scale(const float* x, int n, float* d, float* id) {
+  float amax = 0;
+  for (int j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+  *d = amax / 127.0f;
+  *id = amax != 0 ? 127.0f / amax : 0.0f;
+}
+
+}  // namespace
+
+void quantize_act_q8x32(const float* x, ActQ8x32* out, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float* xb = x + i * kQK;
+    float d, id;
+    q8_scale(xb, kQK, &d, &id);
+    int32_t s = 0;
+    for (int j = 0; j < kQK; ++j) {
+      out[i].qs[j] = q8_round(xb[j] * id);
+      s += out[i].qs[j];
+    }
+    out[i].d = d;
+    out[i].s = s;
+  }
+}
+
+void quantize_act_q8x256(const float* x, ActQ8x256* out, int64_t n) {
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const float* xb = x + i * kQKK;
+    float d, id;
+    q8_scale(xb, kQKK, &d, &id);
+    for (int j = 0; j < kQKK; ++j) out[i].qs[j] = q8_round(xb[j] * id);
+    for (int g = 0; g < 16; ++g) {
+      int s = 0;
+      for (int j = 0; j < 16; ++j) s += out[i].qs[16 * g + j];
+      out[i].bsums[g] = static_cast<int16_t>(s);
+    }
+    out[i].d = d;
+  }
+}
+
+}  // namespace matmul_internal
+
+namespace {
+
+using namespace qblk;
+using matmul_internal::ActKind;
+
+// A row kernel: dots of one weight row (n elements) with NT activation rows (acts[t] points at
+// f32 values or q8 blocks, per act_kind), written to out[0..NT).
+using RowKernel = void (*)(const uint8_t* w, const void* const* acts, int64_t n, float* out);
+
+// ---------------------------------------------------------------------------------------------
+// Scalar kernels
+// ---------------------------------------------------------------------------------------------
+
+const float* fp16_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t i = 0; i < 65536; ++i) t[i] = fp16_to_f32(static_cast<uint16_t>(i));
+    return t;
+  }();
+  return table.data();
+}
+inline float h2f(uint16_t h) { return fp16_table()[h]; }
+
+float s_dot_f32(const uint8_t* w, const void* a, int64_t n) {
+  const float* wr = reinterpret_cast<const float*>(w);
+  const float* x = static_cast<const float*>(a);
+  float acc = 0;
+  for (int64_t j = 0; j < n; ++j) acc += wr[j] * x[j];
+  return acc;
+}
+
+float s_dot_f16(const uint8_t* w, const void* a, int64_t n) {
+  const uint16_t* wr = reinterpret_cast<const uint16_t*>(w);
+  const float* x = static_cast<const float*>(a);
+  const float* tab = fp16_table();
+  float acc = 0;
+  for (int64_t j = 0; j < n; ++j) acc += tab[wr[j]] * x[j];
+  return acc;
+}
+
+float s_dot_bf16(const uint8_t* w, const void* a, int64_t n) {
+  const uint16_t* wr = reinterpret_cast<const uint16_t*>(w);
+  const float* x = static_cast<const float*>(a);
+  float acc = 0;
+  for (int64_t j = 0; j < n; ++j) acc += bf16_to_f32(wr[j]) * x[j];
+  return acc;
+}
+
+float s_dot_q8_0(const uint8_t* w, const void* a, int64_t n) {
+  const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(w);
+  const ActQ8x32* y = static_cast<const ActQ8x32*>(a);
+  float acc = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int32_t s = 0;
+    for (int j = 0; j < kQK; ++j) s += b[i].qs[j] * y[i].qs[j];
+    acc += h2f(b[i].d) * y[i].d * static_cast<float>(s);
+  }
+  return acc;
+}
+
+float s_dot_q4_0(const uint8_t* w, const void* a, int64_t n) {
+  const BlockQ4_0* b = reinterpret_cast<const BlockQ4_0*>(w);
+  const ActQ8x32* y = static_cast<const ActQ8x32*>(a);
+  float acc = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int32_t s = 0;
+    for (int j = 0; j < 16; ++j) {
+      s += ((b[i].qs[j] & 15) - 8) * y[i].qs[j];
+      s += ((b[i].qs[j] >> 4) - 8) * y[i].qs[j + 16];
+    }
+    acc += h2f(b[i].d) * y[i].d * static_cast<float>(s);
+  }
+  return acc;
+}
+
+float s_dot_iq4_xs(const uint8_t* w, const void* a, int64_t n) {
+  const BlockIQ4_XS* b = reinterpret_cast<const BlockIQ4_XS*>(w);
+  const ActQ8x32* y = static_cast<const ActQ8x32*>(a);
+  float acc = 0;
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const float d = h2f(b[i].d);
+    for (int ib = 0; ib < 8; ++ib) {
+      const int ls = ((b[i].scales_l[ib / 2] >> (4 * (ib % 2))) & 15) |
+                     (((b[i].scales_h >> (2 * ib)) & 3) << 4);
+      const uint8_t* qs = b[i].qs + 16 * ib;
+      const ActQ8x32& ya = y[8 * i + ib];
+      int32_t s = 0;
+      for (int j = 0; j < 16; ++j) {
+        s += kIq4nl[qs[j] & 15] * ya.qs[j];
+        s += kIq4nl[qs[j] >> 4] * ya.qs[j + 16];
+      }
+      acc += d * static_cast<float>(ls - 32) * ya.d * static_cast<float>(s);
+    }
+  }
+  return acc;
+}
+
+// Q4_K and Q5_K (HB = has the fifth bit).
+template <bool HB>
+float s_dot_qk45(const uint8_t* w, const void* a, int64_t n) {
+  using Block = std::conditional_t<HB, BlockQ5_K, BlockQ4_K>;
+  const Block* b = reinterpret_cast<const Block*>(w);
+  const ActQ8x256* y = static_cast<const ActQ8x256*>(a);
+  float acc = 0;
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    int32_t isum = 0, msum = 0;
+    for (int c = 0; c < 4; ++c) {
+      uint8_t sc0, m0, sc1, m1;
+      get_scale_min(2 * c, b[i].scales, &sc0, &m0);
+      get_scale_min(2 * c + 1, b[i].scales, &sc1, &m1);
+      int32_t s0 = 0, s1 = 0;
+      for (int l = 0; l < 32; ++l) {
+        int q0 = b[i].qs[32 * c + l] & 15, q1 = b[i].qs[32 * c + l] >> 4;
+        if constexpr (HB) {
+          q0 += ((b[i].qh[l] >> (2 * c)) & 1) << 4;
+          q1 += ((b[i].qh[l] >> (2 * c + 1)) & 1) << 4;
+        }
+        s0 += q0 * y[i].qs[64 * c + l];
+        s1 += q1 * y[i].qs[64 * c + 32 + l];
+      }
+      isum += sc0 * s0 + sc1 * s1;
+      msum += m0 * (y[i].bsums[4 * c] + y[i].bsums[4 * c + 1]) +
+              m1 * (y[i].bsums[4 * c + 2] + y[i].bsums[4 * c + 3]);
+    }
+    acc += y[i].d * (h2f(b[i].d) * static_cast<float>(isum) -
+                     h2f(b[i].dmin) * static_cast<float>(msum));
+  }
+  return acc;
+}
+
+float s_dot_q6_k(const uint8_t* w, const void* a, int64_t n) {
+  const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(w);
+  const ActQ8x256* y = static_cast<const ActQ8x256*>(a);
+  float acc = 0;
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    int32_t isum = 0;
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = b[i].ql + 64 * half;
+      const uint8_t* qh = b[i].qh + 32 * half;
+      const int8_t* ya = y[i].qs + 128 * half;
+      int32_t s[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // per sub-block of 16 in this half
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int q1 = ((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        s[is] += q1 * ya[l];
+        s[is + 2] += q2 * ya[l + 32];
+        s[is + 4] += q3 * ya[l + 64];
+        s[is + 6] += q4 * ya[l + 96];
+      }
+      for (int k = 0; k < 8; ++k) isum += b[i].scales[8 * half + k] * s[k];
+    }
+    acc += y[i].d * h2f(b[i].d) * static_cast<float>(isum);
+  }
+  return acc;
+}
+
+template <float (*Dot)(const uint8_t*, const void*, int64_t), int NT>
+void scalar_kernel(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  for (int t = 0; t < NT; ++t) out[t] = Dot(w, acts[t], n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 / FMA / F16C kernels
+// ---------------------------------------------------------------------------------------------
+
+inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float f16c(uint16_t h) { return _cvtsh_ss(h); }
+
+// int32x8 partial sums of w (signed bytes) times a (signed bytes, never -128).
+inline __m256i dot_i8(__m256i w, __m256i a) {
+  const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+// Float rows: acc[t] += w * x[t], 16 elements a step (two accumulators per token).
+template <int NT, typename Load>
+inline void float_rows(Load load, const void* const* acts, int64_t n, float* out,
+                       float (*tail_w)(const uint8_t*, int64_t), const uint8_t* w) {
+  const float* x[NT];
+  for (int t = 0; t < NT; ++t) x[t] = static_cast<const float*>(acts[t]);
+  __m256 acc0[NT], acc1[NT];
+  for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256 w0 = load(j), w1 = load(j + 8);
+    for (int t = 0; t < NT; ++t) {
+      acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + j), acc0[t]);
+      acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + j + 8), acc1[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    float s = hsum_ps(_mm256_add_ps(acc0[t], acc1[t]));
+    for (int64_t k = j; k < n; ++k) s += tail_w(w, k) * x[t][k];
+    out[t] = s;
+  }
+}
+
+float tail_f32(const uint8_t* w, int64_t k) { return reinterpret_cast<const float*>(w)[k]; }
+float tail_f16(const uint8_t* w, int64_t k) { return f16c(reinterpret_cast<const uint16_t*>(w)[k]); }
+float tail_bf16(const uint8_t* w, int64_t k) {
+  return bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[k]);
+}
+
+template <int NT>
+void v_f32(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const float* wr = reinterpret_cast<const float*>(w);
+  float_rows<NT>([wr](int64_t j) { return _mm256_loadu_ps(wr + j); }, acts, n, out, tail_f32, w);
+}
+
+template <int NT>
+void v_f16(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const uint16_t* wr = reinterpret_cast<const uint16_t*>(w);
+  float_rows<NT>(
+      [wr](int64_t j) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + j)));
+      },
+      acts, n, out, tail_f16, w);
+}
+
+template <int NT>
+void v_bf16(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const uint16_t* wr = reinterpret_cast<const uint16_t*>(w);
+  float_rows<NT>(
+      [wr](int64_t j) {
+        const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + j)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+      },
+      acts, n, out, tail_bf16, w);
+}
+
+template <int NT>
+void v_q8_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(w);
+  const ActQ8x32* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x32*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
+  const int64_t nb = n / kQK;
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
+    const __m256i aq = _mm256_sign_epi8(q, q);
+    const float dw = f16c(b[i].d);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i ya = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].qs));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(ya, q)),
+                                          _mm256_set1_epi16(1));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y[t][i].d), _mm256_cvtepi32_ps(p), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
+}
+
+template <int NT>
+void v_q4_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const BlockQ4_0* b = reinterpret_cast<const BlockQ4_0*>(w);
+  const ActQ8x32* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x32*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
+  const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+  const int64_t nb = n / kQK;
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].qs));
+    const __m256i q = _mm256_sub_epi8(
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4), eight);
+    const float dw = f16c(b[i].d);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i p = dot_i8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].qs)));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y[t][i].d), _mm256_cvtepi32_ps(p), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
+}
+
+template <int NT>
+void v_iq4_xs(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const BlockIQ4_XS* b = reinterpret_cast<const BlockIQ4_XS*>(w);
+  const ActQ8x32* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x32*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
+  const __m256i m4 = _mm256_set1_epi8(15);
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nl)));
+  const int64_t nb = n / kQKK;
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = f16c(b[i].d);
+    const uint32_t sl = b[i].scales_l[0] | b[i].scales_l[1] << 8 | b[i].scales_l[2] << 16 |
+                        static_cast<uint32_t>(b[i].scales_l[3]) << 24;
+    const uint32_t sh = b[i].scales_h;
+    for (int ib = 0; ib < 8; ++ib) {
+      const int ls = ((sl >> (4 * ib)) & 15) | (((sh >> (2 * ib)) & 3) << 4);
+      const float dl = d * static_cast<float>(ls - 32);
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].qs + 16 * ib));
+      const __m256i idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
+      const __m256i q = _mm256_shuffle_epi8(table, idx);
+      for (int t = 0; t < NT; ++t) {
+        const ActQ8x32& ya = y[t][8 * i + ib];
+        const __m256i p = dot_i8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ya.qs)));
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dl * ya.d), _mm256_cvtepi32_ps(p), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
+}
+
+// 6-bit scales and mins of a Q4_K / Q5_K block as bytes: sc[0..7], m[0..7].
+inline void unpack_scales_k(const uint8_t* s, uint8_t sc[8], uint8_t m[8]) {
+  uint32_t w0, w1, w2;
+  std::memcpy(&w0, s, 4);
+  std::memcpy(&w1, s + 4, 4);
+  std::memcpy(&w2, s + 8, 4);
+  const uint32_t sc_lo = w0 & 0x3f3f3f3f;
+  const uint32_t sc_hi = (w2 & 0x0f0f0f0f) | (((w0 >> 6) & 0x03030303) << 4);
+  const uint32_t m_lo = w1 & 0x3f3f3f3f;
+  const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0f) | (((w1 >> 6) & 0x03030303) << 4);
+  std::memcpy(sc, &sc_lo, 4);
+  std::memcpy(sc + 4, &sc_hi, 4);
+  std::memcpy(m, &m_lo, 4);
+  std::memcpy(m + 4, &m_hi, 4);
+}
+
+template <int NT, bool HB>
+void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  using Block = std::conditional_t<HB, BlockQ5_K, BlockQ4_K>;
+  const Block* b = reinterpret_cast<const Block*>(w);
+  const ActQ8x256* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x256*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
+  const __m256i m4 = _mm256_set1_epi8(15);
+  const __m256i bit4 = _mm256_set1_epi8(16);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const int64_t nb = n / kQKK;
+  for (int64_t i = 0; i < nb; ++i) {
+    alignas(8) uint8_t sc[8], mn[8];
+    unpack_scales_k(b[i].scales, sc, mn);
+    const float d = f16c(b[i].d), dmin = f16c(b[i].dmin);
+    const __m256i mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)));
+    __m256i isum[NT];
+    for (int t = 0; t < NT; ++t) {
+      // sum_j m_j * (sum of the 32 activations of sub-block j), per lane j.
+      const __m256i bs = _mm256_madd_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].bsums)), ones16);
+      const __m256 mprod = _mm256_cvtepi32_ps(_mm256_mullo_epi32(bs, mins));
+      acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * y[t][i].d), mprod, acc[t]);
+      isum[t] = _mm256_setzero_si256();
+    }
+    __m256i hb;
+    if constexpr (HB) hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh));
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs + 32 * c));
+      __m256i lo = _mm256_and_si256(q, m4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      if constexpr (HB) {
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
+        hb = _mm256_srli_epi16(hb, 2);
+      }
+      const __m256i s0 = _mm256_set1_epi16(sc[2 * c]);
+      const __m256i s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* ya = y[t][i].qs + 64 * c;
+        const __m256i p0 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ya))), s0);
+        const __m256i p1 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ya + 32))), s1);
+        isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
+      }
+    }
+    for (int t = 0; t < NT; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y[t][i].d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
+}
+
+template <int NT>
+void v_q4_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  v_qk45<NT, false>(w, acts, n, out);
+}
+template <int NT>
+void v_q5_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  v_qk45<NT, true>(w, acts, n, out);
+}
+
+template <int NT>
+void v_q6_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
+  const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(w);
+  const ActQ8x256* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x256*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
+  const __m256i m4 = _mm256_set1_epi8(15);
+  const __m256i m30 = _mm256_set1_epi8(0x30);
+  const int64_t nb = n / kQKK;
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = f16c(b[i].d);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].scales)));
+    __m256i isum[NT];
+    for (int t = 0; t < NT; ++t) {  // the -32 offset: -32 * sum_s sc_s * bsum_s
+      const __m256i corr = _mm256_madd_epi16(
+          sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].bsums)));
+      isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+    }
+    for (int half = 0; half < 2; ++half) {
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh + 32 * half));
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].ql + 64 * half));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].ql + 64 * half + 32));
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+      const int8_t* scl = b[i].scales + 8 * half;
+      for (int k = 0; k < 4; ++k) {
+        const __m256i s = _mm256_set_m128i(_mm_set1_epi16(scl[2 * k + 1]), _mm_set1_epi16(scl[2 * k]));
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* ya = y[t][i].qs + 128 * half + 32 * k;
+          const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ya)));
+          isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, s));
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y[t][i].d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kMaxNT = 4;  // tokens per weight-row pass
+
+struct Kernels {
+  RowKernel k[kMaxNT];  // k[nt - 1] handles nt tokens
+};
+
+#define RS_AVX_KERNELS(fn) Kernels{{fn<1>, fn<2>, fn<3>, fn<4>}}
+#define RS_SCALAR_KERNELS(fn)                                                              \
+  Kernels {                                                                                \
+    { scalar_kernel<fn, 1>, scalar_kernel<fn, 2>, scalar_kernel<fn, 3>, scalar_kernel<fn, 4> } \
+  }
+
+const Kernels* kernels_for(GgmlType t, bool avx2) {
+  static const Kernels av_f32 = RS_AVX_KERNELS(v_f32), sc_f32 = RS_SCALAR_KERNELS(s_dot_f32);
+  static const Kernels av_f16 = RS_AVX_KERNELS(v_f16), sc_f16 = RS_SCALAR_KERNELS(s_dot_f16);
+  static const Kernels av_bf16 = RS_AVX_KERNELS(v_bf16), sc_bf16 = RS_SCALAR_KERNELS(s_dot_bf16);
+  static const Kernels av_q8_0 = RS_AVX_KERNELS(v_q8_0), sc_q8_0 = RS_SCALAR_KERNELS(s_dot_q8_0);
+  static const Kernels av_q4_0 = RS_AVX_KERNELS(v_q4_0), sc_q4_0 = RS_SCALAR_KERNELS(s_dot_q4_0);
+  static const Kernels av_iq4 = RS_AVX_KERNELS(v_iq4_xs), sc_iq4 = RS_SCALAR_KERNELS(s_dot_iq4_xs);
+  static const Kernels av_q4_k = RS_AVX_KERNELS(v_q4_k), sc_q4_k = RS_SCALAR_KERNELS(s_dot_qk45<false>);
+  static const Kernels av_q5_k = RS_AVX_KERNELS(v_q5_k), sc_q5_k = RS_SCALAR_KERNELS(s_dot_qk45<true>);
+  static const Kernels av_q6_k = RS_AVX_KERNELS(v_q6_k), sc_q6_k = RS_SCALAR_KERNELS(s_dot_q6_k);
+  switch (t) {
+    case GgmlType::F32: return avx2 ? &av_f32 : &sc_f32;
+    case GgmlType::F16: return avx2 ? &av_f16 : &sc_f16;
+    case GgmlType::BF16: return avx2 ? &av_bf16 : &sc_bf16;
+    case GgmlType::Q8_0: return avx2 ? &av_q8_0 : &sc_q8_0;
+    case GgmlType::Q4_0: return avx2 ? &av_q4_0 : &sc_q4_0;
+    case GgmlType::IQ4_XS: return avx2 ? &av_iq4 : &sc_iq4;
+    case GgmlType::Q4_K: return avx2 ? &av_q4_k : &sc_q4_k;
+    case GgmlType::Q5_K: return avx2 ? &av_q5_k : &sc_q5_k;
+    case GgmlType::Q6_K: return avx2 ? &av_q6_k : &sc_q6_k;
+    default: return nullptr;
+  }
+}
+
+// Activations as the row kernels want them: a pointer per token.
+struct Acts {
+  const uint8_t* base;
+  size_t stride;  // bytes between tokens
+  const void* tok(int64_t t) const { return base + t * stride; }
+};
+
+// thread_local buffer that only grows (64-byte aligned storage).
+template <typename T>
+T* scratch(std::vector<uint8_t>& buf, size_t count) {
+  const size_t need = count * sizeof(T) + 64;
+  if (buf.size() < need) buf.resize(need);
+  uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  p = (p + 63) & ~static_cast<uintptr_t>(63);
+  return reinterpret_cast<T*>(p);
+}
+
+Acts prepare_acts(GgmlType t, const float* x, int64_t ldx, int64_t n_tok, int64_t cols,
+                  int n_threads) {
+  using matmul_internal::act_kind;
+  thread_local std::vector<uint8_t> buf;
+  switch (act_kind(t)) {
+    case ActKind::kF32:
+      return {reinterpret_cast<const uint8_t*>(x), static_cast<size_t>(ldx) * sizeof(float)};
+    case ActKind::kQ8x32: {
+      const int64_t nb = cols / kQK;
+      ActQ8x32* a = scratch<ActQ8x32>(buf, static_cast<size_t>(nb * n_tok));
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_tok >= 8 && n_threads > 1)
+      for (int64_t i = 0; i < n_tok; ++i) matmul_internal::quantize_act_q8x32(x + i * ldx, a + i * nb, cols);
+      return {reinterpret_cast<const uint8_t*>(a), static_cast<size_t>(nb) * sizeof(ActQ8x32)};
+    }
+    case ActKind::kQ8x256: {
+      const int64_t nb = cols / kQKK;
+      ActQ8x256* a = scratch<ActQ8x256>(buf, static_cast<size_t>(nb * n_tok));
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_tok >= 8 && n_threads > 1)
+      for (int64_t i = 0; i < n_tok; ++i) matmul_internal::quantize_act_q8x256(x + i * ldx, a + i * nb, cols);
+      return {reinterpret_cast<const uint8_t*>(a), static_cast<size_t>(nb) * sizeof(ActQ8x256)};
+    }
+  }
+  return {};
+}
+
+// Rows [r0, r1) of Y for every token.
+void run_rows(const Kernels& k, const WeightView& w, const Acts& a, int64_t n_tok, float* y,
+              int64_t ldy, int64_t r0, int64_t r1) {
+  if (n_tok == 1) {
+    const void* act[1] = {a.tok(0)};
+    for (int64_t r = r0; r < r1; ++r) k.k[0](w.row(r), act, w.cols, y + r);
+    return;
+  }
+  // Row tiles of about 128 KiB of weights stay in L2 while every token group sweeps them.
+  const size_t rb = std::max<size_t>(w.row_stride, 1);
+  const int64_t tile = std::max<int64_t>(1, static_cast<int64_t>((128u << 10) / rb));
+  for (int64_t rt = r0; rt < r1; rt += tile) {
+    const int64_t re = std::min(r1, rt + tile);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += kMaxNT) {
+      const int nt = static_cast<int>(std::min<int64_t>(kMaxNT, n_tok - t0));
+      const void* act[kMaxNT];
+      for (int j = 0; j < nt; ++j) act[j] = a.tok(t0 + j);
+      const RowKernel kern = k.k[nt - 1];
+      float out[kMaxNT];
+      for (int64_t r = rt; r < re; ++r) {
+        kern(w.row(r), act, w.cols, out);
+        for (int j = 0; j < nt; ++j) y[(t0 + j) * ldy + r] = out[j];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                int64_t ldy, int n_threads) {
+  if (n_tok <= 0 || w.rows <= 0) return;
+  const Kernels* k = kernels_for(w.type, matmul_internal::using_avx2());
+  if (!k) std::abort();  // callers check is_compute_type() first; anything else is a bug
+  n_threads = std::max(1, n_threads);
+  // Small products are not worth waking threads for (~64K weights per thread at least).
+  const int64_t work = w.rows * w.cols * std::max<int64_t>(1, n_tok);
+  n_threads = static_cast<int>(std::min<int64_t>(n_threads, std::max<int64_t>(1, work >> 16)));
+  n_threads = static_cast<int>(std::min<int64_t>(n_threads, w.rows));
+  const Acts a = prepare_acts(w.type, x, ldx, n_tok, w.cols, n_threads);
+  if (n_threads == 1) {
+    run_rows(*k, w, a, n_tok, y, ldy, 0, w.rows);
+    return;
+  }
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t r0 = w.rows * id / nt, r1 = w.rows * (id + 1) / nt;
+    run_rows(*k, w, a, n_tok, y, ldy, r0, r1);
+  }
+}
+
+float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n) {
+  const Kernels* k = kernels_for(t, matmul_internal::using_avx2());
+  if (!k) std::abort();
+  const Acts a = prepare_acts(t, x, n, 1, n, 1);
+  const void* act[1] = {a.tok(0)};
+  float out;
+  k->k[0](static_cast<const uint8_t*>(row), act, n, &out);
+  return out;
+}
+
+}  // namespace rs
