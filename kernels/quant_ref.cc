@@ -6,6 +6,7 @@
 // with the smallest squared error wins), then the sub-block scales are themselves quantised
 // (6 or 8 bits) against a per-block fp16 super-scale and the codes recomputed with the scales
 // actually stored. Deterministic; not bit-identical to ggml's search.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -387,7 +388,23 @@ void quant_iq4_xs(const float* x, BlockIQ4_XS* b, int64_t nb) {
     b[i].scales_h = 0;
     std::memset(b[i].scales_l, 0, sizeof(b[i].scales_l));
     for (int ib = 0; ib < 8; ++ib) {
-      const int l = d != 0 ? clampi(nearest_int(sub[ib] / d), -32, 31) : 0;
+      // The stored sub-scale: the rounded one or a neighbour, whichever gives the least error.
+      int l = d != 0 ? clampi(nearest_int(sub[ib] / d), -32, 31) : 0;
+      if (d != 0) {
+        double best_err = INFINITY;
+        const int l0 = l;
+        for (int cand = std::max(-32, l0 - 1); cand <= std::min(31, l0 + 1); ++cand) {
+          const float dl = d * cand;
+          if (dl == 0) continue;
+          double err = 0;
+          for (int j = 0; j < 32; ++j) {
+            const float v = xb[32 * ib + j];
+            const double e = v - dl * kIq4nl[nearest_iq4(v / dl)];
+            err += e * e;
+          }
+          if (err < best_err) { best_err = err; l = cand; }
+        }
+      }
       const int ls = l + 32;
       b[i].scales_l[ib / 2] |= static_cast<uint8_t>((ls & 15) << (4 * (ib % 2)));
       b[i].scales_h |= static_cast<uint16_t>((ls >> 4) << (2 * ib));
