@@ -1,0 +1,246 @@
+// The model's ops: every fast CPU version against its reference on random inputs at awkward
+// sizes, and the chunked delta rule against the token-by-token recurrence.
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+
+namespace rs {
+namespace {
+
+std::vector<float> Rand(size_t n, uint32_t seed, float lo = -1, float hi = 1) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Max |a - b| relative to max |b| (plus a floor).
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  double mx = 1e-6, err = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    mx = std::max(mx, std::abs(static_cast<double>(b[i])));
+    err = std::max(err, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return err / mx;
+}
+
+TEST(Ops, RmsNormCpuMatchesRef) {
+  for (int64_t n : {1, 7, 64, 100, 257}) {
+    auto x = Rand(3 * n, 1), w = Rand(n, 2);
+    std::vector<float> a(3 * n), b(3 * n);
+    rms_norm_ref(x.data(), w.data(), 3, n, 1e-6f, a.data());
+    rms_norm_cpu(x.data(), w.data(), 3, n, 1e-6f, b.data());
+    EXPECT_LT(RelErr(b, a), 1e-5) << "n=" << n;
+  }
+}
+
+TEST(Ops, RmsNormMatchesFormula) {
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 0.5f}, y(4);
+  rms_norm_ref(x.data(), w.data(), 1, 4, 0.0f, y.data());
+  const float r = std::sqrt((1 + 4 + 9 + 16) / 4.0f);
+  EXPECT_NEAR(y[0], 1 / r, 1e-6);
+  EXPECT_NEAR(y[2], 3 / r * 2, 1e-6);
+  EXPECT_NEAR(y[3], 4 / r * 0.5f, 1e-6);
+}
+
+TEST(Ops, GatedRmsNormCpuMatchesRef) {
+  for (int64_t n : {3, 32, 128, 129}) {
+    auto x = Rand(5 * n, 3), w = Rand(n, 4), z = Rand(5 * n, 5, -4, 4);
+    std::vector<float> a(5 * n), b(5 * n);
+    rms_norm_gated_ref(x.data(), w.data(), z.data(), 5, n, 1e-6f, a.data());
+    rms_norm_gated_cpu(x.data(), w.data(), z.data(), 5, n, 1e-6f, b.data());
+    EXPECT_LT(RelErr(b, a), 1e-5) << "n=" << n;
+    // Formula spot check: y = n(x) * w * silu(z).
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+    const double want = x[0] / std::sqrt(ss / n + 1e-6) * w[0] * (z[0] / (1 + std::exp(-z[0])));
+    EXPECT_NEAR(a[0], want, 1e-5);
+  }
+}
+
+TEST(Ops, RopeRotatesOnlyFirstDimsNeox) {
+  const int64_t hd = 16, nrot = 8;
+  auto x = Rand(2 * hd, 6);
+  auto y = x;
+  int64_t pos[1] = {5};
+  rope_neox_ref(y.data(), 1, 2, hd, nrot, pos, 10000.0f);
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t d = nrot; d < hd; ++d) EXPECT_EQ(y[h * hd + d], x[h * hd + d]);
+    for (int64_t d = 0; d < nrot / 2; ++d) {
+      const float ang = 5.0f * std::pow(10000.0f, -2.0f * d / nrot);
+      const float a = x[h * hd + d], b = x[h * hd + d + nrot / 2];
+      EXPECT_NEAR(y[h * hd + d], a * std::cos(ang) - b * std::sin(ang), 1e-5);
+      EXPECT_NEAR(y[h * hd + d + nrot / 2], a * std::sin(ang) + b * std::cos(ang), 1e-5);
+    }
+  }
+}
+
+TEST(Ops, ConvCpuMatchesRefAndCarriesState) {
+  for (int64_t T : {1, 2, 3, 5, 17}) {
+    const int64_t C = 37, K = 4;
+    auto u = Rand(T * C, 7), w = Rand(C * K, 8), s0 = Rand((K - 1) * C, 9);
+    auto sa = s0, sb = s0;
+    std::vector<float> a(T * C), b(T * C);
+    conv1d_silu_ref(u.data(), T, C, w.data(), K, sa.data(), a.data());
+    conv1d_silu_cpu(u.data(), T, C, w.data(), K, sb.data(), b.data());
+    EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T;
+    EXPECT_LT(RelErr(sb, sa), 1e-7) << "T=" << T;
+  }
+  // Splitting the input into two calls gives the same outputs as one call.
+  const int64_t T = 9, C = 5, K = 4;
+  auto u = Rand(T * C, 10), w = Rand(C * K, 11);
+  std::vector<float> s1((K - 1) * C, 0), s2((K - 1) * C, 0), o1(T * C), o2(T * C);
+  conv1d_silu_ref(u.data(), T, C, w.data(), K, s1.data(), o1.data());
+  conv1d_silu_ref(u.data(), 2, C, w.data(), K, s2.data(), o2.data());
+  conv1d_silu_ref(u.data() + 2 * C, T - 2, C, w.data(), K, s2.data(), o2.data() + 2 * C);
+  EXPECT_LT(RelErr(o2, o1), 1e-6);
+  EXPECT_LT(RelErr(s2, s1), 1e-7);
+}
+
+struct DnInputs {
+  std::vector<float> q, k, v, g, beta, S;
+};
+
+DnInputs MakeDn(const DeltaNetDims& d, uint32_t seed) {
+  DnInputs in;
+  in.q = Rand(d.T * d.Hk * d.dk, seed);
+  in.k = Rand(d.T * d.Hk * d.dk, seed + 1);
+  // L2-normalise q and k per head as the model does; scale q.
+  l2_norm_ref(in.q.data(), d.T * d.Hk, d.dk, 1e-6f);
+  l2_norm_ref(in.k.data(), d.T * d.Hk, d.dk, 1e-6f);
+  for (auto& x : in.q) x /= std::sqrt(static_cast<float>(d.dk));
+  in.v = Rand(d.T * d.Hv * d.dv, seed + 2);
+  in.g = Rand(d.T * d.Hv, seed + 3, -5, 0);
+  in.beta = Rand(d.T * d.Hv, seed + 4, 0.01f, 0.99f);
+  in.S = Rand(d.Hv * d.dk * d.dv, seed + 5, -0.5f, 0.5f);
+  return in;
+}
+
+class DeltaRule : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(DeltaRule, ChunkedEqualsRecurrence) {
+  const DeltaNetDims d{GetParam(), 2, 4, 128, 128};
+  auto in = MakeDn(d, 100 + static_cast<uint32_t>(d.T));
+  auto S1 = in.S, S2 = in.S;
+  std::vector<float> o1(d.T * d.Hv * d.dv), o2(o1.size());
+  delta_rule_recurrent_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                           S1.data(), o1.data());
+  delta_rule_chunked_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                         S2.data(), o2.data());
+  EXPECT_LT(RelErr(o2, o1), 1e-4) << "T=" << d.T;
+  EXPECT_LT(RelErr(S2, S1), 1e-4) << "T=" << d.T;
+}
+
+TEST_P(DeltaRule, CpuEqualsRecurrence) {
+  const DeltaNetDims d{GetParam(), 2, 6, 32, 48};
+  auto in = MakeDn(d, 200 + static_cast<uint32_t>(d.T));
+  auto S1 = in.S, S2 = in.S;
+  std::vector<float> o1(d.T * d.Hv * d.dv), o2(o1.size());
+  delta_rule_recurrent_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                           S1.data(), o1.data());
+  delta_rule_cpu(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), S2.data(),
+                 o2.data(), 2);
+  EXPECT_LT(RelErr(o2, o1), 1e-4) << "T=" << d.T;
+  EXPECT_LT(RelErr(S2, S1), 1e-4) << "T=" << d.T;
+}
+
+INSTANTIATE_TEST_SUITE_P(Lengths, DeltaRule, ::testing::Values(1, 63, 64, 65, 300));
+
+TEST(Ops, DeltaRuleUsesTiledKeyHeads) {
+  // With Hk = 2, Hv = 4: value head 1 must read key head 1 (1 % 2), not key head 0 (1 / 2).
+  const DeltaNetDims d{1, 2, 4, 4, 4};
+  auto in = MakeDn(d, 300);
+  std::fill(in.S.begin(), in.S.end(), 0.0f);
+  std::vector<float> o(d.Hv * d.dv);
+  delta_rule_recurrent_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                           in.S.data(), o.data());
+  // From a zero state: S_h = beta k_j v^T, o_h = beta (k_j . q_j) v_h.
+  for (int64_t h = 0; h < d.Hv; ++h) {
+    const int64_t j = h % d.Hk;
+    double kq = 0;
+    for (int64_t a = 0; a < d.dk; ++a) kq += in.k[j * d.dk + a] * in.q[j * d.dk + a];
+    for (int64_t c = 0; c < d.dv; ++c)
+      EXPECT_NEAR(o[h * d.dv + c], in.beta[h] * kq * in.v[h * d.dv + c], 1e-5) << "h=" << h;
+  }
+}
+
+TEST(Ops, DeltaRuleSplitCallsEqualOneCall) {
+  const DeltaNetDims d{130, 1, 2, 16, 16};
+  auto in = MakeDn(d, 400);
+  auto S1 = in.S, S2 = in.S;
+  std::vector<float> o1(d.T * d.Hv * d.dv), o2(o1.size());
+  delta_rule_chunked_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                         S1.data(), o1.data());
+  const int64_t split = 70;
+  DeltaNetDims a = d, b = d;
+  a.T = split;
+  b.T = d.T - split;
+  delta_rule_chunked_ref(a, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                         S2.data(), o2.data());
+  delta_rule_chunked_ref(b, in.q.data() + split * d.Hk * d.dk, in.k.data() + split * d.Hk * d.dk,
+                         in.v.data() + split * d.Hv * d.dv, in.g.data() + split * d.Hv,
+                         in.beta.data() + split * d.Hv, S2.data(), o2.data() + split * d.Hv * d.dv);
+  EXPECT_LT(RelErr(o2, o1), 1e-4);
+  EXPECT_LT(RelErr(S2, S1), 1e-4);
+}
+
+std::vector<uint8_t> ToKv(const std::vector<float>& x, GgmlType t) {
+  std::vector<uint8_t> out;
+  if (t == GgmlType::F32) {
+    out.resize(x.size() * 4);
+    std::memcpy(out.data(), x.data(), out.size());
+  } else {
+    out.resize(x.size() * 2);
+    for (size_t i = 0; i < x.size(); ++i) {
+      const uint16_t h = f32_to_fp16(x[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
+TEST(Ops, AttentionCpuMatchesRef) {
+  for (GgmlType kt : {GgmlType::F32, GgmlType::F16}) {
+    for (int64_t T : {1, 5, 33}) {
+      const int64_t nh = 6, nkv = 2, hd = 40, n_past = 11, n_ctx = n_past + T;
+      auto q = Rand(T * nh * hd, 20), kf = Rand(n_ctx * nkv * hd, 21), vf = Rand(n_ctx * nkv * hd, 22);
+      auto kb = ToKv(kf, kt), vb = ToKv(vf, kt);
+      const size_t stride = row_bytes(kt, nkv * hd);
+      KvView k{kt, kb.data(), nkv, hd, stride}, v{kt, vb.data(), nkv, hd, stride};
+      std::vector<float> a(T * nh * hd), b(a.size());
+      attention_ref(q.data(), T, nh, hd, k, v, n_past, 0.3f, a.data());
+      attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.3f, b.data(), 2);
+      EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T;
+    }
+  }
+}
+
+TEST(Ops, AttentionIsCausalAndGrouped) {
+  // One query token at position 0 sees only cache position 0: output = v[0] of its KV head.
+  const int64_t nh = 4, nkv = 2, hd = 8;
+  auto q = Rand(nh * hd, 30), kf = Rand(3 * nkv * hd, 31), vf = Rand(3 * nkv * hd, 32);
+  KvView k{GgmlType::F32, kf.data(), nkv, hd, nkv * hd * 4}, v{GgmlType::F32, vf.data(), nkv, hd, nkv * hd * 4};
+  std::vector<float> o(nh * hd);
+  attention_ref(q.data(), 1, nh, hd, k, v, 0, 1.0f, o.data());
+  for (int64_t h = 0; h < nh; ++h)
+    for (int64_t d = 0; d < hd; ++d) EXPECT_NEAR(o[h * hd + d], vf[(h / 2) * hd + d], 1e-6);
+}
+
+TEST(Ops, RouterSoftmaxTopkRenormalises) {
+  std::vector<float> logits = {0.1f, 2.0f, -1.0f, 2.0f, 0.5f};
+  int32_t ids[2];
+  float w[2];
+  router_topk_ref(logits.data(), 5, 2, ids, w);
+  EXPECT_EQ(ids[0], 1);  // tie between 1 and 3: lower index first
+  EXPECT_EQ(ids[1], 3);
+  EXPECT_NEAR(w[0], 0.5f, 1e-6);
+  EXPECT_NEAR(w[0] + w[1], 1.0f, 1e-6);
+}
+
+}  // namespace
+}  // namespace rs

@@ -1,0 +1,596 @@
+// Qwen3.5 forward pass on the CPU (reference and fast backends). Spec §3.
+#include "worker/model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "kernels/ops.h"
+
+namespace rs {
+
+absl::StatusOr<Backend> ParseBackend(const std::string& name) {
+  if (name == "reference") return Backend::kReference;
+  if (name == "cpu") return Backend::kCpu;
+  if (name == "cuda") return Backend::kCuda;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown backend '", name, "' (reference, cpu or cuda)"));
+}
+
+const char* BackendName(Backend b) {
+  switch (b) {
+    case Backend::kReference: return "reference";
+    case Backend::kCpu: return "cpu";
+    case Backend::kCuda: return "cuda";
+  }
+  return "?";
+}
+
+void SeqState::reset() {
+  n_past = 0;
+  for (auto& k : kv) { k.k.clear(); k.v.clear(); }
+  for (auto& c : conv) std::fill(c.begin(), c.end(), 0.0f);
+  for (auto& s : ssm) std::fill(s.begin(), s.end(), 0.0f);
+}
+
+struct Model::Layer {
+  LayerKind kind = LayerKind::kDeltaNet;
+  const float* attn_norm = nullptr;
+  const float* post_norm = nullptr;
+  // Gated attention.
+  WeightView wq, wk, wv, wo;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  // Gated DeltaNet.
+  WeightView qkv, gate, beta, alpha, ssm_out;
+  const float* conv1d = nullptr;  // [conv_dim][K]
+  const float* dt_bias = nullptr;
+  const float* ssm_a = nullptr;
+  const float* ssm_norm = nullptr;
+  // Dense FFN.
+  WeightView ffn_gate, ffn_up, ffn_down;
+  // MoE.
+  WeightView router, gate_exps, up_exps, down_exps;  // stacked: rows = I * E (down: H * E)
+  bool fused_gate_up = false;                         // gate_exps holds [gate; up] per expert
+  WeightView shexp_gate_inp, shexp_gate, shexp_up, shexp_down;
+  std::vector<std::vector<float>> owned;  // 1-D tensors converted to f32
+};
+
+// Scratch buffers reused across steps (grow only).
+struct Model::Workspace {
+  std::vector<float> a, m, f, u, z, b, al, c, q, k, v, g, beta, o, y, qg, gate, kk, vv, ffn1,
+      ffn2, ffn3, router, ew, sh, tmp;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> pos;
+  static float* get(std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+};
+
+namespace {
+
+std::string Shape(const std::vector<int64_t>& ne) { return "{" + absl::StrJoin(ne, ", ") + "}"; }
+
+}  // namespace
+
+// Routed experts computed on this process: tokens grouped by expert so that each selected
+// expert's weights are read once per step.
+class LocalExpertExecutor : public ExpertExecutor {
+ public:
+  explicit LocalExpertExecutor(Model* m) : m_(m) {}
+  void Run(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids, const float* weights,
+           float* out) override {
+    const auto& L = m_->layers_[layer];
+    const auto& c = m_->cfg_;
+    const int64_t H = c.n_embd, I = c.n_ff_exp, k = c.n_expert_used;
+    std::fill(out, out + n_tok * H, 0.0f);
+    for (int64_t e = 0; e < c.n_expert; ++e) {
+      tok_.clear();
+      w_.clear();
+      for (int64_t t = 0; t < n_tok; ++t)
+        for (int64_t i = 0; i < k; ++i)
+          if (ids[t * k + i] == e) { tok_.push_back(t); w_.push_back(weights[t * k + i]); }
+      if (tok_.empty()) continue;
+      const int64_t n = static_cast<int64_t>(tok_.size());
+      float* xe = Model::Workspace::get(xe_, n * H);
+      for (int64_t j = 0; j < n; ++j) std::memcpy(xe + j * H, x + tok_[j] * H, H * 4);
+      float* g = Model::Workspace::get(g_, n * I);
+      float* u = Model::Workspace::get(u_, n * I);
+      float* d = Model::Workspace::get(d_, n * H);
+      if (L.fused_gate_up) {
+        m_->Matmul(L.gate_exps.slice_rows(e * 2 * I, I), xe, n, g);
+        m_->Matmul(L.gate_exps.slice_rows(e * 2 * I + I, I), xe, n, u);
+      } else {
+        m_->Matmul(L.gate_exps.slice_rows(e * I, I), xe, n, g);
+        m_->Matmul(L.up_exps.slice_rows(e * I, I), xe, n, u);
+      }
+      for (int64_t i = 0; i < n * I; ++i) g[i] = silu(g[i]) * u[i];
+      m_->Matmul(L.down_exps.slice_rows(e * H, H), g, n, d);
+      for (int64_t j = 0; j < n; ++j) {
+        float* o = out + tok_[j] * H;
+        const float w = w_[j];
+        const float* dj = d + j * H;
+        for (int64_t h = 0; h < H; ++h) o[h] += w * dj[h];
+      }
+    }
+  }
+
+ private:
+  Model* m_;
+  std::vector<int64_t> tok_;
+  std::vector<float> w_, xe_, g_, u_, d_;
+};
+
+Model::~Model() = default;
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::File> file,
+                                                   const ModelOptions& opts) {
+  if (opts.backend == Backend::kCuda)
+    return absl::UnimplementedError(
+        "the cuda backend is not wired into the model yet; use --backend cpu or reference");
+  std::unique_ptr<Model> m(new Model());
+  m->file_ = std::move(file);
+  m->opts_ = opts;
+  auto cfg = ReadModelConfig(*m->file_);
+  if (!cfg.ok()) return cfg.status();
+  m->cfg_ = std::move(*cfg);
+  m->n_threads_ = opts.n_threads > 0 ? opts.n_threads
+                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (auto st = m->Bind(); !st.ok()) return st;
+  m->ws_ = std::make_unique<Workspace>();
+  m->local_experts_ = std::make_unique<LocalExpertExecutor>(m.get());
+  m->experts_ = m->local_experts_.get();
+  return m;
+}
+
+absl::Status Model::Bind() {
+  const gguf::File& f = *file_;
+  const ModelConfig& c = cfg_;
+  const int64_t H = c.n_embd;
+
+  auto find = [&](const std::string& name) -> absl::StatusOr<const gguf::TensorInfo*> {
+    const gguf::TensorInfo* t = f.find_tensor(name);
+    if (!t) return absl::NotFoundError(absl::StrCat("tensor ", name, " is missing"));
+    if (!is_compute_type(t->type))
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has type ",
+                                                     type_name(t->type),
+                                                     ", which rigserve does not support"));
+    return t;
+  };
+  auto check_shape = [&](const gguf::TensorInfo* t, std::vector<int64_t> want) -> absl::Status {
+    std::vector<int64_t> got = t->ne;
+    while (got.size() > want.size() && got.back() == 1) got.pop_back();
+    if (got != want)
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", t->name, ": expected shape ",
+                                                     Shape(want), " from the metadata, found ",
+                                                     Shape(t->ne)));
+    return absl::OkStatus();
+  };
+  auto matrix = [&](const std::string& name, std::vector<int64_t> want,
+                    WeightView* out) -> absl::Status {
+    auto t = find(name);
+    if (!t.ok()) return t.status();
+    if (auto st = check_shape(*t, want); !st.ok()) return st;
+    out->type = (*t)->type;
+    out->data = f.tensor_data(**t);
+    out->cols = want[0];
+    out->rows = 1;
+    for (size_t i = 1; i < want.size(); ++i) out->rows *= want[i];
+    out->row_stride = row_bytes(out->type, out->cols);
+    return absl::OkStatus();
+  };
+  // 1-D tensors are used as f32; other types are converted once at load.
+  auto vec = [&](Layer* L, const std::string& name, int64_t n,
+                 const float** out) -> absl::Status {
+    auto t = find(name);
+    if (!t.ok()) return t.status();
+    if (auto st = check_shape(*t, {n}); !st.ok()) return st;
+    if ((*t)->type == GgmlType::F32) {
+      *out = reinterpret_cast<const float*>(f.tensor_data(**t));
+    } else {
+      L->owned.emplace_back(n);
+      dequantize_row_ref((*t)->type, f.tensor_data(**t), L->owned.back().data(), n);
+      *out = L->owned.back().data();
+    }
+    return absl::OkStatus();
+  };
+#define RS_TRY(expr)                      \
+  do {                                    \
+    if (auto st_ = (expr); !st_.ok()) return st_; \
+  } while (0)
+
+  // Globals. The LM head falls back to the token embedding (tied weights).
+  {
+    auto t = find("token_embd.weight");
+    if (!t.ok()) return t.status();
+    if ((*t)->ne.size() != 2 || (*t)->ne[0] != H)
+      return absl::InvalidArgumentError(absl::StrCat("tensor token_embd.weight: expected shape {",
+                                                     H, ", n_vocab}, found ", Shape((*t)->ne)));
+    cfg_.n_vocab = (*t)->ne[1];
+    RS_TRY(matrix("token_embd.weight", {H, cfg_.n_vocab}, &token_embd_));
+  }
+  if (f.find_tensor("output.weight"))
+    RS_TRY(matrix("output.weight", {H, cfg_.n_vocab}, &output_));
+  else
+    output_ = token_embd_;
+  layers_.resize(c.n_layer);
+  {
+    Layer tmp;
+    RS_TRY(vec(&layers_[0], "output_norm.weight", H, &output_norm_));
+  }
+
+  const int64_t hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    Layer& L = layers_[i];
+    L.kind = c.layers[i];
+    const std::string p = absl::StrCat("blk.", i, ".");
+    RS_TRY(vec(&L, p + "attn_norm.weight", H, &L.attn_norm));
+    RS_TRY(vec(&L, p + "post_attention_norm.weight", H, &L.post_norm));
+    if (L.kind == LayerKind::kAttention) {
+      attn_index_.push_back(i);
+      RS_TRY(matrix(p + "attn_q.weight", {H, 2 * nh * hd}, &L.wq));
+      RS_TRY(matrix(p + "attn_k.weight", {H, nkv * hd}, &L.wk));
+      RS_TRY(matrix(p + "attn_v.weight", {H, nkv * hd}, &L.wv));
+      RS_TRY(matrix(p + "attn_output.weight", {nh * hd, H}, &L.wo));
+      RS_TRY(vec(&L, p + "attn_q_norm.weight", hd, &L.q_norm));
+      RS_TRY(vec(&L, p + "attn_k_norm.weight", hd, &L.k_norm));
+    } else {
+      dn_index_.push_back(i);
+      RS_TRY(matrix(p + "attn_qkv.weight", {H, c.conv_dim()}, &L.qkv));
+      RS_TRY(matrix(p + "attn_gate.weight", {H, c.value_dim()}, &L.gate));
+      RS_TRY(matrix(p + "ssm_beta.weight", {H, c.Hv}, &L.beta));
+      RS_TRY(matrix(p + "ssm_alpha.weight", {H, c.Hv}, &L.alpha));
+      RS_TRY(matrix(p + "ssm_out.weight", {c.value_dim(), H}, &L.ssm_out));
+      {
+        WeightView conv;
+        RS_TRY(matrix(p + "ssm_conv1d.weight", {c.conv_kernel, c.conv_dim()}, &conv));
+        if (conv.type == GgmlType::F32) {
+          L.conv1d = static_cast<const float*>(conv.data);
+        } else {
+          L.owned.emplace_back(c.conv_kernel * c.conv_dim());
+          for (int64_t r = 0; r < conv.rows; ++r)
+            dequantize_row_ref(conv.type, conv.row(r), L.owned.back().data() + r * c.conv_kernel,
+                               c.conv_kernel);
+          L.conv1d = L.owned.back().data();
+        }
+      }
+      RS_TRY(vec(&L, p + "ssm_dt.bias", c.Hv, &L.dt_bias));
+      RS_TRY(vec(&L, p + "ssm_a", c.Hv, &L.ssm_a));
+      RS_TRY(vec(&L, p + "ssm_norm.weight", c.dv, &L.ssm_norm));
+    }
+    if (!c.moe) {
+      RS_TRY(matrix(p + "ffn_gate.weight", {H, c.n_ff}, &L.ffn_gate));
+      RS_TRY(matrix(p + "ffn_up.weight", {H, c.n_ff}, &L.ffn_up));
+      RS_TRY(matrix(p + "ffn_down.weight", {c.n_ff, H}, &L.ffn_down));
+    } else {
+      const int64_t E = c.n_expert, I = c.n_ff_exp, Is = c.n_ff_shexp;
+      RS_TRY(matrix(p + "ffn_gate_inp.weight", {H, E}, &L.router));
+      if (f.find_tensor(p + "ffn_gate_up_exps.weight")) {
+        L.fused_gate_up = true;
+        RS_TRY(matrix(p + "ffn_gate_up_exps.weight", {H, 2 * I, E}, &L.gate_exps));
+      } else {
+        RS_TRY(matrix(p + "ffn_gate_exps.weight", {H, I, E}, &L.gate_exps));
+        RS_TRY(matrix(p + "ffn_up_exps.weight", {H, I, E}, &L.up_exps));
+      }
+      RS_TRY(matrix(p + "ffn_down_exps.weight", {I, H, E}, &L.down_exps));
+      RS_TRY(matrix(p + "ffn_gate_inp_shexp.weight", {H}, &L.shexp_gate_inp));
+      RS_TRY(matrix(p + "ffn_gate_shexp.weight", {H, Is}, &L.shexp_gate));
+      RS_TRY(matrix(p + "ffn_up_shexp.weight", {H, Is}, &L.shexp_up));
+      RS_TRY(matrix(p + "ffn_down_shexp.weight", {Is, H}, &L.shexp_down));
+    }
+  }
+#undef RS_TRY
+  if (opts_.kv_type) {
+    kv_type_ = *opts_.kv_type;
+    if (kv_type_ != GgmlType::F32 && kv_type_ != GgmlType::F16 && kv_type_ != GgmlType::Q8_0)
+      return absl::InvalidArgumentError(absl::StrCat("KV cache type ", type_name(kv_type_),
+                                                     " unsupported (f32, f16, q8_0)"));
+    if (kv_type_ == GgmlType::Q8_0 && hd % 32 != 0)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("q8_0 KV cache needs head_dim %% 32 == 0, head_dim is %d", hd));
+  } else {
+    kv_type_ = GgmlType::F16;
+    if (!attn_index_.empty() && layers_[attn_index_[0]].wk.type == GgmlType::F32)
+      kv_type_ = GgmlType::F32;
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<SeqState> Model::NewSequence(int64_t reserve_ctx) const {
+  auto s = std::make_unique<SeqState>();
+  const ModelConfig& c = cfg_;
+  s->kv.resize(attn_index_.size());
+  const size_t row = row_bytes(kv_type_, c.n_head_kv * c.head_dim);
+  for (auto& kv : s->kv) {
+    kv.k.reserve(row * reserve_ctx);
+    kv.v.reserve(row * reserve_ctx);
+  }
+  s->conv.assign(dn_index_.size(), std::vector<float>((c.conv_kernel - 1) * c.conv_dim(), 0.0f));
+  s->ssm.assign(dn_index_.size(), std::vector<float>(c.Hv * c.dk * c.dv, 0.0f));
+  return s;
+}
+
+void Model::Matmul(const WeightView& w, const float* x, int64_t n_tok, float* y) {
+  MatmulLd(w, x, w.cols, n_tok, y, w.rows);
+}
+
+void Model::MatmulLd(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                     int64_t ldy) {
+  if (opts_.backend == Backend::kReference)
+    matmul_ref(w, x, ldx, n_tok, y, ldy);
+  else
+    matmul_cpu(w, x, ldx, n_tok, y, ldy, n_threads_);
+}
+
+void Model::Embed(absl::Span<const StepItem> batch, float* hidden) const {
+  const int64_t H = cfg_.n_embd;
+  int64_t r = 0;
+  for (const auto& it : batch)
+    for (int64_t t = 0; t < it.n_tok; ++t, ++r)
+      dequantize_row_ref(token_embd_.type, token_embd_.row(it.tokens[t]), hidden + r * H, H);
+}
+
+absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
+  int64_t N = 0;
+  std::vector<int64_t> rows;
+  for (const auto& it : batch) {
+    if (!it.seq || it.n_tok <= 0) return absl::InvalidArgumentError("empty step item");
+    for (int64_t t = 0; t < it.n_tok; ++t)
+      if (it.tokens[t] < 0 || it.tokens[t] >= cfg_.n_vocab)
+        return absl::InvalidArgumentError(
+            absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], cfg_.n_vocab));
+    if (it.all_logits)
+      for (int64_t t = 0; t < it.n_tok; ++t) rows.push_back(N + t);
+    else
+      rows.push_back(N + it.n_tok - 1);
+    N += it.n_tok;
+  }
+  std::vector<float> hidden(N * cfg_.n_embd);
+  Embed(batch, hidden.data());
+  if (auto st = RunLayers(batch, 0, cfg_.n_layer, hidden.data()); !st.ok()) return st;
+  for (const auto& it : batch) it.seq->n_past += it.n_tok;
+  logits->resize(rows.size() * cfg_.n_vocab);
+  Logits(hidden.data(), rows, logits->data());
+  return absl::OkStatus();
+}
+
+void Model::Logits(const float* hidden, const std::vector<int64_t>& rows, float* logits) {
+  const int64_t H = cfg_.n_embd, n = static_cast<int64_t>(rows.size());
+  float* x = Workspace::get(ws_->tmp, n * H);
+  for (int64_t i = 0; i < n; ++i) std::memcpy(x + i * H, hidden + rows[i] * H, H * 4);
+  if (opts_.backend == Backend::kReference)
+    rms_norm_ref(x, output_norm_, n, H, cfg_.eps, x);
+  else
+    rms_norm_cpu(x, output_norm_, n, H, cfg_.eps, x);
+  Matmul(output_, x, n, logits);
+}
+
+absl::Status Model::RunLayers(absl::Span<const StepItem> batch, int64_t layer_begin,
+                              int64_t layer_end, float* hidden) {
+  if (layer_begin < 0 || layer_end > cfg_.n_layer || layer_begin > layer_end)
+    return absl::InvalidArgumentError(absl::StrFormat("layer range [%d, %d) outside [0, %d)",
+                                                      layer_begin, layer_end, cfg_.n_layer));
+  int64_t N = 0;
+  for (const auto& it : batch) N += it.n_tok;
+  const int64_t H = cfg_.n_embd;
+  const bool ref = opts_.backend == Backend::kReference;
+  float* a = Workspace::get(ws_->a, N * H);
+  float* m = Workspace::get(ws_->m, N * H);
+  for (int64_t l = layer_begin; l < layer_end; ++l) {
+    const Layer& L = layers_[l];
+    (ref ? rms_norm_ref : rms_norm_cpu)(hidden, L.attn_norm, N, H, cfg_.eps, a);
+    if (L.kind == LayerKind::kAttention)
+      AttentionLayer(L, batch, a, m);
+    else
+      DeltaNetLayer(L, batch, a, m);
+    for (int64_t i = 0; i < N * H; ++i) hidden[i] += m[i];
+    (ref ? rms_norm_ref : rms_norm_cpu)(hidden, L.post_norm, N, H, cfg_.eps, a);
+    FfnLayer(L, l, a, N, m);
+    for (int64_t i = 0; i < N * H; ++i) hidden[i] += m[i];
+  }
+  return absl::OkStatus();
+}
+
+void Model::DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a,
+                          float* out) {
+  const ModelConfig& c = cfg_;
+  const bool ref = opts_.backend == Backend::kReference;
+  int64_t N = 0;
+  for (const auto& it : batch) N += it.n_tok;
+  const int64_t CD = c.conv_dim(), KD = c.key_dim(), VD = c.value_dim();
+  const int64_t Hk = c.Hk, Hv = c.Hv, dk = c.dk, dv = c.dv, K = c.conv_kernel;
+  Workspace& w = *ws_;
+  float* u = Workspace::get(w.u, N * CD);
+  float* z = Workspace::get(w.z, N * VD);
+  float* b = Workspace::get(w.b, N * Hv);
+  float* al = Workspace::get(w.al, N * Hv);
+  float* y = Workspace::get(w.y, N * VD);
+  Matmul(L.qkv, a, N, u);
+  Matmul(L.gate, a, N, z);
+  Matmul(L.beta, a, N, b);
+  Matmul(L.alpha, a, N, al);
+  const int64_t layer_idx = &L - layers_.data();
+  const int64_t slot = std::find(dn_index_.begin(), dn_index_.end(), layer_idx) - dn_index_.begin();
+  const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
+  int64_t r0 = 0;
+  for (const auto& it : batch) {
+    const int64_t T = it.n_tok;
+    float* cv = Workspace::get(w.c, T * CD);
+    float* conv_state = it.seq->conv[slot].data();
+    (ref ? conv1d_silu_ref : conv1d_silu_cpu)(u + r0 * CD, T, CD, L.conv1d, K, conv_state, cv);
+    float* q = Workspace::get(w.q, T * KD);
+    float* k = Workspace::get(w.k, T * KD);
+    float* v = Workspace::get(w.v, T * VD);
+    for (int64_t t = 0; t < T; ++t) {
+      std::memcpy(q + t * KD, cv + t * CD, KD * 4);
+      std::memcpy(k + t * KD, cv + t * CD + KD, KD * 4);
+      std::memcpy(v + t * VD, cv + t * CD + 2 * KD, VD * 4);
+    }
+    l2_norm_ref(q, T * Hk, dk, 1e-6f);
+    l2_norm_ref(k, T * Hk, dk, 1e-6f);
+    for (int64_t i = 0; i < T * KD; ++i) q[i] *= q_scale;
+    float* g = Workspace::get(w.g, T * Hv);
+    float* beta = Workspace::get(w.beta, T * Hv);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < Hv; ++h) {
+        const int64_t i = (r0 + t) * Hv + h;
+        beta[t * Hv + h] = sigmoidf(b[i]);
+        g[t * Hv + h] = L.ssm_a[h] * softplusf(al[i] + L.dt_bias[h]);
+      }
+    float* o = Workspace::get(w.o, T * VD);
+    const DeltaNetDims dims{T, Hk, Hv, dk, dv};
+    float* S = it.seq->ssm[slot].data();
+    if (ref)
+      delta_rule_recurrent_ref(dims, q, k, v, g, beta, S, o);
+    else
+      delta_rule_cpu(dims, q, k, v, g, beta, S, o, n_threads_);
+    (ref ? rms_norm_gated_ref : rms_norm_gated_cpu)(o, L.ssm_norm, z + r0 * VD, T * Hv, dv, c.eps,
+                                                    y + r0 * VD);
+    r0 += T;
+  }
+  Matmul(L.ssm_out, y, N, out);
+}
+
+void Model::AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a,
+                           float* out) {
+  const ModelConfig& c = cfg_;
+  const bool ref = opts_.backend == Backend::kReference;
+  int64_t N = 0;
+  for (const auto& it : batch) N += it.n_tok;
+  const int64_t nh = c.n_head, nkv = c.n_head_kv, hd = c.head_dim;
+  Workspace& w = *ws_;
+  float* qg = Workspace::get(w.qg, N * 2 * nh * hd);
+  float* kk = Workspace::get(w.kk, N * nkv * hd);
+  float* vv = Workspace::get(w.vv, N * nkv * hd);
+  float* y = Workspace::get(w.y, N * nh * hd);
+  Matmul(L.wq, a, N, qg);
+  Matmul(L.wk, a, N, kk);
+  Matmul(L.wv, a, N, vv);
+  const int64_t layer_idx = &L - layers_.data();
+  const int64_t slot = std::find(attn_index_.begin(), attn_index_.end(), layer_idx) - attn_index_.begin();
+  const size_t kv_row = row_bytes(kv_type_, nkv * hd);
+  int64_t r0 = 0;
+  for (const auto& it : batch) {
+    const int64_t T = it.n_tok, n_past = it.seq->n_past;
+    float* q = Workspace::get(w.q, T * nh * hd);
+    float* gate = Workspace::get(w.gate, T * nh * hd);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nh; ++h) {  // per head [q_h | gate_h] (interleaved)
+        const float* src = qg + ((r0 + t) * nh + h) * 2 * hd;
+        std::memcpy(q + (t * nh + h) * hd, src, hd * 4);
+        std::memcpy(gate + (t * nh + h) * hd, src + hd, hd * 4);
+      }
+    float* k = kk + r0 * nkv * hd;
+    const float* v = vv + r0 * nkv * hd;
+    (ref ? rms_norm_ref : rms_norm_cpu)(q, L.q_norm, T * nh, hd, c.eps, q);
+    (ref ? rms_norm_ref : rms_norm_cpu)(k, L.k_norm, T * nkv, hd, c.eps, k);
+    w.pos.resize(T);
+    for (int64_t t = 0; t < T; ++t) w.pos[t] = n_past + t;
+    rope_neox_ref(q, T, nh, hd, c.rope_dims, w.pos.data(), c.rope_theta);
+    rope_neox_ref(k, T, nkv, hd, c.rope_dims, w.pos.data(), c.rope_theta);
+    // Append to the KV cache.
+    SeqState::Kv& cache = it.seq->kv[slot];
+    const size_t old = cache.k.size();
+    if (cache.k.capacity() < old + T * kv_row) {
+      const size_t cap = std::max(old + T * kv_row, 2 * cache.k.capacity());
+      cache.k.reserve(cap);
+      cache.v.reserve(cap);
+    }
+    cache.k.resize(old + T * kv_row);
+    cache.v.resize(old + T * kv_row);
+    for (int64_t t = 0; t < T; ++t) {
+      uint8_t* kd = cache.k.data() + old + t * kv_row;
+      uint8_t* vd = cache.v.data() + old + t * kv_row;
+      const float* ks = k + t * nkv * hd;
+      const float* vs = v + t * nkv * hd;
+      switch (kv_type_) {
+        case GgmlType::F32:
+          std::memcpy(kd, ks, nkv * hd * 4);
+          std::memcpy(vd, vs, nkv * hd * 4);
+          break;
+        case GgmlType::F16:
+          for (int64_t i = 0; i < nkv * hd; ++i) {
+            const uint16_t hk = f32_to_fp16(ks[i]), hv = f32_to_fp16(vs[i]);
+            std::memcpy(kd + 2 * i, &hk, 2);
+            std::memcpy(vd + 2 * i, &hv, 2);
+          }
+          break;
+        default:
+          quantize_row_ref(kv_type_, ks, kd, nkv * hd);
+          quantize_row_ref(kv_type_, vs, vd, nkv * hd);
+      }
+    }
+    KvView kview{kv_type_, cache.k.data(), nkv, hd, kv_row};
+    KvView vview{kv_type_, cache.v.data(), nkv, hd, kv_row};
+    float* o = y + r0 * nh * hd;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    if (ref)
+      attention_ref(q, T, nh, hd, kview, vview, n_past, scale, o);
+    else
+      attention_cpu(q, T, nh, hd, kview, vview, n_past, scale, o, n_threads_);
+    for (int64_t i = 0; i < T * nh * hd; ++i) o[i] *= sigmoidf(gate[i]);
+    r0 += T;
+  }
+  Matmul(L.wo, y, N, out);
+}
+
+void Model::FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_tok, float* out) {
+  const ModelConfig& c = cfg_;
+  Workspace& w = *ws_;
+  const int64_t H = c.n_embd;
+  if (!c.moe) {
+    float* g = Workspace::get(w.ffn1, n_tok * c.n_ff);
+    float* u = Workspace::get(w.ffn2, n_tok * c.n_ff);
+    Matmul(L.ffn_gate, f, n_tok, g);
+    Matmul(L.ffn_up, f, n_tok, u);
+    for (int64_t i = 0; i < n_tok * c.n_ff; ++i) g[i] = silu(g[i]) * u[i];
+    Matmul(L.ffn_down, g, n_tok, out);
+    return;
+  }
+  const int64_t E = c.n_expert, k = c.n_expert_used, Is = c.n_ff_shexp;
+  float* logits = Workspace::get(w.router, n_tok * E);
+  Matmul(L.router, f, n_tok, logits);
+  w.ids.resize(n_tok * k);
+  float* ew = Workspace::get(w.ew, n_tok * k);
+  for (int64_t t = 0; t < n_tok; ++t) router_topk_ref(logits + t * E, E, k, w.ids.data() + t * k, ew + t * k);
+  experts_->Run(layer, f, n_tok, w.ids.data(), ew, out);
+  // Shared expert, gated by sigmoid(w_gate . f) (a scalar per token).
+  float* sg = Workspace::get(w.sh, n_tok);
+  Matmul(L.shexp_gate_inp, f, n_tok, sg);
+  float* g = Workspace::get(w.ffn1, n_tok * Is);
+  float* u = Workspace::get(w.ffn2, n_tok * Is);
+  float* d = Workspace::get(w.ffn3, n_tok * H);
+  Matmul(L.shexp_gate, f, n_tok, g);
+  Matmul(L.shexp_up, f, n_tok, u);
+  for (int64_t i = 0; i < n_tok * Is; ++i) g[i] = silu(g[i]) * u[i];
+  Matmul(L.shexp_down, g, n_tok, d);
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const float s = sigmoidf(sg[t]);
+    for (int64_t h = 0; h < H; ++h) out[t * H + h] += s * d[t * H + h];
+  }
+}
+
+uint64_t Model::active_weight_bytes_per_token() const {
+  const ModelConfig& c = cfg_;
+  uint64_t bytes = token_embd_.row_stride + output_.row_stride * output_.rows;
+  auto m = [](const WeightView& w) -> uint64_t { return w.data ? w.row_stride * w.rows : 0; };
+  for (const auto& L : layers_) {
+    bytes += m(L.wq) + m(L.wk) + m(L.wv) + m(L.wo) + m(L.qkv) + m(L.gate) + m(L.beta) +
+             m(L.alpha) + m(L.ssm_out) + m(L.ffn_gate) + m(L.ffn_up) + m(L.ffn_down) +
+             m(L.router) + m(L.shexp_gate_inp) + m(L.shexp_gate) + m(L.shexp_up) + m(L.shexp_down);
+    if (c.moe) {
+      const uint64_t per_expert = (m(L.gate_exps) + m(L.up_exps) + m(L.down_exps)) / c.n_expert;
+      bytes += per_expert * c.n_expert_used;
+    }
+  }
+  return bytes;
+}
+
+}  // namespace rs

@@ -1,0 +1,121 @@
+// The Qwen3.5 model (qwen35 dense, qwen35moe) on the CPU: weights bound from a GGUF (mmap, no
+// copies for matmul weights), per-sequence state, and a forward step over a batch of
+// (sequence, tokens) items that can run a sub-range of layers with a pluggable expert executor.
+// Spec: ../shared/spec/qwen35.md §3-5.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/matmul.h"
+#include "worker/gguf.h"
+#include "worker/model_config.h"
+
+namespace rs {
+
+enum class Backend { kReference, kCpu, kCuda };
+absl::StatusOr<Backend> ParseBackend(const std::string& name);
+const char* BackendName(Backend b);
+
+// Per-sequence state: KV cache of the attention layers, conv + recurrent state of the DeltaNet
+// layers (f32). The KV cache grows by doubling; reserve() sizes it up front.
+struct SeqState {
+  int64_t n_past = 0;
+  struct Kv {
+    std::vector<uint8_t> k, v;  // [pos][n_kv_heads * head_dim] in kv_type
+  };
+  std::vector<Kv> kv;             // one per attention layer (in layer order)
+  std::vector<std::vector<float>> conv;  // one per DeltaNet layer: [K-1][conv_dim]
+  std::vector<std::vector<float>> ssm;   // one per DeltaNet layer: [Hv][dk][dv]
+  void reset();
+};
+
+// Computes the routed experts of one MoE layer for a set of tokens: out[t] = sum_i
+// weights[t][i] * expert_{ids[t][i]}(x[t]). The local executor runs them here; an
+// expert-parallel one dispatches to other workers.
+class ExpertExecutor {
+ public:
+  virtual ~ExpertExecutor() = default;
+  virtual void Run(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
+                   const float* weights, float* out) = 0;
+};
+
+struct ModelOptions {
+  Backend backend = Backend::kCpu;
+  int n_threads = 0;               // 0: all cores
+  // KV cache type: F16 by default for real models; F32 when the attention weights are F32
+  // (exact test models); Q8_0 on request.
+  std::optional<GgmlType> kv_type;
+};
+
+// One item of a step: `n_tok` tokens of one sequence, continuing its state.
+struct StepItem {
+  SeqState* seq = nullptr;
+  const int32_t* tokens = nullptr;
+  int64_t n_tok = 0;
+  bool all_logits = false;  // logits for every token (score) or only the last
+};
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Load(std::shared_ptr<const gguf::File> file,
+                                                     const ModelOptions& opts);
+  ~Model();
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend backend() const { return opts_.backend; }
+  GgmlType kv_type() const { return kv_type_; }
+  int n_threads() const { return n_threads_; }
+
+  // A fresh state sized for `reserve_ctx` positions.
+  std::unique_ptr<SeqState> NewSequence(int64_t reserve_ctx = 0) const;
+
+  // Runs all layers for the batch and writes logits: for each item, n_tok rows if all_logits
+  // else 1 row, concatenated in item order, each n_vocab floats.
+  absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits);
+
+  // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
+  void Embed(absl::Span<const StepItem> batch, float* hidden) const;
+  absl::Status RunLayers(absl::Span<const StepItem> batch, int64_t layer_begin, int64_t layer_end,
+                         float* hidden);
+  // Final norm + LM head on the selected rows of hidden.
+  void Logits(const float* hidden, const std::vector<int64_t>& rows, float* logits);
+
+  void set_expert_executor(ExpertExecutor* ex) { experts_ = ex; }
+  ExpertExecutor* local_experts() { return local_experts_.get(); }
+
+  // Total bytes of weights the model reads per decoded token (for bandwidth reports).
+  uint64_t active_weight_bytes_per_token() const;
+
+  struct Layer;
+  struct Workspace;
+
+ private:
+  Model() = default;
+  absl::Status Bind();
+  void Matmul(const WeightView& w, const float* x, int64_t n_tok, float* y);
+  void MatmulLd(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy);
+  void DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a, float* out);
+  void AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a, float* out);
+  void FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_tok, float* out);
+
+  std::shared_ptr<const gguf::File> file_;
+  ModelOptions opts_;
+  ModelConfig cfg_;
+  GgmlType kv_type_ = GgmlType::F16;
+  int n_threads_ = 1;
+  std::vector<Layer> layers_;
+  WeightView token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  std::vector<int64_t> attn_index_, dn_index_;  // layer -> index in SeqState::kv / conv
+  std::unique_ptr<Workspace> ws_;
+  std::unique_ptr<ExpertExecutor> local_experts_;
+  ExpertExecutor* experts_ = nullptr;
+  friend class LocalExpertExecutor;
+};
+
+}  // namespace rs

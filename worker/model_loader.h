@@ -1,0 +1,18 @@
+// Opens the model a subcommand names: a GGUF path (--model) or an in-memory synthetic model
+// (--synthetic PRESET:QUANT), with load progress and timing on stderr.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/gguf.h"
+
+namespace rs {
+
+// Exactly one of `model_path` and `synthetic` must be non-empty.
+absl::StatusOr<std::shared_ptr<const gguf::File>> OpenModelFile(const std::string& model_path,
+                                                                const std::string& synthetic,
+                                                                uint64_t seed = 1);
+
+}  // namespace rs
