@@ -221,10 +221,7 @@ absl::Status Model::Bind() {
   else
     output_ = token_embd_;
   layers_.resize(c.n_layer);
-  {
-    Layer tmp;
-    RS_TRY(vec(&layers_[0], "output_norm.weight", H, &output_norm_));
-  }
+  RS_TRY(vec(&layers_[0], "output_norm.weight", H, &output_norm_));
 
   const int64_t hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
   for (int64_t i = 0; i < c.n_layer; ++i) {
@@ -296,8 +293,10 @@ absl::Status Model::Bind() {
       return absl::InvalidArgumentError(
           absl::StrFormat("q8_0 KV cache needs head_dim %% 32 == 0, head_dim is %d", hd));
   } else {
+    // The reference backend evaluates the model exactly; F32 models are exact test models.
     kv_type_ = GgmlType::F16;
-    if (!attn_index_.empty() && layers_[attn_index_[0]].wk.type == GgmlType::F32)
+    if (opts_.backend == Backend::kReference ||
+        (!attn_index_.empty() && layers_[attn_index_[0]].wk.type == GgmlType::F32))
       kv_type_ = GgmlType::F32;
   }
   return absl::OkStatus();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,8 +48,8 @@ class ExpertExecutor {
 struct ModelOptions {
   Backend backend = Backend::kCpu;
   int n_threads = 0;               // 0: all cores
-  // KV cache type: F16 by default for real models; F32 when the attention weights are F32
-  // (exact test models); Q8_0 on request.
+  // KV cache type: F16 by default; F32 for the reference backend and when the attention
+  // weights are F32 (exact test models); Q8_0 on request.
   std::optional<GgmlType> kv_type;
 };
 
