@@ -1,0 +1,503 @@
+// Host side of the CUDA backend: device probe, memory, streams, timers, and the checked entry
+// points of cuda_ops.h (argument validation with the numbers in every message, then the raw
+// launchers of the .cu files).
+#include "kernels/cuda/cuda_ops.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_common.h"
+
+namespace rs::cuda {
+namespace detail {
+
+std::string cuda_error_text(const char* what, cudaError_t e) {
+  return absl::StrCat(what, ": CUDA error ", static_cast<int>(e), " (", cudaGetErrorName(e), ": ",
+                      cudaGetErrorString(e), ")");
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::as_stream;
+
+absl::Status cuda_status(const char* what, cudaError_t e) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  // Clear a sticky launch error so the next call starts clean (a real fault stays sticky).
+  (void)cudaGetLastError();
+  return absl::InternalError(detail::cuda_error_text(what, e));
+}
+
+absl::Status bad(const std::string& msg) { return absl::InvalidArgumentError(msg); }
+
+bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+int64_t type_block(GgmlType t) {
+  const TypeInfo* ti = type_info(t);
+  return ti ? ti->block_size : 1;
+}
+
+// Load width of the matvec for each type: the row starts must be aligned to it.
+size_t matvec_alignment(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+      return 16;
+    case GgmlType::IQ4_XS: return 8;
+    default: return 2;
+  }
+}
+
+absl::Status check_weight(const char* op, const WeightView& w, int64_t min_cols_multiple) {
+  if (!detail::type_supported(w.type))
+    return bad(absl::StrCat(op, ": weight type ", type_name(w.type), " (id ",
+                            static_cast<uint32_t>(w.type), ") has no CUDA kernel"));
+  if (w.data == nullptr) return bad(absl::StrCat(op, ": weight data is null"));
+  const int64_t mult = std::max(min_cols_multiple, type_block(w.type));
+  if (w.cols <= 0 || w.cols % mult != 0)
+    return bad(absl::StrCat(op, ": ", type_name(w.type), " weight has cols = ", w.cols,
+                            ", must be a positive multiple of ", mult));
+  if (w.rows <= 0) return bad(absl::StrCat(op, ": weight has rows = ", w.rows));
+  if (w.row_stride < row_bytes(w.type, w.cols))
+    return bad(absl::StrCat(op, ": row_stride ", w.row_stride, " < row bytes ",
+                            row_bytes(w.type, w.cols), " (", type_name(w.type), ", cols ", w.cols,
+                            ")"));
+  return absl::OkStatus();
+}
+
+absl::Status check_matvec_alignment(const char* op, const WeightView& w) {
+  const size_t a = matvec_alignment(w.type);
+  if (!aligned(w.data, a) || w.row_stride % a != 0)
+    return bad(absl::StrCat(op, ": ", type_name(w.type), " weights need ", a,
+                            "-byte aligned rows (data % ", a, " = ",
+                            reinterpret_cast<uintptr_t>(w.data) % a, ", row_stride ", w.row_stride,
+                            ")"));
+  return absl::OkStatus();
+}
+
+absl::Status check_act(const char* op, const WeightView& w, const DeviceAct& a, int64_t max_tok) {
+  if (a.cols != w.cols)
+    return bad(absl::StrCat(op, ": activations have ", a.cols, " cols, the weight ", w.cols));
+  if (a.n_tok < 1 || a.n_tok > max_tok)
+    return bad(absl::StrCat(op, ": n_tok = ", a.n_tok, ", must be in [1, ", max_tok, "]"));
+  if (detail::type_uses_q8(w.type)) {
+    if (a.q == nullptr || a.ds == nullptr)
+      return bad(absl::StrCat(op, ": ", type_name(w.type),
+                              " needs q8 activations (call quantize_act first)"));
+  } else {
+    if (a.x == nullptr) return bad(absl::StrCat(op, ": f32 activations are null"));
+    if (!aligned(a.x, 16) || a.ldx % 4 != 0)
+      return bad(absl::StrCat(op, ": f32 activations must be 16-byte aligned with ldx % 4 == 0 "
+                              "(ldx ", a.ldx, ")"));
+  }
+  return absl::OkStatus();
+}
+
+detail::MvParams mv_params(const WeightView& w, const DeviceAct& a) {
+  detail::MvParams p;
+  p.type = w.type;
+  p.w = static_cast<const uint8_t*>(w.data);
+  p.row_stride = w.row_stride;
+  p.cols = w.cols;
+  p.rows = w.rows;
+  p.x = a.x;
+  p.ldx = a.ldx;
+  p.q = a.q;
+  p.ds = a.ds;
+  p.n_tok = static_cast<int>(a.n_tok);
+  return p;
+}
+
+size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+}  // namespace
+
+// ---- probe, memory ---------------------------------------------------------------------------
+bool cuda_available(std::string* why) {
+  int n = 0;  // cudaGetDeviceCount leaves it unwritten on error
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (why) *why = detail::cuda_error_text("cudaGetDeviceCount", e);
+    return false;
+  }
+  if (n <= 0) {
+    if (why) *why = "cudaGetDeviceCount: 0 devices";
+    return false;
+  }
+  if (why) why->clear();
+  return true;
+}
+
+absl::StatusOr<DeviceInfo> device_info(int device) {
+  cudaDeviceProp prop{};
+  cudaError_t e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess) return cuda_status("cudaGetDeviceProperties", e);
+  DeviceInfo d;
+  d.name = prop.name;
+  d.cc_major = prop.major;
+  d.cc_minor = prop.minor;
+  d.sm_count = prop.multiProcessorCount;
+  d.total_mem = prop.totalGlobalMem;
+  d.l2_bytes = static_cast<size_t>(prop.l2CacheSize);
+  d.mem_bus_bits = prop.memoryBusWidth;
+  size_t free_b = 0, total_b = 0;
+  e = cudaSetDevice(device);
+  if (e == cudaSuccess) e = cudaMemGetInfo(&free_b, &total_b);
+  if (e != cudaSuccess) return cuda_status("cudaMemGetInfo", e);
+  d.free_mem = free_b;
+  return d;
+}
+
+absl::StatusOr<DeviceBuffer> DeviceBuffer::alloc(size_t bytes) {
+  DeviceBuffer b;
+  if (bytes == 0) return b;
+  const cudaError_t e = cudaMalloc(&b.p_, bytes);
+  if (e != cudaSuccess) {
+    b.p_ = nullptr;
+    return cuda_status(absl::StrCat("cudaMalloc(", bytes, " bytes)").c_str(), e);
+  }
+  b.n_ = bytes;
+  return b;
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (p_) (void)cudaFree(p_);
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) (void)cudaFree(p_);
+    p_ = std::exchange(o.p_, nullptr);
+    n_ = std::exchange(o.n_, 0);
+  }
+  return *this;
+}
+
+absl::Status copy_to_device(void* d_dst, const void* src, size_t bytes, Stream s) {
+  if (bytes == 0) return absl::OkStatus();
+  return cuda_status("cudaMemcpyAsync(H2D)",
+                     cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, as_stream(s)));
+}
+absl::Status copy_to_host(void* dst, const void* d_src, size_t bytes, Stream s) {
+  if (bytes == 0) return absl::OkStatus();
+  cudaError_t e = cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, as_stream(s));
+  if (e == cudaSuccess) e = cudaStreamSynchronize(as_stream(s));
+  return cuda_status("cudaMemcpyAsync(D2H)", e);
+}
+absl::Status copy_device(void* d_dst, const void* d_src, size_t bytes, Stream s) {
+  if (bytes == 0) return absl::OkStatus();
+  return cuda_status("cudaMemcpyAsync(D2D)",
+                     cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, as_stream(s)));
+}
+absl::Status fill_bytes(void* d_dst, int value, size_t bytes, Stream s) {
+  if (bytes == 0) return absl::OkStatus();
+  return cuda_status("cudaMemsetAsync", cudaMemsetAsync(d_dst, value, bytes, as_stream(s)));
+}
+absl::Status synchronize(Stream s) {
+  return cuda_status("cudaStreamSynchronize", cudaStreamSynchronize(as_stream(s)));
+}
+absl::StatusOr<Stream> create_stream() {
+  cudaStream_t st = nullptr;
+  const cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+  if (e != cudaSuccess) return cuda_status("cudaStreamCreate", e);
+  return static_cast<Stream>(st);
+}
+void destroy_stream(Stream s) {
+  if (s) (void)cudaStreamDestroy(as_stream(s));
+}
+
+EventTimer::EventTimer() {
+  cudaEvent_t a = nullptr, b = nullptr;
+  if (cudaEventCreate(&a) == cudaSuccess) a_ = a;
+  if (cudaEventCreate(&b) == cudaSuccess) b_ = b;
+  (void)cudaGetLastError();
+}
+EventTimer::~EventTimer() {
+  if (a_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(a_));
+  if (b_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(b_));
+}
+absl::Status EventTimer::start(Stream s) {
+  if (!a_) return absl::FailedPreconditionError("EventTimer: cudaEventCreate failed");
+  return cuda_status("cudaEventRecord", cudaEventRecord(static_cast<cudaEvent_t>(a_), as_stream(s)));
+}
+absl::Status EventTimer::stop(Stream s) {
+  if (!b_) return absl::FailedPreconditionError("EventTimer: cudaEventCreate failed");
+  return cuda_status("cudaEventRecord", cudaEventRecord(static_cast<cudaEvent_t>(b_), as_stream(s)));
+}
+absl::StatusOr<float> EventTimer::elapsed_ms() {
+  if (!a_ || !b_) return absl::FailedPreconditionError("EventTimer: cudaEventCreate failed");
+  cudaError_t e = cudaEventSynchronize(static_cast<cudaEvent_t>(b_));
+  float ms = 0.0f;
+  if (e == cudaSuccess)
+    e = cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a_), static_cast<cudaEvent_t>(b_));
+  if (e != cudaSuccess) return cuda_status("cudaEventElapsedTime", e);
+  return ms;
+}
+
+absl::Status read_sweep(const void* d_data, size_t bytes, float* d_sink, Stream s) {
+  if (bytes % 16 != 0 || !aligned(d_data, 16))
+    return bad(absl::StrCat("read_sweep: ", bytes, " bytes; need a 16-byte aligned multiple of 16"));
+  return cuda_status("read_sweep", detail::launch_read_sweep(d_data, bytes, d_sink, as_stream(s)));
+}
+
+// ---- matvec / matmul -----------------------------------------------------------------------------
+bool cuda_supports(GgmlType t) { return detail::type_supported(t); }
+bool matvec_uses_q8(GgmlType t) { return detail::type_uses_q8(t); }
+
+size_t act_q8_bytes(int64_t cols, int64_t n_tok) {
+  const size_t q = round_up(static_cast<size_t>(cols * n_tok), 256);
+  const size_t ds = round_up(static_cast<size_t>(cols / 32 * n_tok) * 8, 256);
+  return q + ds;
+}
+
+absl::Status quantize_act(const float* x, int64_t ldx, int64_t n_tok, int64_t cols, void* ws,
+                          size_t ws_bytes, DeviceAct* out, Stream s) {
+  if (cols <= 0 || cols % 32 != 0)
+    return bad(absl::StrCat("quantize_act: cols = ", cols, ", must be a positive multiple of 32"));
+  if (n_tok < 1 || ldx < cols)
+    return bad(absl::StrCat("quantize_act: n_tok = ", n_tok, ", ldx = ", ldx, ", cols = ", cols));
+  const size_t need = act_q8_bytes(cols, n_tok);
+  if (ws == nullptr || ws_bytes < need || !aligned(ws, 256))
+    return bad(absl::StrCat("quantize_act: workspace of ", ws_bytes, " bytes; need ", need,
+                            ", 256-byte aligned"));
+  int8_t* q = static_cast<int8_t*>(ws);
+  float* ds = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) +
+                                       round_up(static_cast<size_t>(cols * n_tok), 256));
+  const cudaError_t e = detail::launch_quantize_act(x, ldx, static_cast<int>(n_tok), cols, q, ds,
+                                                    as_stream(s));
+  if (e != cudaSuccess) return cuda_status("quantize_act", e);
+  *out = DeviceAct{x, ldx, q, ds, cols, n_tok};
+  return absl::OkStatus();
+}
+
+absl::Status matvec(const WeightView& w, const DeviceAct& a, float* y, int64_t ldy, Stream s) {
+  const int64_t min_mult = detail::type_uses_q8(w.type) ? 32 : 8;
+  if (absl::Status st = check_weight("matvec", w, min_mult); !st.ok()) return st;
+  if (absl::Status st = check_matvec_alignment("matvec", w); !st.ok()) return st;
+  if (absl::Status st = check_act("matvec", w, a, kMaxMatvecTokens); !st.ok()) return st;
+  if (a.n_tok > 1 && ldy < w.rows)
+    return bad(absl::StrCat("matvec: ldy = ", ldy, " < rows = ", w.rows));
+  detail::MvParams p = mv_params(w, a);
+  p.y = y;
+  p.ldy = ldy;
+  return cuda_status("matvec", detail::launch_matvec(p, as_stream(s)));
+}
+
+absl::Status matmul_tc(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                       int64_t ldy, Stream s) {
+  if (absl::Status st = check_weight("matmul_tc", w, 32); !st.ok()) return st;
+  if (n_tok < 1 || ldx < w.cols || ldy < w.rows)
+    return bad(absl::StrCat("matmul_tc: n_tok = ", n_tok, ", ldx = ", ldx, " (cols ", w.cols,
+                            "), ldy = ", ldy, " (rows ", w.rows, ")"));
+  if ((w.type == GgmlType::F32 && (w.row_stride % 4 != 0 || !aligned(w.data, 4))) ||
+      ((w.type == GgmlType::F16 || w.type == GgmlType::BF16) &&
+       (w.row_stride % 2 != 0 || !aligned(w.data, 2))))
+    return bad(absl::StrCat("matmul_tc: misaligned ", type_name(w.type), " rows"));
+  return cuda_status("matmul_tc",
+                     detail::launch_matmul_tc(w.type, static_cast<const uint8_t*>(w.data),
+                                              w.row_stride, w.cols, w.rows, x, ldx, n_tok, y, ldy,
+                                              as_stream(s)));
+}
+
+size_t matmul_workspace_bytes(GgmlType t, int64_t cols, int64_t n_tok) {
+  if (n_tok > kMaxMatvecTokens || !detail::type_uses_q8(t)) return 0;
+  return act_q8_bytes(cols, n_tok);
+}
+
+absl::Status matmul(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                    int64_t ldy, void* ws, size_t ws_bytes, Stream s) {
+  if (n_tok > kMaxMatvecTokens) return matmul_tc(w, x, ldx, n_tok, y, ldy, s);
+  DeviceAct a{x, ldx, nullptr, nullptr, w.cols, n_tok};
+  if (detail::type_uses_q8(w.type)) {
+    if (absl::Status st = quantize_act(x, ldx, n_tok, w.cols, ws, ws_bytes, &a, s); !st.ok())
+      return st;
+  }
+  return matvec(w, a, y, ldy, s);
+}
+
+// ---- MoE --------------------------------------------------------------------------------------
+namespace {
+absl::Status check_moe(const char* op, const WeightView& experts, int64_t rows_per_expert,
+                       const int32_t* d_ids, int64_t n_sel) {
+  if (rows_per_expert <= 0 || experts.rows % rows_per_expert != 0)
+    return bad(absl::StrCat(op, ": rows_per_expert = ", rows_per_expert, " does not divide rows = ",
+                            experts.rows));
+  if (d_ids == nullptr || n_sel < 1 || n_sel > 64)
+    return bad(absl::StrCat(op, ": n_sel = ", n_sel, " (1..64) with ids ",
+                            d_ids ? "set" : "null"));
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status moe_matvec_up(const WeightView& experts, int64_t rows_per_expert,
+                           const int32_t* d_ids, int64_t n_sel, const DeviceAct& a, float* y,
+                           Stream s) {
+  const int64_t min_mult = detail::type_uses_q8(experts.type) ? 32 : 8;
+  if (absl::Status st = check_weight("moe_matvec_up", experts, min_mult); !st.ok()) return st;
+  if (absl::Status st = check_matvec_alignment("moe_matvec_up", experts); !st.ok()) return st;
+  if (absl::Status st = check_act("moe_matvec_up", experts, a, 1); !st.ok()) return st;
+  if (absl::Status st = check_moe("moe_matvec_up", experts, rows_per_expert, d_ids, n_sel);
+      !st.ok())
+    return st;
+  detail::MvParams p = mv_params(experts, a);
+  p.rows = rows_per_expert;
+  p.expert_stride = experts.row_stride * static_cast<size_t>(rows_per_expert);
+  p.mode = detail::MvMode::kMoeUp;
+  p.ids = d_ids;
+  p.n_sel = static_cast<int>(n_sel);
+  p.y = y;
+  p.ldy = rows_per_expert;
+  return cuda_status("moe_matvec_up", detail::launch_matvec(p, as_stream(s)));
+}
+
+absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
+                             const int32_t* d_ids, const float* d_weights, int64_t n_sel,
+                             const DeviceAct& a, float* y, bool accumulate, Stream s) {
+  const int64_t min_mult = detail::type_uses_q8(experts.type) ? 32 : 8;
+  if (absl::Status st = check_weight("moe_matvec_down", experts, min_mult); !st.ok()) return st;
+  if (absl::Status st = check_matvec_alignment("moe_matvec_down", experts); !st.ok()) return st;
+  if (absl::Status st = check_act("moe_matvec_down", experts, a, 64); !st.ok()) return st;
+  if (absl::Status st = check_moe("moe_matvec_down", experts, rows_per_expert, d_ids, n_sel);
+      !st.ok())
+    return st;
+  if (a.n_tok != n_sel)
+    return bad(absl::StrCat("moe_matvec_down: ", a.n_tok, " activation rows for ", n_sel,
+                            " selected experts"));
+  if (d_weights == nullptr) return bad("moe_matvec_down: weights are null");
+  detail::MvParams p = mv_params(experts, a);
+  p.rows = rows_per_expert;
+  p.expert_stride = experts.row_stride * static_cast<size_t>(rows_per_expert);
+  p.mode = detail::MvMode::kMoeDown;
+  p.ids = d_ids;
+  p.sel_w = d_weights;
+  p.n_sel = static_cast<int>(n_sel);
+  p.accumulate = accumulate;
+  p.y = y;
+  p.ldy = rows_per_expert;
+  return cuda_status("moe_matvec_down", detail::launch_matvec(p, as_stream(s)));
+}
+
+// ---- ops ----------------------------------------------------------------------------------------
+absl::Status rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* y,
+                      Stream s) {
+  if (rows < 0 || n <= 0) return bad(absl::StrCat("rms_norm: rows = ", rows, ", n = ", n));
+  if (rows == 0) return absl::OkStatus();
+  return cuda_status("rms_norm",
+                     detail::launch_rms_norm(x, w, nullptr, rows, n, eps, y, as_stream(s)));
+}
+
+absl::Status rms_norm_gated(const float* x, const float* w, const float* z, int64_t rows,
+                            int64_t n, float eps, float* y, Stream s) {
+  if (rows < 0 || n <= 0 || z == nullptr)
+    return bad(absl::StrCat("rms_norm_gated: rows = ", rows, ", n = ", n, z ? "" : ", z null"));
+  if (rows == 0) return absl::OkStatus();
+  return cuda_status("rms_norm_gated",
+                     detail::launch_rms_norm(x, w, z, rows, n, eps, y, as_stream(s)));
+}
+
+absl::Status l2_norm(float* x, int64_t rows, int64_t n, float eps, Stream s) {
+  if (rows < 0 || n <= 0) return bad(absl::StrCat("l2_norm: rows = ", rows, ", n = ", n));
+  if (rows == 0) return absl::OkStatus();
+  return cuda_status("l2_norm", detail::launch_l2_norm(x, rows, n, eps, as_stream(s)));
+}
+
+absl::Status rope_neox(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                       const int64_t* d_pos, float theta, Stream s) {
+  if (n_rot % 2 != 0 || n_rot > head_dim || n_rot < 0 || n_tok < 0 || n_heads < 0)
+    return bad(absl::StrCat("rope_neox: n_rot = ", n_rot, " (even, <= head_dim ", head_dim,
+                            "), n_tok = ", n_tok, ", n_heads = ", n_heads));
+  return cuda_status("rope_neox", detail::launch_rope_neox(x, n_tok, n_heads, head_dim, n_rot,
+                                                           d_pos, theta, as_stream(s)));
+}
+
+size_t attention_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t n_past) {
+  const int64_t n_chunks = (n_past + T + detail::kAttnChunk - 1) / detail::kAttnChunk;
+  return static_cast<size_t>(T * nh * n_chunks * (hd + 2)) * sizeof(float);
+}
+
+absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                       const KvView& v, int64_t n_past, float scale, float* out, void* ws,
+                       size_t ws_bytes, Stream s) {
+  if (hd != 32 && hd != 64 && hd != 128 && hd != 256)
+    return bad(absl::StrCat("attention: head_dim ", hd, " (CUDA supports 32, 64, 128, 256)"));
+  if (T < 1 || n_past < 0 || nh < 1)
+    return bad(absl::StrCat("attention: T = ", T, ", n_past = ", n_past, ", nh = ", nh));
+  for (const KvView* kv : {&k, &v}) {
+    if (kv->type != GgmlType::F32 && kv->type != GgmlType::F16 && kv->type != GgmlType::Q8_0)
+      return bad(absl::StrCat("attention: KV type ", type_name(kv->type),
+                              " (CUDA supports F32, F16, Q8_0)"));
+    if (kv->head_dim != hd || kv->n_kv_heads < 1 || nh % kv->n_kv_heads != 0)
+      return bad(absl::StrCat("attention: KV head_dim ", kv->head_dim, " (q ", hd, "), ",
+                              kv->n_kv_heads, " KV heads for ", nh, " query heads"));
+    const size_t al = kv->type == GgmlType::F16 ? 16 : kv->type == GgmlType::F32 ? 4 : 2;
+    if (!aligned(kv->data, al) || kv->pos_stride_bytes % al != 0)
+      return bad(absl::StrCat("attention: ", type_name(kv->type), " KV cache needs ", al,
+                              "-byte alignment (pos_stride ", kv->pos_stride_bytes, ")"));
+  }
+  if (k.n_kv_heads != v.n_kv_heads)
+    return bad(absl::StrCat("attention: K has ", k.n_kv_heads, " heads, V ", v.n_kv_heads));
+  const size_t need = attention_workspace_bytes(T, nh, hd, n_past);
+  if (ws == nullptr || ws_bytes < need || !aligned(ws, 16))
+    return bad(absl::StrCat("attention: workspace of ", ws_bytes, " bytes; need ", need));
+  const int64_t n_chunks = (n_past + T + detail::kAttnChunk - 1) / detail::kAttnChunk;
+  const detail::AttnKv kk{k.type, static_cast<const uint8_t*>(k.data), k.n_kv_heads,
+                          k.pos_stride_bytes};
+  const detail::AttnKv vv{v.type, static_cast<const uint8_t*>(v.data), v.n_kv_heads,
+                          v.pos_stride_bytes};
+  return cuda_status("attention",
+                     detail::launch_attention(q, T, nh, hd, kk, vv, n_past, scale, out,
+                                              static_cast<float*>(ws), n_chunks, as_stream(s)));
+}
+
+absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
+                         float* state, float* out, Stream s) {
+  if (K < 1 || K > 8 || C < 1 || T < 0)
+    return bad(absl::StrCat("conv1d_silu: K = ", K, " (1..8), C = ", C, ", T = ", T));
+  return cuda_status("conv1d_silu",
+                     detail::launch_conv1d_silu(u, T, C, w, K, state, out, as_stream(s)));
+}
+
+absl::Status delta_rule(const DeltaNetDims& d, const float* q, const float* k, const float* v,
+                        const float* g, const float* beta, float* S, float* out, Stream s) {
+  if ((d.dk != 32 && d.dk != 64 && d.dk != 128) || d.dv < 32 || d.dv % 32 != 0 || d.Hk < 1 ||
+      d.Hv < 1 || d.Hv % d.Hk != 0 || d.T < 0)
+    return bad(absl::StrCat("delta_rule: dk = ", d.dk, " (32, 64 or 128), dv = ", d.dv,
+                            " (multiple of 32), Hk = ", d.Hk, ", Hv = ", d.Hv, ", T = ", d.T));
+  if (d.T == 0) return absl::OkStatus();
+  return cuda_status("delta_rule",
+                     detail::launch_delta_rule(d, q, k, v, g, beta, S, out, as_stream(s)));
+}
+
+absl::Status swiglu(const float* gate, const float* up, int64_t n, float* out, Stream s) {
+  if (n < 0) return bad(absl::StrCat("swiglu: n = ", n));
+  return cuda_status("swiglu", detail::launch_swiglu(gate, up, n, out, as_stream(s)));
+}
+
+absl::Status router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k, int32_t* ids,
+                         float* weights, Stream s) {
+  if (E < 1 || E > 1024 || k < 1 || k > 32 || k > E || n_tok < 0)
+    return bad(absl::StrCat("router_topk: E = ", E, " (1..1024), k = ", k, " (1..min(32, E)), "
+                            "n_tok = ", n_tok));
+  if (n_tok == 0) return absl::OkStatus();
+  return cuda_status("router_topk", detail::launch_router_topk(logits, n_tok, E, k, ids, weights,
+                                                               as_stream(s)));
+}
+
+absl::Status embedding_lookup(const WeightView& table, const int32_t* d_ids, int64_t n_tok,
+                              float* out, Stream s) {
+  if (absl::Status st = check_weight("embedding_lookup", table, 32); !st.ok()) return st;
+  if (n_tok < 0) return bad(absl::StrCat("embedding_lookup: n_tok = ", n_tok));
+  if (n_tok == 0) return absl::OkStatus();
+  return cuda_status("embedding_lookup",
+                     detail::launch_embedding(table.type, static_cast<const uint8_t*>(table.data),
+                                              table.row_stride, table.cols, d_ids, n_tok,
+                                              table.rows, out, as_stream(s)));
+}
+
+}  // namespace rs::cuda

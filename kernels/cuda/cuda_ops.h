@@ -1,0 +1,180 @@
+// The CUDA twins of kernels/ops.h and kernels/matmul.h, as a plain C++ API that g++ can include
+// (no CUDA types: a stream is a `void*` holding a cudaStream_t, nullptr = the legacy default
+// stream). Every pointer argument named `d_*` or documented as "device" lives in device memory;
+// WeightView::data and KvView::data are device pointers here. All ops are enqueued on the given
+// stream and return once launched; the Status reports bad arguments (naming the numbers) and
+// launch errors. Semantics are exactly those of the `_ref` functions in kernels/ops.h and
+// kernels/matmul.h, which the tests in tests/cuda/ compare against.
+//
+// Nothing here allocates during an op: ops that need scratch take a workspace and say how big
+// it must be (`*_workspace_bytes`).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/formats.h"
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+
+namespace rs::cuda {
+
+using Stream = void*;  // cudaStream_t
+
+// ---- device probe and memory ----------------------------------------------------------------
+// True when at least one CUDA device can be used; otherwise false and *why says why (the CUDA
+// error, e.g. "cudaGetDeviceCount: error 35 (CUDA driver version is insufficient...)").
+bool cuda_available(std::string* why = nullptr);
+
+struct DeviceInfo {
+  std::string name;
+  int cc_major = 0, cc_minor = 0;
+  int sm_count = 0;
+  size_t total_mem = 0;
+  size_t free_mem = 0;
+  size_t l2_bytes = 0;
+  int mem_bus_bits = 0;
+};
+absl::StatusOr<DeviceInfo> device_info(int device = 0);
+
+// Owning device allocation (cudaMalloc / cudaFree). Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  static absl::StatusOr<DeviceBuffer> alloc(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return p_; }
+  template <class T> T* as() const { return static_cast<T*>(p_); }
+  size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+absl::Status copy_to_device(void* d_dst, const void* src, size_t bytes, Stream s = nullptr);
+absl::Status copy_to_host(void* dst, const void* d_src, size_t bytes, Stream s = nullptr);
+absl::Status copy_device(void* d_dst, const void* d_src, size_t bytes, Stream s = nullptr);
+absl::Status fill_bytes(void* d_dst, int value, size_t bytes, Stream s = nullptr);
+absl::Status synchronize(Stream s = nullptr);
+absl::StatusOr<Stream> create_stream();
+void destroy_stream(Stream s);
+
+// Device-event timer: start()/stop() enqueue events on the stream; elapsed_ms() waits for stop.
+class EventTimer {
+ public:
+  EventTimer();
+  ~EventTimer();
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  absl::Status start(Stream s = nullptr);
+  absl::Status stop(Stream s = nullptr);
+  absl::StatusOr<float> elapsed_ms();
+
+ private:
+  void* a_ = nullptr;
+  void* b_ = nullptr;
+};
+
+// Reads `bytes` (a multiple of 16) with 16-byte loads and writes one float per block to
+// d_sink (at least 4096 floats), so that the reads cannot be optimised away. For measuring
+// the read bandwidth.
+absl::Status read_sweep(const void* d_data, size_t bytes, float* d_sink, Stream s = nullptr);
+
+// ---- quantised matvec (decode) and matmul (prefill) -------------------------------------------
+// Y[t][r] = sum_c W[r][c] X[t][c], as matmul_ref.
+constexpr int64_t kMaxMatvecTokens = 8;
+
+// Types with a CUDA matvec and matmul: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K IQ4_XS.
+bool cuda_supports(GgmlType t);
+// Whether the type's matvec reads q8-quantised activations (integer dot products, dp4a) rather
+// than the f32 activations.
+bool matvec_uses_q8(GgmlType t);
+
+// Activations prepared for matvec: f32 rows plus, for the integer formats, the q8 copy (blocks
+// of 32: int8 q[cols] per token and float {d, sum(x)} per block; x ~= d * q).
+struct DeviceAct {
+  const float* x = nullptr;  // [n_tok][ldx]
+  int64_t ldx = 0;
+  const int8_t* q = nullptr;  // [n_tok][cols] or nullptr when not quantised
+  const float* ds = nullptr;  // [n_tok][cols / 32][2]
+  int64_t cols = 0;
+  int64_t n_tok = 0;
+};
+// Workspace for quantize_act: n_tok * (cols + cols / 32 * 8) bytes (rounded up to 256).
+size_t act_q8_bytes(int64_t cols, int64_t n_tok);
+// Quantises X (cols a multiple of 32) into the workspace; fills *out (x/ldx included).
+absl::Status quantize_act(const float* x, int64_t ldx, int64_t n_tok, int64_t cols, void* ws,
+                          size_t ws_bytes, DeviceAct* out, Stream s = nullptr);
+
+// Matvec for 1..kMaxMatvecTokens tokens with prepared activations (one activation set can feed
+// several matrices: qkv, gate, alpha, beta). out rows: y[t * ldy + r].
+absl::Status matvec(const WeightView& w, const DeviceAct& a, float* y, int64_t ldy,
+                    Stream s = nullptr);
+
+// Prefill matmul on tensor cores (f16 inputs, f32 accumulation): weight tiles dequantised into
+// shared memory. Any n_tok >= 1.
+absl::Status matmul_tc(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                       int64_t ldy, Stream s = nullptr);
+
+// Convenience: n_tok <= kMaxMatvecTokens -> quantize_act + matvec; else matmul_tc. ws as
+// matmul_workspace_bytes (0 when only matmul_tc is used).
+size_t matmul_workspace_bytes(GgmlType t, int64_t cols, int64_t n_tok);
+absl::Status matmul(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                    int64_t ldy, void* ws, size_t ws_bytes, Stream s = nullptr);
+
+// ---- MoE (decode, one token) -------------------------------------------------------------------
+// `experts` is a stacked 3-D expert tensor seen as rows = E * rows_per_expert (GGUF {cols, I, E}).
+// d_ids: n_sel expert ids on the device (from router_topk); no host round trip.
+// up:   y[i][r] = W[ids[i]][r] . x          (a: 1 token; y: [n_sel][rows_per_expert])
+absl::Status moe_matvec_up(const WeightView& experts, int64_t rows_per_expert,
+                           const int32_t* d_ids, int64_t n_sel, const DeviceAct& a, float* y,
+                           Stream s = nullptr);
+// down: y[r] (+)= sum_i weights[i] * (W[ids[i]][r] . x_i)   (a: n_sel tokens, token i = x_i).
+// The sum over i runs in a fixed order (deterministic, no atomics).
+absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
+                             const int32_t* d_ids, const float* d_weights, int64_t n_sel,
+                             const DeviceAct& a, float* y, bool accumulate, Stream s = nullptr);
+
+// ---- ops (same semantics as kernels/ops.h) ---------------------------------------------------
+absl::Status rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* y,
+                      Stream s = nullptr);
+absl::Status rms_norm_gated(const float* x, const float* w, const float* z, int64_t rows,
+                            int64_t n, float eps, float* y, Stream s = nullptr);
+absl::Status l2_norm(float* x, int64_t rows, int64_t n, float eps, Stream s = nullptr);
+// d_pos: n_tok positions on the device.
+absl::Status rope_neox(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                       const int64_t* d_pos, float theta, Stream s = nullptr);
+
+// Attention (split-K over the cache: each (token, head) is cut into chunks of kv positions whose
+// partial softmax states are merged by a second kernel). KV types: F32, F16, Q8_0.
+size_t attention_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t n_past);
+absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                       const KvView& v, int64_t n_past, float scale, float* out, void* ws,
+                       size_t ws_bytes, Stream s = nullptr);
+
+absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
+                         float* state, float* out, Stream s = nullptr);
+// Gated delta rule, any T (token by token per head; equal to delta_rule_recurrent_ref and to the
+// chunked form up to rounding). dk, dv <= 128 and multiples of 32... see cuda_ops.cc for limits.
+absl::Status delta_rule(const DeltaNetDims& d, const float* q, const float* k, const float* v,
+                        const float* g, const float* beta, float* S, float* out,
+                        Stream s = nullptr);
+
+absl::Status swiglu(const float* gate, const float* up, int64_t n, float* out, Stream s = nullptr);
+// n_tok rows of E logits -> ids/weights [n_tok][k], as router_topk_ref per row. E <= 1024, k <= 32.
+absl::Status router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k, int32_t* ids,
+                         float* weights, Stream s = nullptr);
+// out[t][:] = dequantised row d_ids[t] of `table` (token_embd), cols floats per token.
+absl::Status embedding_lookup(const WeightView& table, const int32_t* d_ids, int64_t n_tok,
+                              float* out, Stream s = nullptr);
+
+}  // namespace rs::cuda
