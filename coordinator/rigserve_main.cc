@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "coordinator/text/cli_render.h"
 #include "worker/cli.h"
 
 namespace {
@@ -18,6 +19,7 @@ const Command kCommands[] = {
     {"make-model", rs::cli::make_model_main, "write a random-weight Qwen3.5 GGUF (presets)"},
     {"generate", rs::cli::generate_main, "greedy/sampled generation from prompt ids"},
     {"score", rs::cli::score_main, "logits of every input position in one forward pass"},
+    {"render-chat", rs::cli::render_chat_main, "render messages through the chat template"},
 };
 
 void usage(FILE* f) {
