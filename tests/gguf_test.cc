@@ -145,6 +145,9 @@ TEST(GgufErrors, BadMagic) {
   Bytes b;
   b.u32(0x46554746).u32(3).u64(0).u64(0);
   EXPECT_THAT(ParseError(b), AllOf(HasSubstr("bad magic"), HasSubstr(At(0))));
+  Bytes be;
+  be.u32(0x47475546).u32(0x03000000).u64(0).u64(0);
+  EXPECT_THAT(ParseError(be), AllOf(HasSubstr("big-endian"), HasSubstr(At(0))));
 }
 
 TEST(GgufErrors, Version1Rejected) {

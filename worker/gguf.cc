@@ -26,6 +26,7 @@ namespace rs::gguf {
 namespace {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
+constexpr uint32_t kMagicBigEndian = 0x47475546;  // "FUGG": gguf-py's big-endian files
 constexpr uint32_t kDefaultAlignment = 32;
 constexpr uint64_t kMaxNameLength = 65535;   // keys and tensor names; ggml uses 64 for names
 constexpr int kMaxArrayDepth = 16;           // nested arrays deeper than this are refused
@@ -524,6 +525,10 @@ absl::Status File::Parse() {
   Cursor c(buf_, size_);
   uint32_t magic = 0;
   RS_RETURN_IF_ERROR(c.read(&magic, "magic"));
+  if (magic == kMagicBigEndian) {
+    return Err("magic \"FUGG\" at offset 0: a big-endian GGUF file; only little-endian files "
+               "are read");
+  }
   if (magic != kMagic) {
     return Err(absl::StrFormat(
         "bad magic 0x%08x at offset 0 (bytes %02x %02x %02x %02x): not a GGUF file (expected "
