@@ -78,45 +78,72 @@ bool using_avx2() {
 
 namespace {
 
-inline int8_t q8_round(float v) { return static_cast<int8_t>(std::lrintf(v)); }
+// rint: round half to even in the default mode, inlined (lrintf may be a libm call).
+inline int8_t q8_round(float v) { return static_cast<int8_t>(static_cast<int>(std::rint(v))); }
 
 // max|x| of n values, and d / 1/d of the symmetric 8-bit code.
-inline void q8_scale(const float* x, int n, float* d, float* id) {
-  float amax = 0;
-  for (int j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+inline void q8_scale_from_amax(float amax, float* d, float* id) {
   *d = amax / 127.0f;
   *id = amax != 0 ? 127.0f / amax : 0.0f;
+}
+
+// Scalar: one block of n (32 or 256) values.
+inline float q8_block_scalar(const float* x, int n, int8_t* qs) {
+  float amax = 0;
+  for (int j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+  float d, id;
+  q8_scale_from_amax(amax, &d, &id);
+  for (int j = 0; j < n; ++j) qs[j] = q8_round(x[j] * id);
+  return d;
+}
+
+// AVX2: the same arithmetic (x * id rounded to nearest even by cvtps), identical codes.
+inline float q8_block_avx2(const float* x, int n, int8_t* qs) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int j = 0; j < n; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float d, id;
+  q8_scale_from_amax(_mm_cvtss_f32(h), &d, &id);
+  const __m256 vid = _mm256_set1_ps(id);
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int j = 0; j < n; j += 32) {
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j), vid));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8), vid));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 16), vid));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 24), vid));
+    // packs work per 128-bit lane: undo the interleave with one permute.
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + j), _mm256_permutevar8x32_epi32(p, perm));
+  }
+  return d;
+}
+
+inline float q8_block(const float* x, int n, int8_t* qs) {
+  return using_avx2() ? q8_block_avx2(x, n, qs) : q8_block_scalar(x, n, qs);
 }
 
 }  // namespace
 
 void quantize_act_q8x32(const float* x, ActQ8x32* out, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
-    const float* xb = x + i * kQK;
-    float d, id;
-    q8_scale(xb, kQK, &d, &id);
+    out[i].d = q8_block(x + i * kQK, kQK, out[i].qs);
     int32_t s = 0;
-    for (int j = 0; j < kQK; ++j) {
-      out[i].qs[j] = q8_round(xb[j] * id);
-      s += out[i].qs[j];
-    }
-    out[i].d = d;
+    for (int j = 0; j < kQK; ++j) s += out[i].qs[j];
     out[i].s = s;
   }
 }
 
 void quantize_act_q8x256(const float* x, ActQ8x256* out, int64_t n) {
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const float* xb = x + i * kQKK;
-    float d, id;
-    q8_scale(xb, kQKK, &d, &id);
-    for (int j = 0; j < kQKK; ++j) out[i].qs[j] = q8_round(xb[j] * id);
+    out[i].d = q8_block(x + i * kQKK, kQKK, out[i].qs);
     for (int g = 0; g < 16; ++g) {
       int s = 0;
       for (int j = 0; j < 16; ++j) s += out[i].qs[16 * g + j];
       out[i].bsums[g] = static_cast<int16_t>(s);
     }
-    out[i].d = d;
   }
 }
 
@@ -433,8 +460,8 @@ void v_iq4_xs(const uint8_t* w, const void* const* acts, int64_t n, float* out) 
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
 }
 
-// 6-bit scales and mins of a Q4_K / Q5_K block as bytes: sc[0..7], m[0..7].
-inline void unpack_scales_k(const uint8_t* s, uint8_t sc[8], uint8_t m[8]) {
+// 6-bit scales and mins of a Q4_K / Q5_K block: bytes 0..7 = sc[0..7], 8..15 = m[0..7].
+inline __m128i unpack_scales_k(const uint8_t* s) {
   uint32_t w0, w1, w2;
   std::memcpy(&w0, s, 4);
   std::memcpy(&w1, s + 4, 4);
@@ -443,10 +470,24 @@ inline void unpack_scales_k(const uint8_t* s, uint8_t sc[8], uint8_t m[8]) {
   const uint32_t sc_hi = (w2 & 0x0f0f0f0f) | (((w0 >> 6) & 0x03030303) << 4);
   const uint32_t m_lo = w1 & 0x3f3f3f3f;
   const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0f) | (((w1 >> 6) & 0x03030303) << 4);
-  std::memcpy(sc, &sc_lo, 4);
-  std::memcpy(sc + 4, &sc_hi, 4);
-  std::memcpy(m, &m_lo, 4);
-  std::memcpy(m + 4, &m_hi, 4);
+  return _mm_set_epi32(static_cast<int>(m_hi), static_cast<int>(m_lo), static_cast<int>(sc_hi),
+                       static_cast<int>(sc_lo));
+}
+
+// Shuffle masks that broadcast 16-bit word j of each 128-bit lane to the whole lane (plain
+// bytes: no vector instruction may run before the CPU check, static initialisers included).
+struct WordBroadcast {
+  alignas(32) uint8_t b[8][32];
+};
+constexpr WordBroadcast make_word_broadcast() {
+  WordBroadcast w{};
+  for (int j = 0; j < 8; ++j)
+    for (int k = 0; k < 32; ++k) w.b[j][k] = static_cast<uint8_t>(2 * j + (k & 1));
+  return w;
+}
+constexpr WordBroadcast kWordBcast = make_word_broadcast();
+inline __m256i word_bcast(const __m256i v, int j) {
+  return _mm256_shuffle_epi8(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(kWordBcast.b[j])));
 }
 
 template <int NT, bool HB>
@@ -458,20 +499,20 @@ void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x256*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i bit4 = _mm256_set1_epi8(16);
-  const __m256i ones16 = _mm256_set1_epi16(1);
   const int64_t nb = n / kQKK;
   for (int64_t i = 0; i < nb; ++i) {
-    alignas(8) uint8_t sc[8], mn[8];
-    unpack_scales_k(b[i].scales, sc, mn);
+    const __m128i scm = unpack_scales_k(b[i].scales);
     const float d = f16c(b[i].d), dmin = f16c(b[i].dmin);
-    const __m256i mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)));
+    // Scales as 16-bit words in both lanes; mins as words, each twice (one per 16 of bsums).
+    const __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
+    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(scm, 8));
+    const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
     __m256i isum[NT];
     for (int t = 0; t < NT; ++t) {
       // sum_j m_j * (sum of the 32 activations of sub-block j), per lane j.
-      const __m256i bs = _mm256_madd_epi16(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].bsums)), ones16);
-      const __m256 mprod = _mm256_cvtepi32_ps(_mm256_mullo_epi32(bs, mins));
-      acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * y[t][i].d), mprod, acc[t]);
+      const __m256i mprod = _mm256_madd_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].bsums)), mins);
+      acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * y[t][i].d), _mm256_cvtepi32_ps(mprod), acc[t]);
       isum[t] = _mm256_setzero_si256();
     }
     __m256i hb;
@@ -485,8 +526,8 @@ void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
         hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
         hb = _mm256_srli_epi16(hb, 2);
       }
-      const __m256i s0 = _mm256_set1_epi16(sc[2 * c]);
-      const __m256i s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+      const __m256i s0 = word_bcast(scv, 2 * c);
+      const __m256i s1 = word_bcast(scv, 2 * c + 1);
       for (int t = 0; t < NT; ++t) {
         const int8_t* ya = y[t][i].qs + 64 * c;
         const __m256i p0 = _mm256_madd_epi16(
