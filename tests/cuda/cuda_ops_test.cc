@@ -1,0 +1,279 @@
+// Each CUDA op of kernels/cuda/cuda_ops.h against its CPU reference (kernels/ops.h `_ref`) on
+// random inputs at awkward sizes. Skips, saying why, where no CUDA device is usable. Outputs
+// are poisoned (0xFF bytes = NaN) before each run so unwritten elements fail.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/formats.h"
+#include "kernels/ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace rs::cuda {
+namespace {
+
+using testing::download;
+using testing::max_rel_err;
+using testing::poisoned;
+using testing::upload;
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override { RS_SKIP_WITHOUT_CUDA(); }
+};
+
+// ---- norms ----------------------------------------------------------------------------------
+class CudaNormTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {
+ protected:
+  void SetUp() override { RS_SKIP_WITHOUT_CUDA(); }
+};
+
+TEST_P(CudaNormTest, RmsNormPlainGatedAndL2MatchReference) {
+  const auto [rows, n] = GetParam();
+  std::mt19937 rng(static_cast<uint32_t>(rows * 131 + n));
+  const std::vector<float> x = testing::randn(rng, rows * n, 3.0f);
+  const std::vector<float> w = testing::uniform(rng, n, 0.5f, 1.5f);
+  const std::vector<float> z = testing::randn(rng, rows * n);
+  const float eps = 1e-6f;
+  std::vector<float> ref(rows * n), ref_g(rows * n), ref_l2 = x;
+  rms_norm_ref(x.data(), w.data(), rows, n, eps, ref.data());
+  rms_norm_gated_ref(x.data(), w.data(), z.data(), rows, n, eps, ref_g.data());
+  l2_norm_ref(ref_l2.data(), rows, n, eps);
+
+  DeviceBuffer dx = upload(x), dw = upload(w), dz = upload(z);
+  DeviceBuffer dy = poisoned<float>(rows * n), dyg = poisoned<float>(rows * n);
+  RS_ASSERT_OK(rms_norm(dx.as<float>(), dw.as<float>(), rows, n, eps, dy.as<float>()));
+  RS_ASSERT_OK(rms_norm_gated(dx.as<float>(), dw.as<float>(), dz.as<float>(), rows, n, eps,
+                              dyg.as<float>()));
+  EXPECT_LT(max_rel_err(download<float>(dy, rows * n), ref, 1e-6), 2e-6);
+  EXPECT_LT(max_rel_err(download<float>(dyg, rows * n), ref_g, 1e-6), 2e-6);
+  // In place, as the model uses it.
+  RS_ASSERT_OK(rms_norm(dx.as<float>(), dw.as<float>(), rows, n, eps, dx.as<float>()));
+  EXPECT_LT(max_rel_err(download<float>(dx, rows * n), ref, 1e-6), 2e-6);
+  DeviceBuffer dl2 = upload(x);
+  RS_ASSERT_OK(l2_norm(dl2.as<float>(), rows, n, eps));
+  EXPECT_LT(max_rel_err(download<float>(dl2, rows * n), ref_l2, 1e-6), 2e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaNormTest,
+                         ::testing::Combine(::testing::Values(int64_t{1}, int64_t{3}, int64_t{7}),
+                                            ::testing::Values(int64_t{1}, int64_t{33},
+                                                              int64_t{128}, int64_t{2048},
+                                                              int64_t{5000})));
+
+// ---- RoPE -------------------------------------------------------------------------------------
+TEST_F(CudaOps, RopeNeoxMatchesReference) {
+  for (const auto& [n_tok, heads, hd, n_rot] :
+       {std::tuple<int64_t, int64_t, int64_t, int64_t>{5, 3, 256, 64}, {1, 16, 256, 64},
+        {9, 2, 64, 64}, {4, 5, 96, 32}}) {
+    std::mt19937 rng(static_cast<uint32_t>(n_tok * 17 + heads + hd + n_rot));
+    std::vector<float> x = testing::randn(rng, n_tok * heads * hd);
+    std::vector<int64_t> pos(n_tok);
+    for (int64_t t = 0; t < n_tok; ++t) pos[t] = static_cast<int64_t>(rng() % 5000);
+    std::vector<float> ref = x;
+    rope_neox_ref(ref.data(), n_tok, heads, hd, n_rot, pos.data(), 1e7f);
+    DeviceBuffer dx = upload(x), dpos = upload(pos);
+    RS_ASSERT_OK(rope_neox(dx.as<float>(), n_tok, heads, hd, n_rot, dpos.as<int64_t>(), 1e7f));
+    // sin/cos of angles up to ~5000 rad: a few ulps of the angle.
+    EXPECT_LT(max_rel_err(download<float>(dx, x.size()), ref, 1e-6), 2e-4)
+        << n_tok << "x" << heads << "x" << hd << " rot " << n_rot;
+  }
+}
+
+// ---- SwiGLU, router -------------------------------------------------------------------------------
+TEST_F(CudaOps, SwigluMatchesReference) {
+  std::mt19937 rng(5);
+  const int64_t n = 1000003;
+  const std::vector<float> g = testing::randn(rng, n, 4.0f), u = testing::randn(rng, n);
+  std::vector<float> ref(n);
+  swiglu_ref(g.data(), u.data(), n, ref.data());
+  DeviceBuffer dg = upload(g), du = upload(u), dy = poisoned<float>(n);
+  RS_ASSERT_OK(swiglu(dg.as<float>(), du.as<float>(), n, dy.as<float>()));
+  EXPECT_LT(max_rel_err(download<float>(dy, n), ref, 1e-6), 1e-6);
+}
+
+TEST_F(CudaOps, RouterTopkMatchesReference) {
+  for (const auto& [n_tok, E, k] : {std::tuple<int64_t, int64_t, int64_t>{3, 256, 8}, {2, 60, 4},
+                                    {1, 512, 10}, {4, 7, 7}}) {
+    std::mt19937 rng(static_cast<uint32_t>(E + k));
+    std::vector<float> logits = testing::randn(rng, n_tok * E, 2.0f);
+    if (E > 8) logits[3] = logits[5];  // a tie: the lower index goes first
+    std::vector<int32_t> ref_ids(n_tok * k);
+    std::vector<float> ref_w(n_tok * k);
+    for (int64_t t = 0; t < n_tok; ++t)
+      router_topk_ref(&logits[t * E], E, k, &ref_ids[t * k], &ref_w[t * k]);
+    DeviceBuffer dl = upload(logits), dids = poisoned<int32_t>(n_tok * k),
+                 dw = poisoned<float>(n_tok * k);
+    RS_ASSERT_OK(router_topk(dl.as<float>(), n_tok, E, k, dids.as<int32_t>(), dw.as<float>()));
+    EXPECT_EQ(download<int32_t>(dids, n_tok * k), ref_ids) << "E " << E << " k " << k;
+    EXPECT_LT(max_rel_err(download<float>(dw, n_tok * k), ref_w, 1e-6), 1e-6);
+  }
+}
+
+// ---- conv1d + SiLU with state ---------------------------------------------------------------------
+TEST_F(CudaOps, Conv1dSiluCarriesStateAcrossCalls) {
+  for (const auto& [C, K] : {std::tuple<int64_t, int64_t>{300, 4}, {5, 2}, {8192, 4}, {33, 1}}) {
+    std::mt19937 rng(static_cast<uint32_t>(C + K));
+    const std::vector<float> w = testing::randn(rng, C * K, 0.5f);
+    std::vector<float> state = testing::randn(rng, (K - 1) * C);
+    DeviceBuffer dw = upload(w), dstate = upload(state);
+    for (int64_t T : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{1}}) {  // successive calls
+      const std::vector<float> u = testing::randn(rng, T * C);
+      std::vector<float> ref(T * C);
+      conv1d_silu_ref(u.data(), T, C, w.data(), K, state.data(), ref.data());
+      DeviceBuffer du = upload(u), dout = poisoned<float>(T * C);
+      RS_ASSERT_OK(conv1d_silu(du.as<float>(), T, C, dw.as<float>(), K, dstate.as<float>(),
+                               dout.as<float>()));
+      EXPECT_LT(max_rel_err(download<float>(dout, T * C), ref, 1e-6), 2e-6)
+          << "C " << C << " K " << K << " T " << T;
+      if (K > 1) {
+        EXPECT_EQ(download<float>(dstate, (K - 1) * C), state) << "state, C " << C << " T " << T;
+      }
+    }
+  }
+}
+
+// ---- gated delta rule -------------------------------------------------------------------------
+struct DeltaCase {
+  int64_t T, Hk, Hv, dk, dv;
+};
+
+class CudaDeltaRuleTest : public ::testing::TestWithParam<DeltaCase> {
+ protected:
+  void SetUp() override { RS_SKIP_WITHOUT_CUDA(); }
+};
+
+void make_delta_inputs(const DeltaNetDims& d, std::mt19937& rng, std::vector<float>* q,
+                       std::vector<float>* k, std::vector<float>* v, std::vector<float>* g,
+                       std::vector<float>* beta, std::vector<float>* S) {
+  *q = testing::randn(rng, d.T * d.Hk * d.dk);
+  *k = testing::randn(rng, d.T * d.Hk * d.dk);
+  l2_norm_ref(q->data(), d.T * d.Hk, d.dk, 1e-6f);
+  l2_norm_ref(k->data(), d.T * d.Hk, d.dk, 1e-6f);
+  for (auto& x : *q) x /= std::sqrt(static_cast<float>(d.dk));
+  *v = testing::randn(rng, d.T * d.Hv * d.dv);
+  *g = testing::uniform(rng, d.T * d.Hv, -5.0f, 0.0f);
+  *beta = testing::uniform(rng, d.T * d.Hv, 0.01f, 0.99f);
+  *S = testing::randn(rng, d.Hv * d.dk * d.dv, 0.3f);
+}
+
+TEST_P(CudaDeltaRuleTest, MatchesRecurrentAndChunkedReference) {
+  const DeltaCase c = GetParam();
+  const DeltaNetDims d{c.T, c.Hk, c.Hv, c.dk, c.dv};
+  std::mt19937 rng(static_cast<uint32_t>(c.T * 1000 + c.Hv * 10 + c.dk));
+  std::vector<float> q, k, v, g, beta, S;
+  make_delta_inputs(d, rng, &q, &k, &v, &g, &beta, &S);
+  std::vector<float> ref_S = S, ref_out(d.T * d.Hv * d.dv);
+  delta_rule_recurrent_ref(d, q.data(), k.data(), v.data(), g.data(), beta.data(), ref_S.data(),
+                           ref_out.data());
+
+  DeviceBuffer dq = upload(q), dk = upload(k), dv = upload(v), dg = upload(g), db = upload(beta),
+               dS = upload(S), dout = poisoned<float>(ref_out.size());
+  RS_ASSERT_OK(delta_rule(d, dq.as<float>(), dk.as<float>(), dv.as<float>(), dg.as<float>(),
+                          db.as<float>(), dS.as<float>(), dout.as<float>()));
+  const std::vector<float> out = download<float>(dout, ref_out.size());
+  const std::vector<float> S1 = download<float>(dS, S.size());
+  EXPECT_LT(max_rel_err(out, ref_out, 1e-3), 1e-4);
+  EXPECT_LT(max_rel_err(S1, ref_S, 1e-3), 1e-4);
+
+  if (c.T > 1) {  // the chunked reference (the prefill definition) agrees as well
+    std::vector<float> ch_S = S, ch_out(ref_out.size());
+    delta_rule_chunked_ref(d, q.data(), k.data(), v.data(), g.data(), beta.data(), ch_S.data(),
+                           ch_out.data());
+    EXPECT_LT(max_rel_err(out, ch_out, 1e-3), 2e-4);
+    EXPECT_LT(max_rel_err(S1, ch_S, 1e-3), 2e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaDeltaRuleTest,
+                         ::testing::Values(DeltaCase{1, 16, 32, 128, 128},
+                                           DeltaCase{3, 2, 6, 128, 128},
+                                           DeltaCase{65, 3, 6, 64, 96},
+                                           DeltaCase{130, 1, 2, 32, 32}),
+                         [](const ::testing::TestParamInfo<DeltaCase>& info) {
+                           const DeltaCase& c = info.param;
+                           return "T" + std::to_string(c.T) + "_Hk" + std::to_string(c.Hk) +
+                                  "_Hv" + std::to_string(c.Hv) + "_dk" + std::to_string(c.dk) +
+                                  "_dv" + std::to_string(c.dv);
+                         });
+
+// ---- attention -------------------------------------------------------------------------------------
+// (kv type, T, n_past, nh, nkv, hd)
+using AttnParam = std::tuple<GgmlType, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+class CudaAttentionTest : public ::testing::TestWithParam<AttnParam> {
+ protected:
+  void SetUp() override { RS_SKIP_WITHOUT_CUDA(); }
+};
+
+// A cache of n positions x nkv x hd encoded as `type`, with `pad` spare bytes per position.
+std::vector<uint8_t> encode_cache(GgmlType type, const std::vector<float>& f, int64_t n,
+                                  int64_t row, size_t stride) {
+  std::vector<uint8_t> out(stride * n, 0);
+  for (int64_t p = 0; p < n; ++p)
+    quantize_row_ref(type, &f[p * row], out.data() + p * stride, row);
+  return out;
+}
+
+TEST_P(CudaAttentionTest, MatchesReference) {
+  const auto [type, T, n_past, nh, nkv, hd] = GetParam();
+  std::mt19937 rng(static_cast<uint32_t>(T * 7 + n_past * 3 + nh + hd + static_cast<int>(type)));
+  const int64_t n = n_past + T, row = nkv * hd;
+  const size_t stride = row_bytes(type, row) + 32;  // padded positions
+  const std::vector<float> kf = testing::randn(rng, n * row), vf = testing::randn(rng, n * row);
+  const std::vector<uint8_t> kc = encode_cache(type, kf, n, row, stride);
+  const std::vector<uint8_t> vc = encode_cache(type, vf, n, row, stride);
+  const std::vector<float> q = testing::randn(rng, T * nh * hd);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  KvView k{type, kc.data(), nkv, hd, stride}, v{type, vc.data(), nkv, hd, stride};
+  std::vector<float> ref(T * nh * hd);
+  attention_ref(q.data(), T, nh, hd, k, v, n_past, scale, ref.data());
+
+  DeviceBuffer dk = upload(kc), dv = upload(vc), dq = upload(q), dout = poisoned<float>(ref.size());
+  DeviceBuffer ws = poisoned<uint8_t>(attention_workspace_bytes(T, nh, hd, n_past));
+  k.data = dk.get();
+  v.data = dv.get();
+  RS_ASSERT_OK(attention(dq.as<float>(), T, nh, hd, k, v, n_past, scale, dout.as<float>(),
+                         ws.get(), ws.size()));
+  EXPECT_LT(max_rel_err(download<float>(dout, ref.size()), ref, 1e-3), 2e-5);
+}
+
+std::string attn_name(const ::testing::TestParamInfo<AttnParam>& info) {
+  const auto [type, T, n_past, nh, nkv, hd] = info.param;
+  return std::string(type_name(type)) + "_T" + std::to_string(T) + "_past" +
+         std::to_string(n_past) + "_nh" + std::to_string(nh) + "_kv" + std::to_string(nkv) +
+         "_hd" + std::to_string(hd);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaAttentionTest,
+    ::testing::Values(AttnParam{GgmlType::F16, 1, 0, 16, 2, 256},
+                      AttnParam{GgmlType::F16, 1, 4095, 16, 2, 256},
+                      AttnParam{GgmlType::F16, 1, 300, 24, 4, 256},
+                      AttnParam{GgmlType::F32, 5, 513, 8, 8, 128},
+                      AttnParam{GgmlType::Q8_0, 3, 257, 4, 2, 256},
+                      AttnParam{GgmlType::F16, 70, 10, 4, 2, 64},
+                      AttnParam{GgmlType::F32, 300, 0, 2, 1, 32}),
+    attn_name);
+
+TEST(CudaOpsArgs, RejectBadShapesWithNumbers) {
+  const DeltaNetDims d{1, 2, 3, 100, 128};
+  absl::Status st = delta_rule(d, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("dk = 100"), std::string::npos) << st.message();
+  st = router_topk(nullptr, 1, 2000, 8, nullptr, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("2000"), std::string::npos) << st.message();
+  KvView kv{GgmlType::Q4_K, nullptr, 2, 256, 0};
+  st = attention(nullptr, 1, 16, 256, kv, kv, 0, 1.0f, nullptr, nullptr, 0);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("Q4_K"), std::string::npos) << st.message();
+}
+
+}  // namespace
+}  // namespace rs::cuda
