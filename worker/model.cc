@@ -143,6 +143,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::F
   m->cfg_ = std::move(*cfg);
   m->n_threads_ = opts.n_threads > 0 ? opts.n_threads
                                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (opts.n_expert_used > 0) {
+    if (!m->cfg_.moe || opts.n_expert_used > m->cfg_.n_expert)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "n_expert_used %d is invalid for this model (%d experts)", opts.n_expert_used,
+          m->cfg_.n_expert));
+    m->cfg_.n_expert_used = opts.n_expert_used;
+  }
   if (auto st = m->Bind(); !st.ok()) return st;
   m->ws_ = std::make_unique<Workspace>();
   m->local_experts_ = std::make_unique<LocalExpertExecutor>(m.get());

@@ -51,6 +51,8 @@ struct ModelOptions {
   // KV cache type: F16 by default; F32 for the reference backend and when the attention
   // weights are F32 (exact test models); Q8_0 on request.
   std::optional<GgmlType> kv_type;
+  // Routed experts per token; 0 = the model's expert_used_count (tests force all experts).
+  int64_t n_expert_used = 0;
 };
 
 // One item of a step: `n_tok` tokens of one sequence, continuing its state.
