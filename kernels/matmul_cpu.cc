@@ -409,25 +409,34 @@ void v_q8_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
 }
 
+// Q4_0: codes q in 0..15 multiply unsigned (maddubs); the -8 offset is applied once per block
+// through the activation block sum: sum (q - 8) a = sum q a - 8 s.
 template <int NT>
 void v_q4_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   const BlockQ4_0* b = reinterpret_cast<const BlockQ4_0*>(w);
   const ActQ8x32* y[NT];
   __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x32*>(acts[t]); acc[t] = _mm256_setzero_ps(); }
-  const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+  float corr[NT];
+  for (int t = 0; t < NT; ++t) {
+    y[t] = static_cast<const ActQ8x32*>(acts[t]);
+    acc[t] = _mm256_setzero_ps();
+    corr[t] = 0;
+  }
+  const __m256i m4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
   const int64_t nb = n / kQK;
   for (int64_t i = 0; i < nb; ++i) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].qs));
-    const __m256i q = _mm256_sub_epi8(
-        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4), eight);
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
     const float dw = f16c(b[i].d);
     for (int t = 0; t < NT; ++t) {
-      const __m256i p = dot_i8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].qs)));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y[t][i].d), _mm256_cvtepi32_ps(p), acc[t]);
+      const __m256i ya = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].qs));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, ya), ones16);
+      const float s = dw * y[t][i].d;
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(p), acc[t]);
+      corr[t] += s * static_cast<float>(y[t][i].s);
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]) - 8.0f * corr[t];
 }
 
 template <int NT>
