@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "coordinator/text/cli.h"
 #include "coordinator/text/cli_render.h"
 #include "worker/cli.h"
 
@@ -20,6 +21,8 @@ const Command kCommands[] = {
     {"generate", rs::cli::generate_main, "greedy/sampled generation from prompt ids"},
     {"score", rs::cli::score_main, "logits of every input position in one forward pass"},
     {"render-chat", rs::cli::render_chat_main, "render messages through the chat template"},
+    {"tokenize", rs::cli::tokenize_main, "text on stdin -> token ids (GGUF or tokenizer.json)"},
+    {"detokenize", rs::cli::detokenize_main, "token ids on stdin -> text"},
 };
 
 void usage(FILE* f) {

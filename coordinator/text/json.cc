@@ -13,39 +13,6 @@
 
 namespace rs::json {
 
-// Objects up to this many members are searched linearly; larger ones keep a hash index.
-constexpr size_t kIndexThreshold = 12;
-
-struct Json::ObjectData {
-  std::vector<Member> items;
-  absl::flat_hash_map<std::string, size_t> index;  // empty while items.size() <= threshold
-
-  void Reindex() {
-    index.clear();
-    if (items.size() <= kIndexThreshold) return;
-    index.reserve(items.size());
-    for (size_t i = 0; i < items.size(); ++i) index.emplace(items[i].first, i);
-  }
-  ptrdiff_t Find(std::string_view key) const {
-    if (!index.empty()) {
-      auto it = index.find(absl::string_view(key.data(), key.size()));
-      return it == index.end() ? -1 : static_cast<ptrdiff_t>(it->second);
-    }
-    for (size_t i = 0; i < items.size(); ++i)
-      if (items[i].first == key) return static_cast<ptrdiff_t>(i);
-    return -1;
-  }
-  Json& Append(std::string_view key, Json v) {
-    items.emplace_back(std::string(key), std::move(v));
-    if (!index.empty()) {
-      index.emplace(items.back().first, items.size() - 1);
-    } else if (items.size() > kIndexThreshold) {
-      Reindex();
-    }
-    return items.back().second;
-  }
-};
-
 namespace {
 [[noreturn]] void TypeAbort(const char* want, Json::Type got) {
   std::fprintf(stderr, "rs::json: value is not %s (type %d)\n", want, static_cast<int>(got));

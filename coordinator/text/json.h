@@ -22,7 +22,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace rs::json {
 
@@ -101,6 +103,40 @@ class Json {
   std::string s_;
   std::vector<Json> arr_;
   std::unique_ptr<ObjectData> obj_;
+};
+
+// Objects up to this many members are searched linearly; larger ones keep a hash index.
+inline constexpr size_t kJsonIndexThreshold = 12;
+
+// Storage of an object (an implementation detail; use Json's object methods).
+struct Json::ObjectData {
+  std::vector<Member> items;
+  absl::flat_hash_map<std::string, size_t> index;  // empty while items.size() <= threshold
+
+  void Reindex() {
+    index.clear();
+    if (items.size() <= kJsonIndexThreshold) return;
+    index.reserve(items.size());
+    for (size_t i = 0; i < items.size(); ++i) index.emplace(items[i].first, i);
+  }
+  ptrdiff_t Find(std::string_view key) const {
+    if (!index.empty()) {
+      auto it = index.find(absl::string_view(key.data(), key.size()));
+      return it == index.end() ? -1 : static_cast<ptrdiff_t>(it->second);
+    }
+    for (size_t i = 0; i < items.size(); ++i)
+      if (items[i].first == key) return static_cast<ptrdiff_t>(i);
+    return -1;
+  }
+  Json& Append(std::string_view key, Json v) {
+    items.emplace_back(std::string(key), std::move(v));
+    if (!index.empty()) {
+      index.emplace(items.back().first, items.size() - 1);
+    } else if (items.size() > kJsonIndexThreshold) {
+      Reindex();
+    }
+    return items.back().second;
+  }
 };
 
 struct ParseOptions {
