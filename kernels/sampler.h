@@ -136,6 +136,7 @@ SampleResult sample_ref(const float* logits, int64_t vocab, const SamplerParams&
 struct SamplerScratch {
   std::vector<float> x;                  // penalised / scaled logits [vocab]
   std::vector<int32_t> cand;             // candidate ids
+  std::vector<float> heap;               // top-k selection
   std::vector<double> w;                 // weights
 };
 

@@ -93,43 +93,61 @@ SampleResult sample_cpu(const float* logits, int64_t vocab, const SamplerParams&
     return r;
   }
 
-  // 6. temperature, and the max.
-  float* s = x.data();
+  // 6-8. Temperature, min-p, top-k. Division by T > 0 is monotone (x1 >= x2 implies
+  // x1/T >= x2/T), so max(s) = max(x)/T, the k-th largest s is (k-th largest x)/T, and min-p
+  // survivors form an upper set: top-k among the min-p survivors equals top-k of all tokens
+  // intersected with the survivors. The top-k path therefore scans the unscaled x once and
+  // divides only the candidates.
+  float* s = x.data();  // becomes s = x / T wherever it is read below
   const float temp = p.temperature;
-  for (int64_t t = 0; t < vocab; ++t) s[t] = s[t] / temp;
-  float s_max = s[0];
-  for (int64_t t = 1; t < vocab; ++t) s_max = std::max(s_max, s[t]);
-  const double s_max_d = s_max;
-
-  // 7. min-p as a test on the scaled logit (no exp per token).
   const bool use_min_p = p.min_p > 0.0f;
   const double log_min_p = use_min_p ? std::log(static_cast<double>(p.min_p)) : 0.0;
-  auto survives = [&](int64_t t) {
-    return !use_min_p || !(static_cast<double>(s[t]) - s_max_d < log_min_p);
-  };
-
-  // 8. top-k: the k-th largest surviving value via a min-heap, then everything >= it.
   std::vector<int32_t>& cand = sc->cand;  // ascending id order throughout
   cand.clear();
+  double s_max_d;
   if (p.top_k > 0 && p.top_k < vocab) {
-    std::priority_queue<float, std::vector<float>, std::greater<float>> heap;
-    int64_t n_surv = 0;
-    for (int64_t t = 0; t < vocab; ++t) {
-      if (!survives(t)) continue;
-      ++n_surv;
-      if (static_cast<int32_t>(heap.size()) < p.top_k) {
-        heap.push(s[t]);
-      } else if (s[t] > heap.top()) {
-        heap.pop();
-        heap.push(s[t]);
+    // k-th largest x (with multiplicity) via a k-element min-heap, and the max.
+    std::vector<float>& heap = sc->heap;
+    heap.assign(x.begin(), x.begin() + p.top_k);
+    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+    float x_max = *std::max_element(heap.begin(), heap.end());
+    float top = heap.front();
+    for (int64_t t = p.top_k; t < vocab; ++t) {
+      const float v = x[t];
+      if (v > top) {
+        std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+        heap.back() = v;
+        std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+        top = heap.front();
+        x_max = std::max(x_max, v);
       }
     }
-    const float thr = n_surv > p.top_k ? heap.top() : -std::numeric_limits<float>::infinity();
-    for (int64_t t = 0; t < vocab; ++t)
-      if (s[t] >= thr && survives(t)) cand.push_back(static_cast<int32_t>(t));
+    const float s_max = x_max / temp;
+    s_max_d = s_max;
+    // Smallest x whose x/T still ties the k-th largest s (usually thr itself).
+    const float thr_s = top / temp;
+    float x_lo = top;
+    while (x_lo > -std::numeric_limits<float>::infinity()) {
+      const float below = std::nextafter(x_lo, -std::numeric_limits<float>::infinity());
+      if (!(below / temp >= thr_s)) break;
+      x_lo = below;
+    }
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (!(x[t] >= x_lo)) continue;
+      s[t] = x[t] / temp;
+      if (use_min_p && static_cast<double>(s[t]) - s_max_d < log_min_p) continue;
+      cand.push_back(static_cast<int32_t>(t));
+    }
   } else {
+    float s_max = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < vocab; ++t) {
+      s[t] = s[t] / temp;
+      s_max = std::max(s_max, s[t]);
+    }
+    s_max_d = s_max;
     for (int64_t t = 0; t < vocab; ++t)
-      if (survives(t)) cand.push_back(static_cast<int32_t>(t));
+      if (!use_min_p || !(static_cast<double>(s[t]) - s_max_d < log_min_p))
+        cand.push_back(static_cast<int32_t>(t));
   }
 
   // Weights in id order and their sum (same expression and order as the reference).
@@ -144,22 +162,39 @@ SampleResult sample_cpu(const float* logits, int64_t vocab, const SamplerParams&
   // 9. top-p: order candidate positions by (s desc, id asc) only as far as needed.
   if (p.top_p < 1.0f && cand.size() > 1) {
     const double limit = static_cast<double>(p.top_p) * total;
-    std::vector<int32_t> order(cand.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-    auto cmp = [&](int32_t a, int32_t b) {
-      const float sa = s[cand[a]], sb = s[cand[b]];
-      return sa > sb || (sa == sb && a < b);
+    // Tokens with w <= eps = (1 - top_p) * W / (2 * count) can never be in the nucleus: all
+    // of them together weigh at most (1 - top_p) * W / 2, so the heavier tokens, which come
+    // first in the order, already exceed the limit by that margin (far above the rounding of
+    // any summation order, ~count * 2^-53 relative). Dropping them first is exact.
+    const double eps = 0.5 * (1.0 - static_cast<double>(p.top_p)) * total /
+                       static_cast<double>(cand.size());
+    struct Item {
+      float s;
+      int32_t pos;
     };
-    size_t sorted = 0, n = 0, m = std::min<size_t>(64, order.size());
+    std::vector<Item> items;
+    items.reserve(64);
+    for (size_t i = 0; i < cand.size(); ++i)
+      if (w[i] > eps) items.push_back({s[cand[i]], static_cast<int32_t>(i)});
+    auto cmp = [](const Item& a, const Item& b) {
+      return a.s > b.s || (a.s == b.s && a.pos < b.pos);
+    };
+    // Bring the next chunk of best candidates to the front (nth_element over the rest, then
+    // sort the chunk), walk it, and grow the chunk until the mass is reached.
+    size_t sorted = 0, n = 0, chunk = 256;
     double before = 0.0;
-    bool done = false;
-    while (!done) {
-      std::partial_sort(order.begin() + sorted, order.begin() + m, order.end(), cmp);
-      sorted = m;
-      while (n < sorted && (n == 0 || before < limit)) before += w[order[n++]];
-      if (n < sorted || sorted == order.size()) done = true;
-      else m = std::min(order.size(), m * 4);
+    while (true) {
+      const size_t end = std::min(items.size(), sorted + chunk);
+      if (end < items.size())
+        std::nth_element(items.begin() + sorted, items.begin() + end, items.end(), cmp);
+      std::sort(items.begin() + sorted, items.begin() + end, cmp);
+      sorted = end;
+      while (n < sorted && (n == 0 || before < limit)) before += w[items[n++].pos];
+      if (n < sorted || sorted == items.size()) break;
+      chunk *= 4;
     }
+    std::vector<int32_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = items[i].pos;
     // Keep positions order[0..n), back in ascending id order.
     order.resize(n);
     std::sort(order.begin(), order.end());

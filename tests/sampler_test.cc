@@ -409,6 +409,33 @@ TEST(SamplerFastVsRef, FullQwenVocabularyTopPOnly) {
               sample_cpu(logits.data(), vocab, p, counts, step, &sc).token);
 }
 
+TEST(SamplerFastVsRef, TopPNearOneKeepsTheSameSet) {
+  // top_p close to 1 makes the fast path's light-token cut-off tight; the kept set (seen through
+  // processed logprobs of every token) must still equal the reference's.
+  const int64_t vocab = 3000;
+  for (float top_p : {0.999f, 0.99999f, 0.9999999f}) {
+    std::vector<float> logits = RandomLogits(vocab, 5, 2.0f);
+    SamplerParams p;
+    p.top_p = top_p;
+    p.seed = 8;
+    p.top_logprobs = vocab;
+    p.logprobs_mode = LogprobsMode::kProcessed;
+    TokenCounts none;
+    SamplerScratch sc;
+    SampleResult a = sample_ref(logits.data(), vocab, p, {}, {}, 0);
+    SampleResult b = sample_cpu(logits.data(), vocab, p, none, 0, &sc);
+    ASSERT_EQ(a.token, b.token);
+    int kept = 0;
+    for (int i = 0; i < vocab; ++i) {
+      ASSERT_EQ(a.top[i].token, b.top[i].token) << "top_p " << top_p << " rank " << i;
+      ASSERT_EQ(a.top[i].logprob, b.top[i].logprob);
+      kept += std::isfinite(a.top[i].logprob);
+    }
+    EXPECT_GT(kept, 100) << top_p;
+    EXPECT_LT(kept, vocab) << top_p;
+  }
+}
+
 TEST(SamplerParamsValidation, NamesFieldAndValue) {
   SamplerParams p;
   EXPECT_EQ(validate_sampler_params(p, 10), "");

@@ -30,9 +30,12 @@
 //     form {"name": NAME, "arguments": {...}} ("arguments" may also be a JSON string holding
 //     an object). Parameter values are typed by the tool's JSON schema (properties.P.type):
 //     "string" (or no schema for the tool/parameter) keeps the raw text; integer, number,
-//     boolean, object, array, null are parsed as JSON (booleans also True/False in any case),
-//     falling back to the raw string when that fails. A type list uses the first non-null
-//     type, a value of "null" becomes null where the list allows it.
+//     boolean, object, array, null are parsed as JSON (booleans also True/False in any case)
+//     and kept when the result has that type, else the raw string is kept. A type list
+//     (["integer", "null"]) or anyOf/oneOf tries each type in order ("null" matches the
+//     value null; "string" takes the raw text); an "enum" without a type is a string.
+//     Arguments are serialised like Python's json.dumps(..., ensure_ascii=False), in the order
+//     the parameters appeared.
 //   - A body that matches neither form, and an unclosed call at Finish(), become content
 //     "<tool_call>" + body (+ "</tool_call>" if it was closed) with parse_failed = true.
 //   - Newlines: leading newlines of each reasoning/content segment (after <think>, </think>,
