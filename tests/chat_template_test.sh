@@ -55,9 +55,10 @@ print("    jinja2: %r" % b[max(0, i - 60):i + 60])
 PY
 }
 
-# run_case NAME TEMPLATE CTX [expect_error]
+# run_case NAME TEMPLATE CTX [MODE]; MODE: "" (identical output, or both refuse), "render"
+# (both must render, identically) or "error" (both must refuse; ours naming a line).
 run_case() {
-  local name=$1 tpl=$2 ctx=$3 expect_err=${4:-}
+  local name=$1 tpl=$2 ctx=$3 mode=${4:-}
   local d=$TMP/case
   rm -rf "$d"; mkdir -p "$d"
   split_ctx "$ctx" "$d" || { echo "FAIL $name: bad context $ctx"; fails=$((fails + 1)); return; }
@@ -71,7 +72,14 @@ run_case() {
   local rc_ref=$?
   if [[ $rc_ours -ne 0 || $rc_ref -ne 0 ]]; then
     if [[ $rc_ours -ne 0 && $rc_ref -ne 0 ]]; then
-      if [[ -n $expect_err ]] && ! grep -q "line [0-9]" "$d/ours.err"; then
+      if [[ $mode == render ]]; then
+        echo "FAIL $name: both engines refused a template that must render"
+        sed 's/^/    rigserve: /' "$d/ours.err" | head -5
+        sed 's/^/    jinja2:   /' "$d/ref.err" | tail -3
+        fails=$((fails + 1))
+        return
+      fi
+      if [[ $mode == error ]] && ! grep -q "line [0-9]" "$d/ours.err"; then
         echo "FAIL $name: error does not name a line: $(cat "$d/ours.err")"
         fails=$((fails + 1))
         return
@@ -86,7 +94,7 @@ run_case() {
     fi
     return
   fi
-  if [[ -n $expect_err ]]; then
+  if [[ $mode == error ]]; then
     echo "FAIL $name: expected both engines to refuse the template, both rendered"
     fails=$((fails + 1))
     return
@@ -138,10 +146,10 @@ done
 
 # --- feature and error templates ------------------------------------------------------------
 for tpl in "$T"/feat_*.jinja; do
-  [[ -e $tpl ]] && run_case "$(basename "$tpl" .jinja)" "$tpl" "$T/feat_context.json"
+  [[ -e $tpl ]] && run_case "$(basename "$tpl" .jinja)" "$tpl" "$T/feat_context.json" render
 done
 for tpl in "$T"/err_*.jinja; do
-  [[ -e $tpl ]] && run_case "$(basename "$tpl" .jinja)" "$tpl" "$T/feat_context.json" expect_error
+  [[ -e $tpl ]] && run_case "$(basename "$tpl" .jinja)" "$tpl" "$T/feat_context.json" error
 done
 
 echo "chat_template_test: $passes passed, $fails failed"

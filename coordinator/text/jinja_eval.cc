@@ -1456,8 +1456,19 @@ Value FilterCall(Renderer& r, const std::string& name, const Value& v, CallArgs&
     Fail("bad operand type for abs(): '" + TypeName(v) + "'");
   }
   if (name == "attr") {
+    // jinja2's attr looks up Python attributes only (methods here), never items.
     auto a = Bind("attr", args, {"name"});
-    return GetAttr(v, StrArg(a[0], "attr name"));
+    const std::string& an = StrArg(a[0], "attr name");
+    bool found = false;
+    Value m;
+    if (v.is_string()) m = StrMethod(v, an, &found);
+    else if (v.is_mapping()) m = DictMethod(v, an, &found);
+    else if (v.is_list()) m = ListMethod(v, an, &found);
+    else if (v.is_namespace()) {
+      if (const Value* x = v.dict().find(std::string_view(an))) return *x;
+    }
+    if (found) return m;
+    return Value::Undefined(ObjRepr(v) + " has no attribute '" + an + "'");
   }
   if (name == "unique") {
     auto a = Bind("unique", args, {"case_sensitive", "attribute"});
@@ -1589,7 +1600,7 @@ bool TestCall(Renderer& r, const std::string& name, const Value& v, CallArgs& ar
   if (name == "mapping") { none(); return v.is_mapping(); }
   if (name == "iterable") { none(); return v.is_undefined() || v.is_string() || v.is_list() || v.is_mapping(); }
   if (name == "sequence") { none(); return v.is_undefined() || v.is_string() || v.is_list() || v.is_mapping(); }
-  if (name == "callable") { none(); return v.is_function(); }
+  if (name == "callable") { none(); return v.is_function() || v.is_undefined(); }  // Undefined has __call__
   if (name == "escaped") { none(); return false; }
   if (name == "lower" || name == "upper") {
     none();
@@ -1623,8 +1634,8 @@ bool TestCall(Renderer& r, const std::string& name, const Value& v, CallArgs& ar
   if (name == "ge" || name == ">=") return Compare3(v, one(), ">=") >= 0;
   if (name == "in") return Contains(one(), v);
   if (name == "filter" || name == "test") {
-    Value o = one();
-    return o.is_string() && (name == "filter" ? IsKnownFilter(o.str()) : IsKnownTest(o.str()));
+    none();
+    return v.is_string() && (name == "filter" ? IsKnownFilter(v.str()) : IsKnownTest(v.str()));
   }
   Fail("No test named '" + name + "'.");
 }
