@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -610,6 +611,9 @@ void v_q6_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
 // ---------------------------------------------------------------------------------------------
 
 constexpr int kMaxNT = 4;  // tokens per weight-row pass
+constexpr int kGroupNT = kMaxNT;  // tokens per group in prefill (3 and 4 measure alike)
+
+
 
 struct Kernels {
   RowKernel k[kMaxNT];  // k[nt - 1] handles nt tokens
@@ -700,8 +704,8 @@ void run_rows(const Kernels& k, const WeightView& w, const Acts& a, int64_t n_to
   const int64_t tile = std::max<int64_t>(1, static_cast<int64_t>((128u << 10) / rb));
   for (int64_t rt = r0; rt < r1; rt += tile) {
     const int64_t re = std::min(r1, rt + tile);
-    for (int64_t t0 = 0; t0 < n_tok; t0 += kMaxNT) {
-      const int nt = static_cast<int>(std::min<int64_t>(kMaxNT, n_tok - t0));
+    for (int64_t t0 = 0; t0 < n_tok; t0 += kGroupNT) {
+      const int nt = static_cast<int>(std::min<int64_t>(kGroupNT, n_tok - t0));
       const void* act[kMaxNT];
       for (int j = 0; j < nt; ++j) act[j] = a.tok(t0 + j);
       const RowKernel kern = k.k[nt - 1];
@@ -714,13 +718,31 @@ void run_rows(const Kernels& k, const WeightView& w, const Acts& a, int64_t n_to
   }
 }
 
+// Callers check is_compute_type() and the block multiple first (the model loader does); a
+// violation here is a bug in the caller: say what it was and abort.
+const Kernels& checked_kernels(GgmlType t, int64_t cols) {
+  const Kernels* k = kernels_for(t, matmul_internal::using_avx2());
+  const TypeInfo* info = type_info(t);
+  if (!k || !info) {
+    std::fprintf(stderr, "rigserve: matmul_cpu: no kernel for tensor type %s (id %u)\n",
+                 type_name(t), static_cast<unsigned>(t));
+    std::abort();
+  }
+  if (cols % info->block_size != 0) {
+    std::fprintf(stderr, "rigserve: matmul_cpu: %lld columns are not a multiple of the %s block "
+                 "size %lld\n", static_cast<long long>(cols), info->name,
+                 static_cast<long long>(info->block_size));
+    std::abort();
+  }
+  return *k;
+}
+
 }  // namespace
 
 void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
                 int64_t ldy, int n_threads) {
   if (n_tok <= 0 || w.rows <= 0) return;
-  const Kernels* k = kernels_for(w.type, matmul_internal::using_avx2());
-  if (!k) std::abort();  // callers check is_compute_type() first; anything else is a bug
+  const Kernels* k = &checked_kernels(w.type, w.cols);
   n_threads = std::max(1, n_threads);
   // Small products are not worth waking threads for (~64K weights per thread at least).
   const int64_t work = w.rows * w.cols * std::max<int64_t>(1, n_tok);
@@ -740,8 +762,7 @@ void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok,
 }
 
 float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n) {
-  const Kernels* k = kernels_for(t, matmul_internal::using_avx2());
-  if (!k) std::abort();
+  const Kernels* k = &checked_kernels(t, n);
   const Acts a = prepare_acts(t, x, n, 1, n, 1);
   const void* act[1] = {a.tok(0)};
   float out;

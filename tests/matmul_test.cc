@@ -295,5 +295,17 @@ TEST(MatmulPaths, ScalarAndAvx2AgreeClosely) {
   }
 }
 
+TEST(MatmulDeathTest, BadShapeOrTypeNamesTheCause) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::vector<uint8_t> data(4096);
+  std::vector<float> x(256), y(4);
+  WeightView w;
+  w.type = GgmlType::Q4_K; w.data = data.data(); w.cols = 100; w.rows = 2; w.row_stride = 144;
+  EXPECT_DEATH(matmul_cpu(w, x.data(), 100, 1, y.data(), 2, 1),
+               "100 columns are not a multiple of the Q4_K block size 256");
+  w.type = GgmlType::Q2_K; w.cols = 256;
+  EXPECT_DEATH(matmul_cpu(w, x.data(), 256, 1, y.data(), 2, 1), "no kernel for tensor type Q2_K");
+}
+
 }  // namespace
 }  // namespace rs
