@@ -248,10 +248,8 @@ std::vector<Value> Split(const std::string& s, const Value& sep, int64_t maxspli
       while (k < n) {
         while (k < n && sp(k)) ++k;
         if (k >= n) break;
-        if (maxsplit >= 0 && splits >= maxsplit) {
-          size_t e = n;
-          while (e > k && sp(e - 1)) --e;
-          parts.push_back(s.substr(off[k], off[e] - off[k]));
+        if (maxsplit >= 0 && splits >= maxsplit) {  // the rest, trailing whitespace kept
+          parts.push_back(s.substr(off[k]));
           break;
         }
         size_t b = k;
@@ -265,10 +263,8 @@ std::vector<Value> Split(const std::string& s, const Value& sep, int64_t maxspli
       while (k > 0) {
         while (k > 0 && sp(k - 1)) --k;
         if (k == 0) break;
-        if (maxsplit >= 0 && splits >= maxsplit) {
-          size_t b = 0;
-          while (b < k && sp(b)) ++b;
-          parts.insert(parts.begin(), s.substr(off[b], off[k] - off[b]));
+        if (maxsplit >= 0 && splits >= maxsplit) {  // the rest, leading whitespace kept
+          parts.insert(parts.begin(), s.substr(0, off[k]));
           break;
         }
         size_t e = k;
