@@ -63,6 +63,14 @@ cudaError_t launch_matmul_tc(GgmlType t, const uint8_t* w, size_t row_stride, in
 cudaError_t launch_embedding(GgmlType t, const uint8_t* w, size_t row_stride, int64_t cols,
                              const int32_t* ids, int64_t n_tok, int64_t n_rows, float* out,
                              cudaStream_t s);
+// Host builds of the device code (tests/cuda/cuda_emulation_test.cc, no GPU needed): one row's
+// matvec dot product summed unit by unit as the lanes do it (q/ds: the q8 activations for
+// integer formats, x: f32 for float formats), the activation quantiser, the 32-element
+// dequantiser of the tensor-core matmul and the embedding lookup.
+float emulate_row_dot(GgmlType t, const uint8_t* row, int64_t cols, const float* x,
+                      const int8_t* q, const float* ds);
+void emulate_quantize_act(const float* x, int64_t cols, int8_t* q, float* ds);
+void emulate_dequant32(GgmlType t, const uint8_t* row, int64_t k0, float* v);
 cudaError_t launch_read_sweep(const void* data, size_t bytes, float* sink, cudaStream_t s);
 
 // ---- ops ----------------------------------------------------------------------------------------

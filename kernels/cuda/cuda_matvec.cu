@@ -10,6 +10,9 @@
 // float formats use the f32 activations. Weights are read once for all tokens of the call.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_quant.cuh"
 
@@ -24,7 +27,7 @@ struct ActDev {
   const int8_t* q;
   const float2* ds;
   int64_t cols;
-  __device__ __forceinline__ ActDev token(int t) const {
+  RS_HD ActDev token(int t) const {
     ActDev a = *this;
     a.x += t * ldx;
     if (q) {
@@ -35,21 +38,21 @@ struct ActDev {
   }
 };
 
-__device__ __forceinline__ int4 ld_act16(const int8_t* q, int64_t e) {
+RS_HD int4 ld_act16(const int8_t* q, int64_t e) {
   return *reinterpret_cast<const int4*>(q + e);
 }
-__device__ __forceinline__ int dot16(const uint32_t* w, int4 x) {
-  int s = __dp4a(static_cast<int>(w[0]), x.x, 0);
-  s = __dp4a(static_cast<int>(w[1]), x.y, s);
-  s = __dp4a(static_cast<int>(w[2]), x.z, s);
-  return __dp4a(static_cast<int>(w[3]), x.w, s);
+RS_HD int dot16(const uint32_t* w, int4 x) {
+  int s = dp4a(w[0], x.x, 0);
+  s = dp4a(w[1], x.y, s);
+  s = dp4a(w[2], x.z, s);
+  return dp4a(w[3], x.w, s);
 }
 // Byte i (0..11) of the three scale words of a k-quant block.
-__device__ __forceinline__ int sbyte(uint32_t s0, uint32_t s1, uint32_t s2, int i) {
+RS_HD int sbyte(uint32_t s0, uint32_t s1, uint32_t s2, int i) {
   const uint32_t w = i < 4 ? s0 : (i < 8 ? s1 : s2);
   return static_cast<int>((w >> (8 * (i & 3))) & 0xFF);
 }
-__device__ __forceinline__ void scale_min(int j, uint32_t s0, uint32_t s1, uint32_t s2, int* sc,
+RS_HD void scale_min(int j, uint32_t s0, uint32_t s1, uint32_t s2, int* sc,
                                           int* m) {
   if (j < 4) {
     *sc = sbyte(s0, s1, s2, j) & 63;
@@ -65,7 +68,7 @@ template <GgmlType T> struct Fmt;
 template <> struct Fmt<GgmlType::F32> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 8; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const float4* w = reinterpret_cast<const float4*>(row) + 2 * u;
     const float4 w0 = w[0], w1 = w[1];
@@ -82,7 +85,7 @@ template <> struct Fmt<GgmlType::F32> {
 template <> struct Fmt<GgmlType::F16> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 8; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const uint4 raw = reinterpret_cast<const uint4*>(row)[u];
     const uint32_t wr[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -106,15 +109,15 @@ template <> struct Fmt<GgmlType::F16> {
 template <> struct Fmt<GgmlType::BF16> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 8; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const uint4 raw = reinterpret_cast<const uint4*>(row)[u];
     const uint32_t wr[4] = {raw.x, raw.y, raw.z, raw.w};
     float wf[8];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      wf[2 * i] = __uint_as_float(wr[i] << 16);
-      wf[2 * i + 1] = __uint_as_float(wr[i] & 0xFFFF0000u);
+      wf[2 * i] = u2f(wr[i] << 16);
+      wf[2 * i + 1] = u2f(wr[i] & 0xFFFF0000u);
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -130,7 +133,7 @@ template <> struct Fmt<GgmlType::BF16> {
 template <> struct Fmt<GgmlType::Q8_0> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 16; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const int64_t b = u >> 1;
     const int h = static_cast<int>(u & 1);
@@ -153,7 +156,7 @@ template <> struct Fmt<GgmlType::Q8_0> {
 template <> struct Fmt<GgmlType::Q4_0> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 32; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const uint8_t* blk = row + u * 18;
     const float d = h2f(ld_u16(blk));
@@ -161,8 +164,8 @@ template <> struct Fmt<GgmlType::Q4_0> {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint32_t w = ld_u32_a2(blk + 2 + 4 * i);
-      lo[i] = __vsub4(w & 0x0F0F0F0Fu, 0x08080808u);
-      hi[i] = __vsub4((w >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+      lo[i] = vsub4(w & 0x0F0F0F0Fu, 0x08080808u);
+      hi[i] = vsub4((w >> 4) & 0x0F0F0F0Fu, 0x08080808u);
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -180,7 +183,7 @@ struct FmtQ45K {
   static constexpr int kBytes = T == GgmlType::Q4_K ? 144 : 176;
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 32; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const int64_t b = u >> 3;
     const int t8 = static_cast<int>(u & 7), c = t8 >> 1, h = t8 & 1;
@@ -232,7 +235,7 @@ template <> struct Fmt<GgmlType::Q5_K> : FmtQ45K<GgmlType::Q5_K> {};
 template <> struct Fmt<GgmlType::Q6_K> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 32; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const int64_t b = u >> 3;
     const int t8 = static_cast<int>(u & 7), n = t8 >> 2, l0 = (t8 & 3) * 8, is = l0 >> 4;
@@ -256,8 +259,8 @@ template <> struct Fmt<GgmlType::Q6_K> {
     float scf[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      w[k][0] = __vsub4(w[k][0], 0x20202020u);
-      w[k][1] = __vsub4(w[k][1], 0x20202020u);
+      w[k][0] = vsub4(w[k][0], 0x20202020u);
+      w[k][1] = vsub4(w[k][1], 0x20202020u);
       scf[k] = d * static_cast<float>(sc[2 * k]);
     }
 #pragma unroll
@@ -268,8 +271,7 @@ template <> struct Fmt<GgmlType::Q6_K> {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int2 x = *reinterpret_cast<const int2*>(q + b * 256 + 128 * n + 32 * k + l0);
-        const int si = __dp4a(static_cast<int>(w[k][1]), x.y,
-                              __dp4a(static_cast<int>(w[k][0]), x.x, 0));
+        const int si = dp4a(w[k][1], x.y, dp4a(w[k][0], x.x, 0));
         s += scf[k] * ds[b * 8 + 4 * n + k].x * static_cast<float>(si);
       }
       acc[t] += s;
@@ -281,7 +283,7 @@ template <> struct Fmt<GgmlType::Q6_K> {
 template <> struct Fmt<GgmlType::IQ4_XS> {
   static __host__ __device__ int64_t units(int64_t cols) { return cols / 32; }
   template <int NT>
-  static __device__ __forceinline__ void dot(const uint8_t* row, int64_t u, const ActDev& a,
+  static RS_HD void dot(const uint8_t* row, int64_t u, const ActDev& a,
                                              float* acc) {
     const int64_t b = u >> 3;
     const int ib = static_cast<int>(u & 7);
@@ -458,6 +460,38 @@ cudaError_t launch_quantize_act(const float* x, int64_t ldx, int n_tok, int64_t 
 cudaError_t launch_matvec(const MvParams& p, cudaStream_t s) {
   RS_CUDA_TYPE_SWITCH(p.type, return launch_mv_type<kT>(p, s))
   return cudaErrorInvalidValue;
+}
+
+float emulate_row_dot(GgmlType t, const uint8_t* row, int64_t cols, const float* x,
+                      const int8_t* q, const float* ds) {
+  const ActDev act{x, cols, q, reinterpret_cast<const float2*>(ds), cols};
+  float acc[1] = {0.0f};
+  RS_CUDA_TYPE_SWITCH(t, {
+    const int64_t n = Fmt<kT>::units(cols);
+    for (int64_t u = 0; u < n; ++u) Fmt<kT>::template dot<1>(row, u, act, acc);
+  })
+  return acc[0];
+}
+
+void emulate_quantize_act(const float* x, int64_t cols, int8_t* q, float* ds) {
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    float amax = 0.0f, sum = 0.0f;
+    for (int i = 0; i < 32; ++i) {
+      amax = std::max(amax, std::fabs(x[b * 32 + i]));
+      sum += x[b * 32 + i];
+    }
+    const float d = amax / 127.0f;
+    for (int i = 0; i < 32; ++i) {
+      const int qi = amax == 0.0f ? 0 : static_cast<int>(std::nearbyint(x[b * 32 + i] / d));
+      q[b * 32 + i] = static_cast<int8_t>(std::max(-127, std::min(127, qi)));
+    }
+    ds[2 * b] = d;
+    ds[2 * b + 1] = sum;
+  }
+}
+
+void emulate_dequant32(GgmlType t, const uint8_t* row, int64_t k0, float* v) {
+  RS_CUDA_TYPE_SWITCH(t, dequant32<kT>(row, k0, v))
 }
 
 cudaError_t launch_read_sweep(const void* data, size_t bytes, float* sink, cudaStream_t s) {

@@ -7,31 +7,69 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/formats.h"
 
 namespace rs::cuda::detail {
 
-__device__ __forceinline__ float h2f(uint16_t h) {
-  return __half2float(__ushort_as_half(h));
+// Everything below up to dequant32 is __host__ __device__: the host build of the same code
+// lets tests/cuda/cuda_emulation_test.cc check the block decoding on machines without a GPU.
+#define RS_HD __host__ __device__ __forceinline__
+
+// Intrinsics with a portable host version.
+RS_HD float u2f(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
 }
-__device__ __forceinline__ float bf2f(uint16_t h) {
-  return __uint_as_float(static_cast<uint32_t>(h) << 16);
+RS_HD int dp4a(uint32_t a, int b, int c) {
+#ifdef __CUDA_ARCH__
+  return __dp4a(static_cast<int>(a), b, c);
+#else
+  for (int i = 0; i < 4; ++i)
+    c += static_cast<int8_t>(a >> (8 * i)) * static_cast<int8_t>(static_cast<uint32_t>(b) >> (8 * i));
+  return c;
+#endif
 }
-__device__ __forceinline__ uint16_t ld_u16(const uint8_t* p) {
-  return *reinterpret_cast<const uint16_t*>(p);
+RS_HD uint32_t vsub4(uint32_t a, uint32_t b) {  // per-byte a - b, wrapping
+#ifdef __CUDA_ARCH__
+  return __vsub4(a, b);
+#else
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= ((((a >> (8 * i)) & 0xFF) - ((b >> (8 * i)) & 0xFF)) & 0xFF) << (8 * i);
+  return r;
+#endif
 }
+RS_HD uint32_t byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(x, y, s);
+#else
+  const uint64_t v = static_cast<uint64_t>(x) | (static_cast<uint64_t>(y) << 32);
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return r;
+#endif
+}
+
+RS_HD float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+RS_HD float bf2f(uint16_t h) { return u2f(static_cast<uint32_t>(h) << 16); }
+RS_HD uint16_t ld_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
 // 32-bit word from a 2-byte aligned address.
-__device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {
+RS_HD uint32_t ld_u32_a2(const uint8_t* p) {
   const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
   return static_cast<uint32_t>(h[0]) | (static_cast<uint32_t>(h[1]) << 16);
 }
-__device__ __forceinline__ uint8_t byte_of(const uint32_t* w, int i) {
+RS_HD uint8_t byte_of(const uint32_t* w, int i) {
   return static_cast<uint8_t>(w[i >> 2] >> (8 * (i & 3)));
 }
 
 // 6-bit scale and min of sub-block j of a Q4_K / Q5_K block; s = the 12 scale bytes as 3 words.
-__device__ __forceinline__ void kq_scale_min(int j, const uint32_t* s, int* sc, int* m) {
+RS_HD void kq_scale_min(int j, const uint32_t* s, int* sc, int* m) {
   if (j < 4) {
     *sc = byte_of(s, j) & 63;
     *m = byte_of(s, j + 4) & 63;
@@ -42,26 +80,26 @@ __device__ __forceinline__ void kq_scale_min(int j, const uint32_t* s, int* sc, 
 }
 
 // IQ4_NL code book; 4 values (bytes of q, each 0..15) -> 4 signed bytes of the table.
-__device__ __forceinline__ uint32_t iq4_lookup4(uint32_t q) {
+RS_HD uint32_t iq4_lookup4(uint32_t q) {
   // Table bytes, little-endian words: {-127,-104,-83,-65}, {-49,-35,-22,-10}, {1,13,25,38},
   // {53,69,89,113}.
   constexpr uint32_t t0 = 0xBFAD9881u, t1 = 0xF6EADDCFu, t2 = 0x26190D01u, t3 = 0x71594535u;
   const uint32_t x = q & 0x07070707u;
   const uint32_t sel = (x & 0xFu) | ((x >> 4) & 0xF0u) | ((x >> 8) & 0xF00u) | ((x >> 12) & 0xF000u);
-  const uint32_t lo = __byte_perm(t0, t1, sel);
-  const uint32_t hi = __byte_perm(t2, t3, sel);
+  const uint32_t lo = byte_perm(t0, t1, sel);
+  const uint32_t hi = byte_perm(t2, t3, sel);
   const uint32_t m = ((q >> 3) & 0x01010101u) * 0xFFu;
   return (hi & m) | (lo & ~m);
 }
 
-__device__ __forceinline__ float iq4_value(int q) {
+RS_HD float iq4_value(int q) {
   return static_cast<float>(static_cast<int8_t>(iq4_lookup4(static_cast<uint32_t>(q)) & 0xFF));
 }
 
 // Dequantise elements [k0, k0 + 32) of a row (k0 a multiple of 32) into v. Plain byte loads:
 // used where the weights are read once per tile (prefill) or per token (embedding).
 template <GgmlType T>
-__device__ __forceinline__ void dequant32(const uint8_t* row, int64_t k0, float* v) {
+RS_HD void dequant32(const uint8_t* row, int64_t k0, float* v) {
   if constexpr (T == GgmlType::F32) {
     const float* p = reinterpret_cast<const float*>(row) + k0;
 #pragma unroll
