@@ -3,7 +3,8 @@
 // compare its output byte for byte with `rigserve tokenize` / `rigserve detokenize`.
 //
 //   node peer.js encode  TOKENIZER_JSON OUT_DIR FILE...   writes OUT_DIR/<name>.peer.ids
-//   node peer.js decode  TOKENIZER_JSON IDS_FILE OUT_FILE writes the decoded text (UTF-8)
+//   node peer.js decode  TOKENIZER_JSON OUT_DIR IDS_FILE...
+//        writes OUT_DIR/<name>.peer.dec, the decoded text (UTF-8) of each <name>.ids
 //   node peer.js windows TOKENIZER_JSON OUT_DIR IDS_FILE...
 //        cuts id windows (deterministic) from each ids file; writes OUT_DIR/windows.txt (one id
 //        list per line) and OUT_DIR/windows.peer.jsonl (the decoded text of each, JSON)
@@ -63,9 +64,12 @@ function main(argv) {
     return 0;
   }
   if (cmd === 'decode') {
-    const [tokJson, idsFile, outFile] = rest;
+    const [tokJson, outDir, ...idsFiles] = rest;
     const tok = loadTokenizer(tokJson);
-    fs.writeFileSync(outFile, Buffer.from(decode(tok, readIds(idsFile)), 'utf8'));
+    for (const f of idsFiles) {
+      const out = path.join(outDir, path.basename(f, '.ids') + '.peer.dec');
+      fs.writeFileSync(out, Buffer.from(decode(tok, readIds(f)), 'utf8'));
+    }
     return 0;
   }
   if (cmd === 'windows') {
