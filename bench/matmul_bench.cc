@@ -6,6 +6,7 @@
 //                               number for the same thread count) and of_mem (the fraction)
 //   BM_MatvecCached/TYPE        the same on a ~384 KiB matrix (in L2): the kernel's compute
 //                               ceiling, CPU time (the other benches use wall time)
+//   BM_MatvecExpert/TYPE/threads:T   512 x 2048 (an MoE expert projection): per-call cost
 //   BM_Prefill/TYPE/threads:T   n_tok = 128 over a 4096 x 4096 matrix, GFLOP/s (2 flops per MAC)
 //
 // Run: build-*/bench/matmul_bench [--benchmark_filter=Matvec] (RS_FORCE_SCALAR=1 for the
@@ -155,6 +156,25 @@ void BM_MatvecCached(benchmark::State& state, GgmlType t) {
   state.SetLabel(matmul_internal::using_avx2() ? "avx2" : "scalar");
 }
 
+// An MoE expert's projection at decode (512 x 2048, ~0.6 MB of Q4_K): per-call overhead
+// (activation quantisation, waking the threads) shows here, not in the big matvec.
+void BM_MatvecExpert(benchmark::State& state, GgmlType t) {
+  const int threads = static_cast<int>(state.range(0));
+  const int64_t rows = 512;
+  BenchMatrix m(t, rows);
+  m.view.cols = 2048;
+  m.view.row_stride = row_bytes(t, 2048);
+  m.view.rows = rows;  // the first half of the buffer, rows of 2048
+  std::vector<float> x(2048, 0.25f), y(rows);
+  for (auto _ : state) {
+    matmul_cpu(m.view, x.data(), 2048, 1, y.data(), rows, threads);
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double bytes = static_cast<double>(row_bytes(t, 2048)) * rows;
+  state.counters["GBps"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(matmul_internal::using_avx2() ? "avx2" : "scalar");
+}
+
 void BM_Prefill(benchmark::State& state, GgmlType t) {
   const int threads = static_cast<int>(state.range(0));
   const int64_t rows = 4096, n_tok = 128;
@@ -189,6 +209,11 @@ int register_all() {
     const std::string name = type_name(t);
     benchmark::RegisterBenchmark(("BM_MatvecCached/" + name).c_str(), BM_MatvecCached, t)
         ->Arg(1)->ArgName("threads")->Unit(benchmark::kMicrosecond);
+  }
+  for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
+    const std::string name = type_name(t);
+    benchmark::RegisterBenchmark(("BM_MatvecExpert/" + name).c_str(), BM_MatvecExpert, t)
+        ->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->Unit(benchmark::kMicrosecond);
   }
   for (GgmlType t : kTypes) {
     const std::string name = type_name(t);
