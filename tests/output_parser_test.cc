@@ -174,6 +174,32 @@ TEST(OutputParser, CallSplitIntoOneCharacterTokens) {
   }
 }
 
+TEST(OutputParser, AnySplitGivesTheSameResult) {
+  const std::string text = std::string(kSpelledOutput) + "\n\nAfter <tool_call>\n{\"name\": " +
+                           "\"run\", \"arguments\": {\"cmd\": \"a\\nb\"}}\n</tool_call> bye\n";
+  const Collected whole = RunParser({T(text)});
+  ASSERT_EQ(whole.calls.size(), 3u);
+  EXPECT_EQ(whole.content, "Sure, <b>bold</b> text.After  bye");
+  uint32_t state = 12345;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<Piece> pieces;
+    for (size_t i = 0; i < text.size();) {
+      state = state * 1664525u + 1013904223u;
+      const size_t len = 1 + (state >> 16) % 9;
+      pieces.push_back(T(text.substr(i, len)));
+      i += len;
+    }
+    const Collected c = RunParser(pieces);
+    ASSERT_EQ(c.reasoning, whole.reasoning) << "trial " << trial;
+    ASSERT_EQ(c.content, whole.content) << "trial " << trial;
+    ASSERT_EQ(c.calls.size(), whole.calls.size());
+    for (size_t k = 0; k < c.calls.size(); ++k) {
+      ASSERT_EQ(c.calls[k].name, whole.calls[k].name);
+      ASSERT_EQ(c.calls[k].arguments, whole.calls[k].arguments);
+    }
+  }
+}
+
 TEST(OutputParser, HeldPrefixIsReleasedWhenDisambiguated) {
   OutputParser p = *OutputParser::Create(QwenOptions(/*prompt_opened_think=*/false));
   std::vector<OutputEvent> ev = p.Feed(kText, "x <");
