@@ -1,8 +1,10 @@
 // Next-token sampling from one row of logits: penalties, logit bias, temperature, min-p, top-k,
 // top-p, a seeded draw, optional logprobs. Two implementations with the same contract:
 //   sample_ref  plain dense loops and a full sort; the definition of right.
-//   sample_cpu  sparse penalties (only tokens in the history / bias list are touched), a heap
-//               for top-k, top-p sorting only as many candidates as it needs, reusable scratch.
+//   sample_cpu  sparse penalties (only tokens in the history / bias list are touched); top-k
+//               by one k-heap scan of the unscaled logits (division only for candidates);
+//               top-p drops tokens provably outside the nucleus, then sorts chunks found by
+//               nth_element until the mass is reached; reusable scratch.
 // For the same inputs both return the same token (bit-identical weights, same summation order),
 // which the tests check. No request or chat knowledge here: the caller owns the history.
 //
