@@ -71,6 +71,7 @@ float emulate_row_dot(GgmlType t, const uint8_t* row, int64_t cols, const float*
                       const int8_t* q, const float* ds);
 void emulate_quantize_act(const float* x, int64_t cols, int8_t* q, float* ds);
 void emulate_dequant32(GgmlType t, const uint8_t* row, int64_t k0, float* v);
+cudaError_t launch_fill_random(void* data, size_t bytes, uint64_t seed, cudaStream_t s);
 cudaError_t launch_read_sweep(const void* data, size_t bytes, float* sink, cudaStream_t s);
 
 // ---- ops ----------------------------------------------------------------------------------------

@@ -432,7 +432,26 @@ __global__ void read_sweep_kernel(const uint4* __restrict__ p, size_t n16, float
   if (acc == 0x9E3779B9u) sink[blockIdx.x % 4096] = static_cast<float>(acc);
 }
 
+__global__ void fill_random_kernel(uint8_t* p, size_t bytes, uint64_t seed) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i * 8 < bytes;
+       i += stride) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const size_t n = min(static_cast<size_t>(8), bytes - i * 8);
+    for (size_t j = 0; j < n; ++j) p[i * 8 + j] = static_cast<uint8_t>(z >> (8 * j));
+  }
+}
+
 }  // namespace
+
+cudaError_t launch_fill_random(void* data, size_t bytes, uint64_t seed, cudaStream_t s) {
+  if (bytes == 0) return cudaSuccess;
+  fill_random_kernel<<<1024, 256, 0, s>>>(static_cast<uint8_t*>(data), bytes, seed);
+  return cudaGetLastError();
+}
 
 bool type_supported(GgmlType t) {
   switch (t) {

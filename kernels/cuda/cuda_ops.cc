@@ -240,6 +240,10 @@ absl::StatusOr<float> EventTimer::elapsed_ms() {
   return ms;
 }
 
+absl::Status fill_random(void* d_data, size_t bytes, uint64_t seed, Stream s) {
+  return cuda_status("fill_random", detail::launch_fill_random(d_data, bytes, seed, as_stream(s)));
+}
+
 absl::Status read_sweep(const void* d_data, size_t bytes, float* d_sink, Stream s) {
   if (bytes % 16 != 0 || !aligned(d_data, 16))
     return bad(absl::StrCat("read_sweep: ", bytes, " bytes; need a 16-byte aligned multiple of 16"));

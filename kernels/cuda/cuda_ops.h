@@ -89,6 +89,10 @@ class EventTimer {
 // the read bandwidth.
 absl::Status read_sweep(const void* d_data, size_t bytes, float* d_sink, Stream s = nullptr);
 
+// Fills `bytes` of device memory with pseudo-random bytes (a hash of seed and offset): test and
+// benchmark data that is neither zeros nor a repeating pattern.
+absl::Status fill_random(void* d_data, size_t bytes, uint64_t seed, Stream s = nullptr);
+
 // ---- quantised matvec (decode) and matmul (prefill) -------------------------------------------
 // Y[t][r] = sum_c W[r][c] X[t][c], as matmul_ref.
 constexpr int64_t kMaxMatvecTokens = 8;
