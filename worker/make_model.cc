@@ -342,7 +342,10 @@ GgmlType WeightTypeFor(QuantScheme q, std::string_view kind, int64_t layer, int6
 
 absl::StatusOr<ModelPlan> BuildModelPlan(const ModelPreset& preset, QuantScheme quant) {
   if (absl::Status s = ValidatePreset(preset); !s.ok()) return s;
-  absl::StatusOr<GeneratedVocab> vocab = GenerateVocab(preset.n_vocab);
+  // As many merges as fit next to the bytes and the specials (kDefaultMerges at most).
+  const int64_t room = preset.n_vocab - 256 - static_cast<int64_t>(Qwen35SpecialTokens().size());
+  absl::StatusOr<GeneratedVocab> vocab =
+      GenerateVocab(preset.n_vocab, static_cast<int>(std::clamp<int64_t>(room, 0, kDefaultMerges)));
   if (!vocab.ok()) return vocab.status();
   ModelPlan plan;
   plan.preset = preset;

@@ -8,7 +8,7 @@
 //   - One address range of the whole data section is reserved (anonymous, MAP_NORESERVE; pages
 //     never touched cost nothing).
 //   - Small tensors (under SyntheticOptions::pool_threshold bytes: norms, ssm_a, dt bias, conv1d,
-//     routers, everything of the tiny presets) are generated for real into that range, with
+//     ssm_alpha/beta, everything of the tiny presets) are generated for real into that range, with
 //     exactly make-model's bytes for the same seed.
 //   - Each big tensor gets a page-aligned sub-range onto which a "pool" is mapped over and over
 //     (mmap MAP_SHARED|MAP_FIXED, read-only): a memfd holding pool_bytes of valid random blocks
@@ -18,8 +18,10 @@
 //     tensor's rows), the rest of the pool repeats them. So the whole data section is
 //     addressable and every block is a valid, finite block of its type, while physical memory
 //     is only the pools (a few tens of MB each) plus the small tensors. Big tensors repeat with
-//     period pool_unique_bytes: fine for planning, loading and throughput work, useless for
-//     numerics (use make-model for those).
+//     period pool_unique_bytes: fine for planning, loading and GPU throughput work, useless
+//     for numerics (use make-model for those). CPU bandwidth measured on a synthetic model is
+//     optimistic when the pools fit in the last-level cache (the same physical pages back every
+//     copy): time CPU kernels on make-model files.
 //
 // Caveat: touched pool pages count in the process RSS once per mapping (RSS counts shared
 // pages per mapping), although they exist in physical memory only once.
@@ -38,9 +40,9 @@
 namespace rs {
 
 struct SyntheticOptions {
-  uint64_t pool_threshold = 4ull << 20;      // tensors at least this big are pool-backed
+  uint64_t pool_threshold = 256ull << 10;    // tensors at least this big are pool-backed
   uint64_t pool_bytes = 32ull << 20;         // size of each pool (rounded up to page x block)
-  uint64_t pool_unique_bytes = 2ull << 20;   // generated prefix of each pool, repeated after
+  uint64_t pool_unique_bytes = 256ull << 10; // generated prefix of each pool, repeated after
 };
 
 // `spec` = "PRESET:QUANT", e.g. "35b-a3b:Q4_K_M", "moe-tiny:Q8_0", "qwen35-mini:Q4_K_M"

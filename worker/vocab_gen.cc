@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -134,6 +135,58 @@ size_t Contraction(const std::string& s, size_t i) {
   return 0;
 }
 
+// Plain BPE over the pre-split training text: n_merges times, merge the most frequent adjacent
+// pair (seen at least twice; ties: the smallest (left, right)).
+std::vector<std::string> LearnMerges(int n_merges, const std::string (&byte_text)[256]) {
+  std::vector<std::string> merges;
+  // Words of the training text as symbol sequences, with their counts (std::map: fixed order).
+  std::map<std::string, int64_t> word_counts;
+  for (const auto& w : PreSplitAscii(kTrainingText)) ++word_counts[w];
+  struct Word {
+    std::vector<std::string> syms;
+    int64_t count;
+  };
+  std::vector<Word> words;
+  for (const auto& [w, count] : word_counts) {
+    Word word{{}, count};
+    for (unsigned char c : w) word.syms.push_back(byte_text[c]);
+    words.push_back(std::move(word));
+  }
+
+  for (int m = 0; m < n_merges; ++m) {
+    std::map<std::pair<std::string, std::string>, int64_t> pairs;
+    for (const auto& w : words)
+      for (size_t i = 0; i + 1 < w.syms.size(); ++i) pairs[{w.syms[i], w.syms[i + 1]}] += w.count;
+    const std::pair<std::string, std::string>* best = nullptr;
+    int64_t best_count = 1;  // a merge must be seen at least twice
+    for (const auto& [pair, count] : pairs) {
+      // std::map iterates in (left, right) order, so the first maximum is the tie winner.
+      if (count > best_count) {
+        best = &pair;
+        best_count = count;
+      }
+    }
+    if (!best) break;
+    const std::string left = best->first, right = best->second, joined = left + right;
+    merges.push_back(left + " " + right);
+    for (auto& w : words) {
+      std::vector<std::string> out;
+      out.reserve(w.syms.size());
+      for (size_t i = 0; i < w.syms.size(); ++i) {
+        if (i + 1 < w.syms.size() && w.syms[i] == left && w.syms[i + 1] == right) {
+          out.push_back(joined);
+          ++i;
+        } else {
+          out.push_back(w.syms[i]);
+        }
+      }
+      w.syms = std::move(out);
+    }
+  }
+
+  return merges;
+}
+
 }  // namespace
 
 std::vector<std::string> PreSplitAscii(const std::string& s) {
@@ -253,52 +306,25 @@ absl::StatusOr<GeneratedVocab> GenerateVocab(int64_t vocab_size, int n_merges) {
   }
   std::unordered_set<std::string> known(v.tokens.begin(), v.tokens.end());
 
-  // Words of the training text as symbol sequences, with their counts (std::map: fixed order).
-  std::map<std::string, int64_t> word_counts;
-  for (const auto& w : PreSplitAscii(kTrainingText)) ++word_counts[w];
-  struct Word {
-    std::vector<std::string> syms;
-    int64_t count;
-  };
-  std::vector<Word> words;
-  for (const auto& [w, count] : word_counts) {
-    Word word{{}, count};
-    for (unsigned char c : w) word.syms.push_back(byte_text[c]);
-    words.push_back(std::move(word));
+  // Training is deterministic and takes a noticeable fraction of a second: learn once per
+  // process and n_merges.
+  static std::mutex mu;
+  static std::map<int, std::vector<std::string>>* cache =
+      new std::map<int, std::vector<std::string>>;
+  std::vector<std::string> merges;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache->find(n_merges);
+    if (it == cache->end()) it = cache->emplace(n_merges, LearnMerges(n_merges, byte_text)).first;
+    merges = it->second;
   }
-
-  for (int m = 0; m < n_merges; ++m) {
-    std::map<std::pair<std::string, std::string>, int64_t> pairs;
-    for (const auto& w : words)
-      for (size_t i = 0; i + 1 < w.syms.size(); ++i) pairs[{w.syms[i], w.syms[i + 1]}] += w.count;
-    const std::pair<std::string, std::string>* best = nullptr;
-    int64_t best_count = 1;  // a merge must be seen at least twice
-    for (const auto& [pair, count] : pairs) {
-      // std::map iterates in (left, right) order, so the first maximum is the tie winner.
-      if (count > best_count) {
-        best = &pair;
-        best_count = count;
-      }
-    }
-    if (!best) break;
-    const std::string left = best->first, right = best->second, joined = left + right;
-    v.merges.push_back(left + " " + right);
+  for (const auto& m : merges) {
+    const size_t sp = m.find(' ');
+    std::string joined = m.substr(0, sp) + m.substr(sp + 1);
+    v.merges.push_back(m);
     if (known.insert(joined).second) {
-      v.tokens.push_back(joined);
+      v.tokens.push_back(std::move(joined));
       v.types.push_back(kTokenNormal);
-    }
-    for (auto& w : words) {
-      std::vector<std::string> out;
-      out.reserve(w.syms.size());
-      for (size_t i = 0; i < w.syms.size(); ++i) {
-        if (i + 1 < w.syms.size() && w.syms[i] == left && w.syms[i + 1] == right) {
-          out.push_back(joined);
-          ++i;
-        } else {
-          out.push_back(w.syms[i]);
-        }
-      }
-      w.syms = std::move(out);
     }
   }
 
