@@ -6,6 +6,9 @@
 #include "coordinator/text/cli.h"
 #include "coordinator/text/cli_render.h"
 #include "worker/cli.h"
+#ifdef RIGSERVE_HAVE_DAEMON
+#include "coordinator/daemon.h"
+#endif
 
 namespace {
 
@@ -23,6 +26,12 @@ const Command kCommands[] = {
     {"render-chat", rs::cli::render_chat_main, "render messages through the chat template"},
     {"tokenize", rs::cli::tokenize_main, "text on stdin -> token ids (GGUF or tokenizer.json)"},
     {"detokenize", rs::cli::detokenize_main, "token ids on stdin -> text"},
+#ifdef RIGSERVE_HAVE_DAEMON
+    {"serve", rs::cli::serve_main, "run the daemon: coordinator + one in-process worker"},
+    {"coordinator", rs::cli::coordinator_main, "run the coordinator (public gRPC API)"},
+    {"worker", rs::cli::worker_main, "run a worker process (owns a model shard)"},
+    {"client", rs::cli::client_main, "talk to a daemon: client generate | client chat"},
+#endif
 };
 
 void usage(FILE* f) {

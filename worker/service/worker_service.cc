@@ -1,0 +1,165 @@
+#include "worker/service/worker_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace rs {
+
+namespace pb = rigserve::v1;
+
+WorkerServiceImpl::WorkerServiceImpl(std::shared_ptr<const gguf::File> file,
+                                     std::unique_ptr<Model> model, int max_states,
+                                     std::string device)
+    : file_(std::move(file)), model_(std::move(model)), exec_(model_.get(), max_states),
+      device_(std::move(device)) {}
+
+void WorkerServiceImpl::DescribeTo(bool include_vocab, pb::DescribeResponse* r) const {
+  const ModelConfig& c = model_->config();
+  r->set_architecture(c.arch);
+  if (auto n = file_->get_string("general.name"); n.ok()) r->set_name(*n);
+  r->set_summary(c.summary());
+  r->set_n_vocab(c.n_vocab);
+  r->set_n_layer(c.n_layer);
+  r->set_n_embd(c.n_embd);
+  r->set_context_length(c.context_length);
+  r->set_n_expert(c.n_expert);
+  r->set_n_expert_used(c.n_expert_used);
+  for (auto k : c.layers) r->add_layer_is_attention(k == LayerKind::kAttention);
+  for (const auto& t : file_->tensors()) {
+    auto* e = r->add_tensors();
+    e->set_name(t.name);
+    e->set_type(type_name(t.type));
+    for (auto n : t.ne) e->add_shape(n);
+    e->set_size(t.size);
+  }
+  if (auto tpl = file_->get_string("tokenizer.chat_template"); tpl.ok()) r->set_chat_template(*tpl);
+  r->set_device(device_);
+  if (!include_vocab) return;
+  auto* v = r->mutable_vocab();
+  if (auto s = file_->get_string("tokenizer.ggml.model"); s.ok()) v->set_model(*s);
+  if (auto s = file_->get_string("tokenizer.ggml.pre"); s.ok()) v->set_pre(*s);
+  if (const gguf::Value* a = file_->find("tokenizer.ggml.tokens"))
+    for (const auto& x : a->array) v->add_tokens(x.s);
+  if (const gguf::Value* a = file_->find("tokenizer.ggml.token_type"))
+    for (const auto& x : a->array) v->add_token_types(static_cast<int32_t>(x.i ? x.i : x.u));
+  if (const gguf::Value* a = file_->find("tokenizer.ggml.merges"))
+    for (const auto& x : a->array) v->add_merges(x.s);
+  auto id = [&](const char* key) -> int32_t {
+    auto u = file_->get_int(key);
+    return u.ok() ? static_cast<int32_t>(*u) : -1;
+  };
+  v->set_bos_id(id("tokenizer.ggml.bos_token_id"));
+  v->set_eos_id(id("tokenizer.ggml.eos_token_id"));
+  v->set_pad_id(id("tokenizer.ggml.padding_token_id"));
+  if (auto b = file_->get_bool("tokenizer.ggml.add_bos_token"); b.ok()) v->set_add_bos(*b);
+}
+
+grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext*, const pb::DescribeRequest* req,
+                                         pb::DescribeResponse* resp) {
+  DescribeTo(req->include_vocab(), resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest* req,
+                                     pb::LoadResponse* resp) {
+  const ModelConfig& c = model_->config();
+  if (req->layer_begin() != 0 || (req->layer_end() != 0 && req->layer_end() != c.n_layer))
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                        "this worker holds the whole model; layer ranges need several workers");
+  resp->set_weight_bytes(file_->data_size());
+  resp->set_state_bytes_per_slot(
+      static_cast<uint64_t>((c.layers.size() - c.n_attn_layers()) *
+                            ((c.conv_kernel - 1) * c.conv_dim() + c.Hv * c.dk * c.dv) * 4));
+  return grpc::Status::OK;
+}
+
+pb::StepResult WorkerServiceImpl::HandleStep(const pb::StepPlan& plan) {
+  StepRequest req;
+  req.step_id = plan.step_id();
+  req.reset_all = plan.reset_all();
+  for (const auto& k : plan.keep()) req.keep.emplace_back(k.seq_id(), k.keep_id());
+  req.free_seqs.assign(plan.free_seqs().begin(), plan.free_seqs().end());
+  req.drop_kept.assign(plan.drop_kept().begin(), plan.drop_kept().end());
+  for (const auto& s : plan.seqs()) {
+    SeqStep q;
+    q.seq_id = s.seq_id();
+    q.tokens.assign(s.tokens().begin(), s.tokens().end());
+    q.sample = s.sample();
+    q.start = s.start();
+    q.restore_from = s.restore_from();
+    q.tokens_are_prompt = s.tokens_are_prompt();
+    if (s.has_sampling()) {
+      const auto& p = s.sampling();
+      q.sampling.temperature = p.temperature();
+      q.sampling.top_p = p.top_p();
+      q.sampling.top_k = p.top_k();
+      q.sampling.min_p = p.min_p();
+      q.sampling.presence_penalty = p.presence_penalty();
+      q.sampling.frequency_penalty = p.frequency_penalty();
+      q.sampling.repetition_penalty = p.repetition_penalty();
+      for (const auto& [tok, bias] : p.logit_bias()) q.sampling.logit_bias.push_back({tok, bias});
+      q.sampling.seed = p.seed();
+      q.sampling.top_logprobs = p.logprobs() > 0 ? p.logprobs() : -1;
+    }
+    req.seqs.push_back(std::move(q));
+  }
+  pb::StepResult res;
+  res.set_step_id(plan.step_id());
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::vector<SeqOutput>> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = exec_.Execute(req);
+  }
+  res.set_step_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (!out.ok()) {
+    res.set_error(std::string(out.status().message()));
+    return res;
+  }
+  for (const auto& o : *out) {
+    auto* r = res.add_seqs();
+    r->set_seq_id(o.seq_id);
+    r->set_token(o.token);
+    r->set_logprob(o.logprob);
+    for (const auto& t : o.top) {
+      r->add_top_ids(t.token);
+      r->add_top_logprobs(t.logprob);
+    }
+  }
+  return res;
+}
+
+grpc::Status WorkerServiceImpl::Step(
+    grpc::ServerContext* ctx,
+    grpc::ServerReaderWriter<pb::StepResult, pb::StepPlan>* stream) {
+  pb::StepPlan plan;
+  while (!ctx->IsCancelled() && stream->Read(&plan)) {
+    if (!stream->Write(HandleStep(plan))) break;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Free(grpc::ServerContext*, const pb::FreeRequest* req,
+                                     pb::FreeResponse*) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (req->reset()) {
+    exec_.Reset();
+  } else {
+    StepRequest r;
+    r.free_seqs.assign(req->seq_ids().begin(), req->seq_ids().end());
+    (void)exec_.Execute(r);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Ping(grpc::ServerContext*, const pb::PingRequest*,
+                                     pb::PingResponse* resp) {
+  std::lock_guard<std::mutex> lock(mu_);
+  resp->set_running(exec_.running());
+  resp->set_kept(exec_.kept());
+  return grpc::Status::OK;
+}
+
+}  // namespace rs
