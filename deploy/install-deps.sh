@@ -5,7 +5,9 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config ccache curl git python3 python3-jinja2
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
       prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev libgloo-dev
-      libopenblas-dev libpcre2-dev libutf8proc-dev clang libclang-rt-14-dev nodejs npm)
+      libopenblas-dev libpcre2-dev libutf8proc-dev clang libclang-rt-14-dev)
+# The tokenizer peer check runs on Node.js; use the machine's own if it has one.
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
