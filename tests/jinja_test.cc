@@ -354,3 +354,20 @@ TEST(DefaultChatTemplate, HistoryDropsPastReasoning) {
 
 }  // namespace
 }  // namespace rs::chat
+
+namespace rs::jinja {
+namespace {
+
+TEST(JinjaErrors, DeepNestingIsRefusedNotACrash) {
+  std::string deep = "{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}";
+  EXPECT_THAT(R(deep), ::testing::HasSubstr("nested deeper than 200 levels"));
+  std::string negs = "{{ " + std::string(5000, '-') + "1 }}";
+  EXPECT_THAT(R(negs), ::testing::HasSubstr("nested deeper than 200 levels"));
+  std::string ifs;
+  for (int i = 0; i < 1000; ++i) ifs += "{% if 1 %}";
+  EXPECT_THAT(R(ifs), ::testing::HasSubstr("nested deeper than 200 levels"));
+  EXPECT_EQ(R("{{ " + std::string(50, '(') + "7" + std::string(50, ')') + " }}"), "7");
+}
+
+}  // namespace
+}  // namespace rs::jinja

@@ -571,6 +571,13 @@ class Parser {
   }
 
   StmtPtr ParseStatement() {
+    if (++depth_ > 200) FailTok(cur(), "statements nested deeper than 200 levels");
+    StmtPtr s = ParseStatementInner();
+    --depth_;
+    return s;
+  }
+
+  StmtPtr ParseStatementInner() {
     const Token tok = cur();
     if (tok.type != Tok::kName) FailTok(tok, "tag name expected");
     const std::string& kw = tok.text;
@@ -716,7 +723,11 @@ class Parser {
   }
 
   ExprPtr ParseExpression(bool with_condexpr) {
-    return with_condexpr ? ParseCondExpr() : ParseOr();
+    // Nesting guard: a hostile template must not overflow the stack.
+    if (++depth_ > 200) FailTok(cur(), "expression nested deeper than 200 levels");
+    ExprPtr e = with_condexpr ? ParseCondExpr() : ParseOr();
+    --depth_;
+    return e;
   }
 
   ExprPtr ParseCondExpr() {
@@ -757,8 +768,10 @@ class Parser {
   }
   ExprPtr ParseNot() {
     if (IsName("not")) {
+      if (++depth_ > 200) FailTok(cur(), "expression nested deeper than 200 levels");
       auto n = Node(ExprKind::kNot, next());
       n->a.push_back(ParseNot());
+      --depth_;
       return n;
     }
     return ParseCompare();
@@ -844,8 +857,10 @@ class Parser {
     ExprPtr node;
     if (IsOp("-") || IsOp("+")) {
       const Token t = next();
+      if (++depth_ > 200) FailTok(t, "expression nested deeper than 200 levels");
       node = Node(t.text == "-" ? ExprKind::kNeg : ExprKind::kPos, t);
       node->a.push_back(ParseUnary(false));
+      --depth_;
     } else {
       node = ParsePrimary();
     }
@@ -1072,6 +1087,7 @@ class Parser {
 
   std::vector<Token> t_;
   size_t p_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace
