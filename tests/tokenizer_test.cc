@@ -273,7 +273,55 @@ TEST(Unicode, NfcNormalize) {
   // Combining marks are reordered canonically: dot below (220) before acute (230).
   EXPECT_EQ(NfcNormalize("x\xCC\x81\xCC\xA3"), "x\xCC\xA3\xCC\x81");
   EXPECT_FALSE(MayNeedNfc("hello \xC3\xA9"));  // all below U+0300
-  EXPECT_TRUE(MayNeedNfc("\xE4\xBD\xA0"));
+  EXPECT_FALSE(MayNeedNfc("\xE4\xBD\xA0\xE5\xA5\xBD \xEA\xB0\x80"));  // 你好 가: inert
+  EXPECT_TRUE(MayNeedNfc("e\xCC\x81"));            // combining acute
+  EXPECT_TRUE(MayNeedNfc("\xE2\x84\xAB"));          // ANGSTROM SIGN: canonical singleton
+  EXPECT_TRUE(MayNeedNfc("\xE1\x84\x80"));          // Hangul jamo
+  EXPECT_TRUE(MayNeedNfc("\xE0\xAC\xBE"));          // U+0B3E: starter that composes second
+}
+
+// Normalising only the regions around non-inert code points equals normalising everything.
+TEST(Unicode, RegionalNfcEqualsFullNfc) {
+  const std::vector<uint32_t> pool = {
+      'a', 'e', 'o', 'A', ' ', '.', 0xE9, 0xC5, 0x300, 0x301, 0x308, 0x323, 0x327, 0x30A,
+      0x212B, 0x2126, 0x1100, 0x1161, 0x11A8, 0xAC00, 0xAC01, 0x4EBA, 0x928, 0x93C, 0x94D,
+      0x947, 0xB47, 0xB3E, 0xE2A, 0xE31, 0xE38, 0x5D1, 0x5BC, 0x5B8, 0x644, 0x64E, 0x1F389,
+      0x200D, 0xFE0F, 0x20E3, 0x3099, 0x304B, 0x30AB, 0xFB01, 0x1E0A, 0x1E0C, 0x307};
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 20000; ++trial) {
+    std::string s;
+    int len = 1 + rng() % 12;
+    for (int k = 0; k < len; ++k) AppendCodepoint(&s, pool[rng() % pool.size()]);
+    ASSERT_EQ(NfcNormalize(s), NfcNormalizeFull(s)) << "trial " << trial;
+  }
+}
+
+// The quick check must never call a code point inert when NFC could change it: every inert
+// code point, after a starter that takes part in compositions, after a Hangul syllable and
+// doubled, is left alone by utf8proc's full normaliser.
+TEST(Unicode, NfcQuickCheckIsSafeForEveryCodepoint) {
+  size_t inert = 0;
+  std::string batch;
+  std::vector<uint32_t> in_batch;
+  auto check = [&] {
+    if (batch.empty()) return;
+    ASSERT_EQ(NfcNormalizeFull(batch), batch) << "some of U+" << std::hex << in_batch.front()
+                                              << "..U+" << in_batch.back();
+    batch.clear();
+    in_batch.clear();
+  };
+  for (uint32_t cp = 0x300; cp <= 0x10FFFF; ++cp) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    if (!NfcInert(cp)) continue;
+    ++inert;
+    std::string c;
+    AppendCodepoint(&c, cp);
+    batch += "e" + c + "\xEA\xB0\x80" + c + c + " ";
+    in_batch.push_back(cp);
+    if (in_batch.size() == 4096) check();
+  }
+  check();
+  EXPECT_GT(inert, 200000u);  // CJK, Hangul syllables, most scripts' letters
 }
 
 TEST(Unicode, SanitizeFollowsWhatwgMaximalSubparts) {

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <climits>
-#include <queue>
+#include <functional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
@@ -13,9 +13,9 @@ namespace rs::text {
 
 namespace {
 
-constexpr size_t kMaxCachedPiece = 128;    // bytes
-constexpr size_t kMaxCacheEntries = 1 << 17;
-constexpr size_t kSmallBpe = 24;           // symbols; above this the heap version runs
+constexpr size_t kMaxCachedPiece = 8192;       // bytes
+constexpr size_t kMaxCacheBytes = 64u << 20;   // keys + ids, roughly; cleared when exceeded
+constexpr size_t kSmallBpe = 64;           // symbols; above this the heap version runs
 
 absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
@@ -267,8 +267,12 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) c
   if (cacheable) {
     std::vector<int32_t> ids(out->begin() + before, out->end());
     std::lock_guard<std::mutex> lock(cache_mu_);
-    if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-    cache_.emplace(std::string(piece), std::move(ids));
+    size_t cost = piece.size() + ids.size() * sizeof(int32_t) + 64;
+    if (cache_bytes_ + cost > kMaxCacheBytes) {
+      cache_.clear();
+      cache_bytes_ = 0;
+    }
+    if (cache_.emplace(std::string(piece), std::move(ids)).second) cache_bytes_ += cost;
   }
 }
 
@@ -332,8 +336,11 @@ void Tokenizer::BpeSmall(std::vector<int32_t>* syms_ptr) const {
 void Tokenizer::BpeHeap(std::vector<int32_t>* syms_ptr) const {
   std::vector<int32_t>& s = *syms_ptr;
   const int n = static_cast<int>(s.size());
-  std::vector<int> prev(n), next(n);
-  std::vector<char> alive(n, 1);
+  thread_local std::vector<int> prev, next;
+  thread_local std::vector<char> alive;
+  prev.resize(n);
+  next.resize(n);
+  alive.assign(n, 1);
   for (int i = 0; i < n; ++i) {
     prev[i] = i - 1;
     next[i] = i + 1 < n ? i + 1 : -1;
@@ -346,16 +353,21 @@ void Tokenizer::BpeHeap(std::vector<int32_t>* syms_ptr) const {
       return rank != o.rank ? rank > o.rank : pos > o.pos;
     }
   };
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  thread_local std::vector<Cand> heap;  // min-heap via std::push_heap/pop_heap with greater
+  heap.clear();
   auto push = [&](int i) {
     if (i < 0 || next[i] < 0) return;
     const Merge* m = FindMerge(s[i], s[next[i]]);
-    if (m) heap.push(Cand{m->rank, i, s[i], s[next[i]], m->id});
+    if (m) {
+      heap.push_back(Cand{m->rank, i, s[i], s[next[i]], m->id});
+      std::push_heap(heap.begin(), heap.end(), std::greater<Cand>());
+    }
   };
   for (int i = 0; i + 1 < n; ++i) push(i);
   while (!heap.empty()) {
-    Cand c = heap.top();
-    heap.pop();
+    std::pop_heap(heap.begin(), heap.end(), std::greater<Cand>());
+    Cand c = heap.back();
+    heap.pop_back();
     int i = c.pos;
     if (!alive[i] || s[i] != c.left || next[i] < 0 || s[next[i]] != c.right) continue;
     int j = next[i];

@@ -158,9 +158,10 @@ class Tokenizer {
   std::vector<Special> specials_;
   std::vector<std::vector<uint32_t>> special_by_byte_;  // 256 buckets of indices
 
-  // Piece -> ids cache (pieces up to kMaxCachedPiece bytes).
+  // Piece -> ids cache (pieces up to 8 KiB; emptied when it holds about 64 MiB).
   mutable std::mutex cache_mu_;
   mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_;
+  mutable size_t cache_bytes_ = 0;
 };
 
 // Incremental detokenisation for streaming output: Push returns only complete characters;

@@ -1,5 +1,6 @@
 #include "coordinator/text/unicode_util.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -116,15 +117,85 @@ std::string SanitizeUtf8(std::string_view in) {
   return out;
 }
 
+bool NfcInert(uint32_t cp) {
+  if (cp < 0x300) return true;
+  if (cp >= 0x1100 && cp <= 0x11FF) return false;  // Hangul jamo compose algorithmically
+  const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(cp));
+  if (p->combining_class != 0) return false;
+  // A canonical decomposition (decomp_type 0 with a mapping) changes under NFC; a
+  // compatibility one (decomp_type != 0) does not.
+  if (p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0) return false;
+  // utf8proc marks code points that can be the second of a composition pair with
+  // comb_index >= 0x8000 (0xFFFF: takes no part in compositions).
+  if (p->comb_index != UINT16_MAX && p->comb_index >= 0x8000) return false;
+  return true;
+}
+
 bool MayNeedNfc(std::string_view s) {
-  // Code points >= U+0300 have lead bytes >= 0xCC; continuation bytes are <= 0xBF.
-  for (unsigned char c : s)
-    if (c >= 0xCC) return true;
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    // Code points below U+0300 have lead bytes < 0xCC; continuation bytes are <= 0xBF.
+    if (p[i] < 0xCC) {
+      ++i;
+      continue;
+    }
+    size_t pos = i;
+    uint32_t cp = NextCodepoint(s, &pos);
+    if (!NfcInert(cp)) return true;
+    i = pos;
+  }
   return false;
 }
 
 std::string NfcNormalize(std::string_view s) {
-  if (!MayNeedNfc(s)) return std::string(s);
+  // Unicode guarantees a normalisation boundary before every NFC-inert code point (it is a
+  // starter with NFC_QC = Yes), so only the stretches from the inert code point before a
+  // non-inert one up to the next inert code point need utf8proc; the rest is copied.
+  std::string out;
+  size_t copied = 0;         // s[0, copied) is in `out`
+  size_t last_inert = 0;     // start of the most recent inert code point (a boundary)
+  size_t i = 0;
+  const size_t n = s.size();
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(s.data());
+  while (i < n) {
+    if (p[i] < 0xCC) {  // below U+0300: inert (or a continuation byte of such a character)
+      if ((p[i] & 0xC0) != 0x80) last_inert = i;
+      ++i;
+      continue;
+    }
+    size_t next = i;
+    uint32_t cp = NextCodepoint(s, &next);
+    if (NfcInert(cp)) {
+      last_inert = i;
+      i = next;
+      continue;
+    }
+    // A region starts at the boundary before this code point's starter and runs to the next
+    // inert code point.
+    size_t start = std::max(last_inert, copied);
+    size_t end = next;
+    while (end < n) {
+      if (p[end] < 0xCC) break;
+      size_t after = end;
+      uint32_t c2 = NextCodepoint(s, &after);
+      if (NfcInert(c2)) break;
+      end = after;
+    }
+    if (out.empty()) out.reserve(n + 16);
+    out.append(s.data() + copied, start - copied);
+    out += NfcNormalizeFull(s.substr(start, end - start));
+    copied = end;
+    i = end;
+    last_inert = end;
+  }
+  if (copied == 0) return std::string(s);
+  out.append(s.data() + copied, n - copied);
+  return out;
+}
+
+std::string NfcNormalizeFull(std::string_view s) {
   utf8proc_uint8_t* dst = nullptr;
   utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
                                     static_cast<utf8proc_ssize_t>(s.size()), &dst,

@@ -22,11 +22,17 @@ bool IsValidUtf8(std::string_view s);
 size_t AppendSanitizedUtf8(std::string_view in, std::string* out, bool final);
 std::string SanitizeUtf8(std::string_view in);
 
-// NFC normalisation of valid UTF-8. Text whose code points are all below U+0300 is returned
-// unchanged without calling utf8proc (nothing in that range composes or decomposes under NFC).
+// NFC normalisation of valid UTF-8. Text made only of NFC-inert code points (see NfcInert)
+// is returned unchanged without running utf8proc's normaliser.
 std::string NfcNormalize(std::string_view s);
-// True when NfcNormalize(s) might differ from s (some code point >= U+0300 present).
+// The same, always through utf8proc_map (the reference the quick check is tested against).
+std::string NfcNormalizeFull(std::string_view s);
+// True when NfcNormalize(s) might differ from s: some code point is not NFC-inert.
 bool MayNeedNfc(std::string_view s);
+// A code point that NFC leaves alone in any context: below U+0300, or a starter (combining
+// class 0) without a canonical decomposition that can never be the second of a composition
+// pair (utf8proc's tables; Hangul jamo excluded because they compose algorithmically).
+bool NfcInert(uint32_t cp);
 
 // Appends the UTF-8 encoding of code point `cp` (must be a scalar value).
 void AppendCodepoint(std::string* out, uint32_t cp);
