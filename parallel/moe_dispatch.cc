@@ -1,0 +1,262 @@
+// MoE dispatch/combine and the stage hand-off; see moe_dispatch.h.
+//
+// Wire layout of the dispatch: the owner sends rank r one block of n_r rows laid out as
+// [x: n_r x hidden floats][experts: n_r x top_k int32][weights: n_r x top_k floats], so the
+// receiver hands pointers into its receive buffer straight to the callback. The combine sends
+// back n_r x hidden floats in the same row order.
+#include "parallel/moe_dispatch.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace rs::par {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Broadcast header: [status, layer, hidden, top_k, counts[0..size-1]].
+constexpr int kHeader = 4;
+constexpr int64_t kRoutingOk = 0;
+constexpr int64_t kRoutingRejected = 1;
+
+// Checks the owner's routing; returns the first problem.
+absl::Status CheckRouting(const MoeLayer& l, int size) {
+  const auto& map = *l.expert_rank;
+  for (size_t e = 0; e < map.size(); ++e)
+    if (map[e] < 0 || map[e] >= size)
+      return absl::InvalidArgumentError(absl::StrCat("MoE layer ", l.layer, ": expert ", e,
+                                                     " is mapped to rank ", map[e],
+                                                     ", outside the group of ", size));
+  if (l.num_tokens > 0 && (l.x == nullptr || l.experts == nullptr || l.weights == nullptr ||
+                           l.out == nullptr))
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoE layer ", l.layer, ": owner has ", l.num_tokens, " tokens but a null buffer"));
+  for (size_t t = 0; t < l.num_tokens; ++t)
+    for (int j = 0; j < l.top_k; ++j) {
+      const int32_t e = l.experts[t * l.top_k + j];
+      if (e < 0 || static_cast<size_t>(e) >= map.size())
+        return absl::InvalidArgumentError(absl::StrCat("MoE layer ", l.layer, ": token ", t,
+                                                       " selects expert ", e, ", the layer has ",
+                                                       map.size(), " experts"));
+    }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
+  Communicator& comm = *comm_;
+  const int size = comm.size();
+  const int me = comm.rank();
+  const bool owner = me == l.owner;
+  const std::string where = absl::StrCat("MoE layer ", l.layer, " (owner rank ", l.owner,
+                                         ", this rank ", me, ")");
+  if (l.owner < 0 || l.owner >= size)
+    return absl::InvalidArgumentError(absl::StrCat(where, ": owner outside the group of ", size));
+  if (l.expert_rank == nullptr || l.hidden == 0 || l.top_k <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(where, ": needs an expert map, hidden > 0 "
+                                                   "and top_k > 0 (hidden ", l.hidden,
+                                                   ", top_k ", l.top_k, ")"));
+  ++stats_.calls;
+  const size_t H = l.hidden;
+  const size_t K = static_cast<size_t>(l.top_k);
+  const size_t row_floats = H + 2 * K;
+
+  // 1. The owner routes and tells everybody how many rows each rank gets.
+  absl::Status result = absl::OkStatus();
+  counts_.assign(kHeader + size, 0);
+  if (owner) {
+    result = CheckRouting(l, size);
+    rows_of_rank_.resize(size);
+    for (auto& v : rows_of_rank_) v.clear();
+    if (result.ok()) {
+      std::vector<char> seen(size);
+      for (size_t t = 0; t < l.num_tokens; ++t) {
+        std::fill(seen.begin(), seen.end(), 0);
+        for (size_t j = 0; j < K; ++j) {
+          const int r = (*l.expert_rank)[l.experts[t * K + j]];
+          if (!seen[r]) {
+            seen[r] = 1;
+            rows_of_rank_[r].push_back(static_cast<uint32_t>(t));
+          }
+        }
+      }
+    }
+    counts_[0] = result.ok() ? kRoutingOk : kRoutingRejected;
+    counts_[1] = l.layer;
+    counts_[2] = static_cast<int64_t>(H);
+    counts_[3] = l.top_k;
+    for (int r = 0; r < size; ++r) counts_[kHeader + r] = result.ok() ? rows_of_rank_[r].size() : 0;
+  }
+  auto t0 = Clock::now();
+  if (absl::Status s = comm.Broadcast(counts_.data(), counts_.size() * sizeof(int64_t), l.owner);
+      !s.ok())
+    return absl::Status(s.code(), absl::StrCat(where, ", token counts: ", s.message()));
+  stats_.comm_seconds += Seconds(t0, Clock::now());
+  if (owner && !result.ok()) return result;
+  if (counts_[0] != kRoutingOk)
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": the owner rejected the routing of this layer"));
+  if (counts_[1] != l.layer || counts_[2] != static_cast<int64_t>(H) || counts_[3] != l.top_k)
+    return absl::FailedPreconditionError(absl::StrCat(
+        where, ": ranks disagree on the layer: owner has layer ", counts_[1], " hidden ",
+        counts_[2], " top_k ", counts_[3], ", this rank layer ", l.layer, " hidden ", H,
+        " top_k ", l.top_k));
+  const auto count = [&](int r) { return static_cast<size_t>(counts_[kHeader + r]); };
+
+  // 2. Dispatch: the owner packs one block per rank.
+  std::vector<size_t> so(size, 0), sb(size, 0), ro(size, 0), rb(size, 0);
+  if (owner) {
+    size_t total = 0;
+    for (int r = 0; r < size; ++r) total += count(r);
+    send_.resize(total * row_floats);
+    size_t off = 0;
+    for (int r = 0; r < size; ++r) {
+      const size_t n = count(r);
+      so[r] = off * sizeof(float);
+      sb[r] = n * row_floats * sizeof(float);
+      float* xs = send_.data() + off;
+      int32_t* es = reinterpret_cast<int32_t*>(xs + n * H);
+      float* ws = xs + n * H + n * K;
+      for (size_t i = 0; i < n; ++i) {
+        const size_t t = rows_of_rank_[r][i];
+        std::memcpy(xs + i * H, l.x + t * H, H * sizeof(float));
+        for (size_t j = 0; j < K; ++j) {
+          const int32_t e = l.experts[t * K + j];
+          const bool here = (*l.expert_rank)[e] == r;
+          es[i * K + j] = here ? e : -1;
+          ws[i * K + j] = here ? l.weights[t * K + j] : 0.0f;
+        }
+      }
+      off += n * row_floats;
+      if (r != me) stats_.bytes_sent += sb[r];
+    }
+  }
+  const size_t mine = count(me);
+  recv_.resize(mine * row_floats);
+  rb[l.owner] = mine * row_floats * sizeof(float);
+  if (!owner) stats_.bytes_received += rb[l.owner];
+  t0 = Clock::now();
+  if (absl::Status s = comm.AllToAllV(send_.data(), so, sb, recv_.data(), ro, rb); !s.ok())
+    return absl::Status(s.code(), absl::StrCat(where, ", dispatch: ", s.message()));
+  stats_.comm_seconds += Seconds(t0, Clock::now());
+
+  // 3. This rank's experts.
+  work_out_.assign(mine * H, 0.0f);
+  if (mine > 0) {
+    ExpertWork w;
+    w.layer = l.layer;
+    w.num_tokens = mine;
+    w.hidden = H;
+    w.top_k = l.top_k;
+    w.x = recv_.data();
+    w.experts = reinterpret_cast<const int32_t*>(recv_.data() + mine * H);
+    w.weights = recv_.data() + mine * H + mine * K;
+    w.out = work_out_.data();
+    for (size_t i = 0; i < mine * K; ++i) {
+      const int32_t e = w.experts[i];
+      if (e >= 0 && (static_cast<size_t>(e) >= l.expert_rank->size() ||
+                     (*l.expert_rank)[e] != me))
+        return absl::FailedPreconditionError(absl::StrCat(
+            where, ": received expert ", e, " which this rank's expert map does not place here"));
+    }
+    t0 = Clock::now();
+    absl::Status s = compute(w);
+    stats_.compute_seconds += Seconds(t0, Clock::now());
+    stats_.tokens_computed += mine;
+    // A failed callback still takes part in the combine (with zeros), so that the peers do not
+    // wait for a timeout; the error is returned afterwards.
+    if (!s.ok()) {
+      std::fill(work_out_.begin(), work_out_.end(), 0.0f);
+      result = absl::Status(s.code(), absl::StrCat(where, ", local experts: ", s.message()));
+    }
+  }
+
+  // 4. Combine: partial sums back to the owner, added per token.
+  std::fill(so.begin(), so.end(), 0);
+  std::fill(sb.begin(), sb.end(), 0);
+  std::fill(rb.begin(), rb.end(), 0);
+  sb[l.owner] = mine * H * sizeof(float);
+  if (!owner) stats_.bytes_sent += sb[l.owner];
+  if (owner) {
+    size_t off = 0;
+    for (int r = 0; r < size; ++r) {
+      ro[r] = off * sizeof(float);
+      rb[r] = count(r) * H * sizeof(float);
+      off += count(r) * H;
+      if (r != me) stats_.bytes_received += rb[r];
+    }
+    partial_.resize(off);
+  }
+  t0 = Clock::now();
+  if (absl::Status s = comm.AllToAllV(work_out_.data(), so, sb, partial_.data(), ro, rb); !s.ok())
+    return absl::Status(s.code(), absl::StrCat(where, ", combine: ", s.message()));
+  stats_.comm_seconds += Seconds(t0, Clock::now());
+  if (owner) {
+    std::fill(l.out, l.out + l.num_tokens * H, 0.0f);
+    const float* p = partial_.data();
+    for (int r = 0; r < size; ++r) {
+      for (uint32_t t : rows_of_rank_[r]) {
+        float* o = l.out + static_cast<size_t>(t) * H;
+        for (size_t h = 0; h < H; ++h) o[h] += p[h];
+        p += H;
+      }
+    }
+  }
+  return result;
+}
+
+namespace {
+struct HandOffHeader {
+  uint64_t magic;
+  uint64_t num_tokens;
+  uint64_t hidden;
+};
+constexpr uint64_t kHandOffMagic = 0x7273686964646e31ull;  // "rshiddn1"
+}  // namespace
+
+absl::Status SendHidden(Communicator& comm, int dst, const float* x, size_t num_tokens,
+                        size_t hidden, uint32_t tag) {
+  HandOffHeader h{kHandOffMagic, num_tokens, hidden};
+  if (absl::Status s = comm.Send(dst, &h, sizeof(h), tag); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("hand-off to rank ", dst, " (", num_tokens, " x ",
+                                               hidden, "), header: ", s.message()));
+  if (absl::Status s = comm.Send(dst, x, num_tokens * hidden * sizeof(float), tag); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("hand-off to rank ", dst, " (", num_tokens, " x ",
+                                               hidden, "): ", s.message()));
+  return absl::OkStatus();
+}
+
+absl::Status RecvHidden(Communicator& comm, int src, float* x, size_t num_tokens, size_t hidden,
+                        uint32_t tag) {
+  HandOffHeader h{};
+  if (absl::Status s = comm.Recv(src, &h, sizeof(h), tag); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("hand-off from rank ", src, " (expecting ",
+                                               num_tokens, " x ", hidden, "), header: ",
+                                               s.message()));
+  if (h.magic != kHandOffMagic)
+    return absl::DataLossError(absl::StrCat("hand-off from rank ", src, " tag ", tag,
+                                            ": the header is not a hand-off header (magic ",
+                                            h.magic, ")"));
+  const size_t bytes = h.num_tokens * h.hidden * sizeof(float);
+  if (h.num_tokens != num_tokens || h.hidden != hidden) {
+    std::vector<char> drain(bytes);
+    absl::Status s = comm.Recv(src, drain.data(), bytes, tag);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hand-off from rank ", src, " tag ", tag, ": sent ", h.num_tokens, " tokens x ", h.hidden,
+        " floats, this rank expected ", num_tokens, " x ", hidden,
+        s.ok() ? "" : absl::StrCat(" (and draining failed: ", s.message(), ")")));
+  }
+  if (absl::Status s = comm.Recv(src, x, bytes, tag); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("hand-off from rank ", src, " (", num_tokens, " x ",
+                                               hidden, "): ", s.message()));
+  return absl::OkStatus();
+}
+
+}  // namespace rs::par

@@ -1,0 +1,103 @@
+// The two patterns the workers run on top of a Communicator (host memory, f32 activations):
+//
+// 1. Expert parallelism, MoE dispatch/combine. A layer's owner holds the normed hidden states
+//    of its tokens and the router's top-k (expert, weight) pairs. Each token's hidden state goes
+//    only to the ranks that hold at least one of its selected experts (one copy per rank, with
+//    the pairs that rank must compute); every rank computes its experts' weighted outputs for
+//    the tokens it received; the partial sums go back to the owner, which adds them per token.
+//    Every rank calls MoeDispatcher::Run for every MoE layer, in the same order, even when it
+//    receives nothing (the size exchange is a collective). Messages per layer: one broadcast of
+//    the per-rank token counts, one all-to-all of the tokens (owner -> ranks), one all-to-all of
+//    the partial sums (ranks -> owner); ranks with zero tokens exchange nothing in the latter.
+//
+// 2. Pipeline parallelism, the stage hand-off: SendHidden / RecvHidden move the residual stream
+//    of a batch from one stage to the next. A small header (token count, width) travels first
+//    so that a receiver that expects another shape gets an error naming both shapes, never a
+//    size mismatch inside the transport.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "parallel/communicator.h"
+
+namespace rs::par {
+
+// The work one rank does for one layer: for every received token i,
+//   out[i] = sum over j < top_k with experts[i*top_k+j] >= 0 of
+//            weights[i*top_k+j] * Expert(experts[i*top_k+j])(x[i]).
+// Entries whose expert lives on another rank are -1 (weight 0). `out` arrives zeroed.
+struct ExpertWork {
+  int layer = 0;
+  size_t num_tokens = 0;
+  size_t hidden = 0;
+  int top_k = 0;
+  const float* x = nullptr;          // [num_tokens, hidden]
+  const int32_t* experts = nullptr;  // [num_tokens, top_k]
+  const float* weights = nullptr;    // [num_tokens, top_k]
+  float* out = nullptr;              // [num_tokens, hidden]
+};
+using ExpertFn = std::function<absl::Status(const ExpertWork&)>;
+
+// One MoE layer as every rank sees it. The fields under "owner only" are read on the owner and
+// ignored elsewhere.
+struct MoeLayer {
+  int layer = 0;   // passed to the callback, and named in errors
+  int owner = 0;   // the rank that holds the tokens and gets the sums
+  size_t hidden = 0;
+  int top_k = 0;
+  const std::vector<int>* expert_rank = nullptr;  // expert id -> rank holding it (all ranks)
+  // owner only:
+  size_t num_tokens = 0;
+  const float* x = nullptr;          // [num_tokens, hidden]
+  const int32_t* experts = nullptr;  // [num_tokens, top_k], ids < expert_rank->size()
+  const float* weights = nullptr;    // [num_tokens, top_k]
+  float* out = nullptr;              // [num_tokens, hidden]: the sum over all top_k experts
+};
+
+// Counters, accumulated over calls (the benchmark's bytes per token and time in communication).
+struct MoeStats {
+  uint64_t calls = 0;
+  uint64_t bytes_sent = 0;        // payload bytes this rank sent to other ranks
+  uint64_t bytes_received = 0;    // payload bytes this rank received from other ranks
+  uint64_t tokens_computed = 0;   // rows this rank's callback computed
+  double comm_seconds = 0;        // wall time inside the communicator
+  double compute_seconds = 0;     // wall time inside the callback
+};
+
+class MoeDispatcher {
+ public:
+  explicit MoeDispatcher(Communicator* comm) : comm_(comm) {}
+
+  // Collective; see the top of this file. On error (a peer gone, a timeout, an invalid expert
+  // id on the owner) the status names the layer and the cause; the communicator is then unusable
+  // for the Gloo backend and the group must reconnect.
+  absl::Status Run(const MoeLayer& layer, const ExpertFn& compute);
+
+  const MoeStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = MoeStats{}; }
+
+ private:
+  Communicator* comm_;
+  MoeStats stats_;
+  // Reused between layers.
+  std::vector<int64_t> counts_;
+  std::vector<std::vector<uint32_t>> rows_of_rank_;  // owner: token indices sent to each rank
+  std::vector<float> send_, recv_, work_out_, partial_;
+  std::vector<int32_t> work_experts_;
+  std::vector<float> work_weights_, work_x_;
+};
+
+// The hand-off between pipeline stages: `num_tokens` rows of `hidden` floats from this rank to
+// `dst`. Blocks until the receiver has taken the data (or the timeout).
+absl::Status SendHidden(Communicator& comm, int dst, const float* x, size_t num_tokens,
+                        size_t hidden, uint32_t tag);
+// Receives what SendHidden sent; the shape must be the one expected (InvalidArgument naming both
+// shapes otherwise, after draining the message so that the stream stays usable).
+absl::Status RecvHidden(Communicator& comm, int src, float* x, size_t num_tokens, size_t hidden,
+                        uint32_t tag);
+
+}  // namespace rs::par
