@@ -683,6 +683,41 @@ TEST(MakeModelTest, RowValuesAreDeterministicPerNameAndRow) {
   EXPECT_EQ(std::memcmp(all.data() + 2 * 256 * 4, a.data(), 256 * 4), 0);
 }
 
+TEST(MakeModelTest, BlockFillGivesValidBlocksOfTheRightScale) {
+  ModelPreset p = Micro();
+  absl::StatusOr<ModelPlan> plan = BuildModelPlan(p, QuantScheme::kQ4_K_M);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(ResolveFillMode(*plan, FillMode::kAuto), FillMode::kExact);
+  TempFile a("blocks_a.gguf"), b("blocks_b.gguf"), e("blocks_exact.gguf");
+  WriteOptions opts{.seed = 4, .fill = FillMode::kBlocks, .block_fill_threshold = 64 << 10};
+  ASSERT_TRUE(WriteModelFile(*plan, a.path, opts).ok());
+  ASSERT_TRUE(WriteModelFile(*plan, b.path, opts).ok());
+  ASSERT_TRUE(WriteModelFile(*plan, e.path, {.seed = 4}).ok());
+  EXPECT_TRUE(ReadAll(a.path) == ReadAll(b.path));  // deterministic too
+  auto fa = gguf::File::Open(a.path);
+  auto fe = gguf::File::Open(e.path);
+  ASSERT_TRUE(fa.ok() && fe.ok());
+  int filled = 0;
+  for (const auto& t : (*fa)->tensors()) {
+    const gguf::TensorInfo* te = (*fe)->find_tensor(t.name);
+    const bool same = std::memcmp((*fa)->tensor_data(t), (*fe)->tensor_data(*te), t.size) == 0;
+    if (t.size < opts.block_fill_threshold || t.type == GgmlType::F32) {
+      EXPECT_TRUE(same) << t.name;
+      continue;
+    }
+    ++filled;
+    EXPECT_FALSE(same) << t.name;
+    const Stats sa = Dequantised(**fa, t), se = Dequantised(**fe, *te);
+    EXPECT_TRUE(sa.finite) << t.name;
+    EXPECT_NEAR(sa.rms, se.rms, 0.05 * se.rms) << t.name;
+  }
+  EXPECT_GT(filled, 3);
+  // The real shapes resolve to block fill.
+  absl::StatusOr<ModelPlan> big = BuildModelPlan(Preset(ModelArch::kMoe, "35b-a3b"),
+                                                 QuantScheme::kQ4_K_M);
+  EXPECT_EQ(ResolveFillMode(*big, FillMode::kAuto), FillMode::kBlocks);
+}
+
 // ---- --synthetic ------------------------------------------------------------------------------
 
 int64_t RssBytes() {
@@ -741,11 +776,11 @@ TEST(SyntheticTest, RealShapeTableEqualsMakeModelsAndStaysSmall) {
 }
 
 TEST(SyntheticTest, SmallTensorsAreMakeModelsBytesAndPoolsAreValidBlocks) {
-  ModelPreset p = Preset(ModelArch::kMoe, "tiny");
+  ModelPreset p = Micro();
   absl::StatusOr<ModelPlan> plan = BuildModelPlan(p, QuantScheme::kQ4_K_M);
   ASSERT_TRUE(plan.ok());
   SyntheticOptions opts;
-  opts.pool_threshold = 64 << 10;  // pool the bigger tiny tensors too
+  opts.pool_threshold = 32 << 10;  // pool the bigger micro tensors too
   opts.pool_bytes = 1 << 20;
   opts.pool_unique_bytes = 32 << 10;
   absl::StatusOr<std::unique_ptr<gguf::File>> f = MakeSyntheticModel(*plan, 9, opts);
@@ -785,7 +820,7 @@ TEST(SyntheticTest, SpecParsing) {
   EXPECT_NE(bad.status().message().find("Q3_K"), std::string::npos) << bad.status();
   EXPECT_FALSE(PlanFromSyntheticSpec("tiny:Q8_0").ok());
   // The other real shapes build too (address space only).
-  for (const char* spec : {"27b:Q4_K_M", "122b-a10b:Q4_K_M"}) {
+  for (const char* spec : {"27b:Q8_0", "122b-a10b:Q8_0"}) {
     absl::StatusOr<std::unique_ptr<gguf::File>> f = MakeSyntheticModel(spec, 1);
     ASSERT_TRUE(f.ok()) << spec << ": " << f.status();
     EXPECT_EQ((*f)->find_tensor("token_embd.weight")->ne[1], 248320) << spec;

@@ -65,6 +65,8 @@ int make_model_main(int argc, char** argv) {
       .opt("out", "output file (.gguf)")
       .opt("seed", "random seed", "0")
       .opt("quant", QuantSchemeList(), "Q8_0")
+      .opt("fill", "exact | blocks | auto: how big tensors are filled (see make_model.h; auto = "
+           "exact up to 1 GB of weights)", "auto")
       .flag("list-presets", "print the presets with their sizes at --quant and exit")
       .flag("quiet", "no progress or summary on stderr");
   if (!args.parse(argc, argv)) return parse_exit(args);
@@ -99,6 +101,19 @@ int make_model_main(int argc, char** argv) {
   if (!quiet) PrintSummary(stderr, *plan);
   WriteOptions opts;
   opts.seed = seed;
+  const std::string fill = args.get("fill");
+  if (fill == "exact") {
+    opts.fill = FillMode::kExact;
+  } else if (fill == "blocks") {
+    opts.fill = FillMode::kBlocks;
+  } else if (fill != "auto") {
+    return args.usage_error("--fill must be exact, blocks or auto, got '" + fill + "'");
+  }
+  if (!quiet)
+    std::fprintf(stderr, "fill: %s\n",
+                 ResolveFillMode(*plan, opts.fill) == FillMode::kExact
+                     ? "exact (every row drawn and quantised)"
+                     : "blocks (tensors >= 4 MiB from a pool of quantised random blocks)");
   opts.progress = !quiet && plan->data_bytes() >= (64ull << 20);
   absl::Status s = WriteModelFile(*plan, args.get("out"), opts);
   if (!s.ok()) {

@@ -419,21 +419,75 @@ void GenerateTensor(const TensorPlan& t, uint64_t seed, uint8_t* dst) {
   GenerateRows(t, seed, 0, t.n_rows(), dst);
 }
 
+namespace {
+
+constexpr int64_t kPoolBlocks = 4096;
+
+// kPoolBlocks blocks of t's type drawn like t's weights: the rows of a pseudo-tensor named after
+// (type, init, scale), so tensors sharing those share the pool.
+std::vector<uint8_t> MakeBlockPool(const TensorPlan& t, uint64_t seed) {
+  const TypeInfo* ti = type_info(t.type);
+  TensorPlan pool;
+  pool.name = absl::StrCat("block-pool/", type_name(t.type), "/", static_cast<int>(t.init), "/",
+                           absl::StrFormat("%a", t.scale));
+  pool.type = t.type;
+  pool.init = t.init;
+  pool.scale = t.scale;
+  const int64_t per_row = 16;  // blocks per pool row
+  pool.ne = {ti->block_size * per_row, kPoolBlocks / per_row};
+  std::vector<uint8_t> bytes(pool.n_bytes());
+  GenerateTensor(pool, seed, bytes.data());
+  return bytes;
+}
+
+}  // namespace
+
+void GenerateTensorFromBlockPool(const TensorPlan& t, uint64_t seed, uint8_t* dst) {
+  const std::vector<uint8_t> pool = MakeBlockPool(t, seed);
+  const TypeInfo* ti = type_info(t.type);
+  const size_t bs = static_cast<size_t>(ti->type_size);
+  const int64_t blocks_per_row = t.ne[0] / ti->block_size;
+  const int64_t rows = t.n_rows();
+  const uint64_t stream = Fnv1a(t.name) ^ 0x5bd1e9955bd1e995ull;
+#pragma omp parallel for schedule(dynamic, 64) if (rows * blocks_per_row >= 4096)
+  for (int64_t r = 0; r < rows; ++r) {
+    Rng rng(seed, stream, static_cast<uint64_t>(r));
+    uint8_t* out = dst + static_cast<size_t>(r * blocks_per_row) * bs;
+    for (int64_t b = 0; b < blocks_per_row; ++b) {
+      const uint64_t pick = rng.Next() % kPoolBlocks;
+      std::memcpy(out + static_cast<size_t>(b) * bs, pool.data() + pick * bs, bs);
+    }
+  }
+}
+
+FillMode ResolveFillMode(const ModelPlan& plan, FillMode requested) {
+  if (requested != FillMode::kAuto) return requested;
+  return plan.data_bytes() <= 1000000000ull ? FillMode::kExact : FillMode::kBlocks;
+}
+
 absl::Status WriteModelFile(const ModelPlan& plan, const std::string& path,
                             const WriteOptions& opts) {
   gguf::Writer w;
   for (const auto& kv : plan.metadata) w.add_kv(kv.key, kv.value);
   const uint64_t total = plan.data_bytes();
   Progress progress(opts.progress, total);
+  const FillMode mode = ResolveFillMode(plan, opts.fill);
   for (const auto& t : plan.tensors) {
     const TensorPlan* tp = &t;
     const uint64_t seed = opts.seed;
+    const bool blocks = mode == FillMode::kBlocks && t.init == WeightInit::kNormal &&
+                        t.n_bytes() >= opts.block_fill_threshold;
     absl::Status s = w.add_tensor(
-        t.name, t.type, t.ne, [tp, seed, &progress](uint8_t* dst, uint64_t size) -> absl::Status {
+        t.name, t.type, t.ne,
+        [tp, seed, blocks, &progress](uint8_t* dst, uint64_t size) -> absl::Status {
           if (size != tp->n_bytes())
             return absl::InternalError(absl::StrCat("writer asks ", size, " bytes for ", tp->name,
                                                     ", its shape needs ", tp->n_bytes()));
-          GenerateTensor(*tp, seed, dst);
+          if (blocks) {
+            GenerateTensorFromBlockPool(*tp, seed, dst);
+          } else {
+            GenerateTensor(*tp, seed, dst);
+          }
           progress.Add(size, tp->name);
           return absl::OkStatus();
         });

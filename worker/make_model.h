@@ -98,10 +98,30 @@ void GenerateRows(const TensorPlan& t, uint64_t seed, int64_t row0, int64_t n_ro
 // The f32 values of one row before quantisation (tests).
 void GenerateRowF32(const TensorPlan& t, uint64_t seed, int64_t row, float* out);
 
+// How the weights of big tensors are produced.
+//   kExact:  every row drawn and quantised with quantize_row_ref (the reference quantisers search
+//            scales and run at a few million weights per second per core: minutes for
+//            bench-moe, hours for the real shapes).
+//   kBlocks: tensors of at least `block_fill_threshold` bytes are filled with blocks picked at
+//            random (per row: xoshiro seeded by seed, name, row) from a pool of 4096 blocks
+//            drawn and quantised exactly like the tensor's own weights (same type and scale).
+//            Every block is a valid block of the right distribution; blocks repeat, which does
+//            not matter for random weights. Runs at memory-copy speed.
+//   kAuto:   kExact when the model's weights total at most 1 GB (tiny, mini, bench-moe),
+//            kBlocks above (the real shapes).
+// Small tensors (norms, ssm_a, ...) are always exact, so both modes agree on them.
+enum class FillMode { kAuto, kExact, kBlocks };
+
 struct WriteOptions {
   uint64_t seed = 0;
-  bool progress = false;  // bytes written / percent / rate on stderr (throttled to ~1/s)
+  bool progress = false;  // bytes written / percent / rate on stderr (throttled)
+  FillMode fill = FillMode::kAuto;
+  uint64_t block_fill_threshold = 4ull << 20;
 };
+// The mode kAuto resolves to for `plan`.
+FillMode ResolveFillMode(const ModelPlan& plan, FillMode requested);
+// Fills dst (t.n_bytes()) by picking blocks from a pool generated for t's (type, init, scale).
+void GenerateTensorFromBlockPool(const TensorPlan& t, uint64_t seed, uint8_t* dst);
 // Streams the model to `path` with gguf::Writer. Checks the free space of the target file
 // system first (ResourceExhausted naming needed and available bytes).
 absl::Status WriteModelFile(const ModelPlan& plan, const std::string& path,
