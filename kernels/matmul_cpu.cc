@@ -145,6 +145,8 @@ void quantize_act_q8x256(const float* x, ActQ8x256* out, int64_t n) {
       for (int j = 0; j < 16; ++j) s += out[i].qs[16 * g + j];
       out[i].bsums[g] = static_cast<int16_t>(s);
     }
+    for (int g = 0; g < 8; ++g)
+      out[i].dsums[g] = out[i].d * static_cast<float>(out[i].bsums[2 * g] + out[i].bsums[2 * g + 1]);
   }
 }
 
@@ -512,17 +514,15 @@ void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   const int64_t nb = n / kQKK;
   for (int64_t i = 0; i < nb; ++i) {
     const __m128i scm = unpack_scales_k(b[i].scales);
-    const float d = f16c(b[i].d), dmin = f16c(b[i].dmin);
-    // Scales as 16-bit words in both lanes; mins as words, each twice (one per 16 of bsums).
+    // Scales as 16-bit words in both lanes; dmin * m_j as f32 lanes j (shared by the tokens).
     const __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
-    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(scm, 8));
-    const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
+    const __m256 dvec = _mm256_set1_ps(f16c(b[i].d));
+    const __m256 fmins = _mm256_mul_ps(_mm256_set1_ps(f16c(b[i].dmin)),
+                                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8))));
     __m256i isum[NT];
     for (int t = 0; t < NT; ++t) {
-      // sum_j m_j * (sum of the 32 activations of sub-block j), per lane j.
-      const __m256i mprod = _mm256_madd_epi16(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][i].bsums)), mins);
-      acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * y[t][i].d), _mm256_cvtepi32_ps(mprod), acc[t]);
+      // - sum_j dmin m_j * da (sum of the 32 activations of sub-block j), per lane j.
+      acc[t] = _mm256_fnmadd_ps(fmins, _mm256_loadu_ps(y[t][i].dsums), acc[t]);
       isum[t] = _mm256_setzero_si256();
     }
     __m256i hb;
@@ -548,7 +548,8 @@ void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
       }
     }
     for (int t = 0; t < NT; ++t)
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y[t][i].d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+      acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dvec, _mm256_broadcast_ss(&y[t][i].d)),
+                               _mm256_cvtepi32_ps(isum[t]), acc[t]);
   }
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
 }
@@ -600,8 +601,10 @@ void v_q6_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
         }
       }
     }
+    const __m256 dvec = _mm256_set1_ps(d);
     for (int t = 0; t < NT; ++t)
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y[t][i].d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+      acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dvec, _mm256_broadcast_ss(&y[t][i].d)),
+                               _mm256_cvtepi32_ps(isum[t]), acc[t]);
   }
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
 }

@@ -74,10 +74,12 @@ struct ActQ8x32 {
   int32_t s;
   int8_t qs[kQK];
 };
-// q8 block of 256 for the k-quants: x_j ~= d * qs[j]; bsums[i] = sum of qs[16i .. 16i+15].
+// q8 block of 256 for the k-quants: x_j ~= d * qs[j]; bsums[i] = sum of qs[16i .. 16i+15];
+// dsums[j] = d * (sum of qs[32j .. 32j+31]) (the Q4_K / Q5_K min term as one f32 FMA).
 struct ActQ8x256 {
   float d;
   int16_t bsums[kQKK / 16];
+  float dsums[kQKK / 32];
   int8_t qs[kQKK];
 };
 
