@@ -152,5 +152,24 @@ for tpl in "$T"/err_*.jinja; do
   [[ -e $tpl ]] && run_case "$(basename "$tpl" .jinja)" "$tpl" "$T/feat_context.json" error
 done
 
+# --- --model: the template stored in a GGUF (make-model writes the built-in one) -------------
+if "$RIGSERVE" make-model --preset tiny --out "$TMP/tiny.gguf" --quiet >/dev/null 2>&1; then
+  d=$TMP/case
+  rm -rf "$d"; mkdir -p "$d"
+  split_ctx "$T/chat/tools_weather.json" "$d"
+  "$RIGSERVE" render-chat --model "$TMP/tiny.gguf" --messages "$d/messages.json" --tools "$d/tools.json" >"$d/model" 2>"$d/err"
+  rc=$?
+  "$RIGSERVE" render-chat --builtin --messages "$d/messages.json" --tools "$d/tools.json" >"$d/builtin" 2>>"$d/err"
+  if [[ $rc -eq 0 ]] && cmp -s "$d/model" "$d/builtin" && [[ -s $d/model ]]; then
+    echo "ok   render-chat --model (GGUF tokenizer.chat_template) == --builtin"
+    passes=$((passes + 1))
+  else
+    echo "FAIL render-chat --model: rc=$rc $(head -c 300 "$d/err")"
+    fails=$((fails + 1))
+  fi
+else
+  echo "NOTE: rigserve make-model unavailable; the --model case is skipped"
+fi
+
 echo "chat_template_test: $passes passed, $fails failed"
 [[ $fails -eq 0 ]]

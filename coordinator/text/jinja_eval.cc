@@ -890,6 +890,7 @@ class Renderer {
       if (const Value* v = ctx_.dict().find(std::string_view(name))) return *v;
     Value g = Global(name);
     if (!g.is_undefined()) return g;
+    if (name == "self") Fail("unsupported: 'self' (template blocks)");
     return Value::Undefined("'" + name + "' is undefined");
   }
 
@@ -1227,6 +1228,10 @@ class Renderer {
                 v[i] = Value::Undefined("'" + sp->params[i] + "' is undefined");
               fr->Set(sp->params[i], v[i]);
             }
+            // jinja2 gives every macro `varargs` and `kwargs`; extra arguments are refused
+            // above (jinja2 would collect them when the body uses these names).
+            if (!fr->FindLocal("varargs")) fr->Set("varargs", Value::Tuple({}));
+            if (!fr->FindLocal("kwargs")) fr->Set("kwargs", Value::MakeDict());
             std::string buf;
             self->Exec(sp->body, fr, &buf);
             --self->depth_;
