@@ -3,6 +3,12 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -15,6 +21,7 @@
 #include "coordinator/engine.h"
 #include "coordinator/inference_service.h"
 #include "coordinator/metrics.h"
+#include "coordinator/rendezvous_service.h"
 #include "coordinator/worker_link.h"
 #include "worker/args.h"
 #include "worker/model.h"
@@ -59,7 +66,9 @@ void AddEngineOptions(Args& a) {
       .opt("prefill-chunk", "largest prefill piece of one sequence per step", "256")
       .opt("context", "context length limit (0 = the model's)", "0")
       .opt("default-max-tokens", "max_tokens when a request sets none", "256")
-      .opt("step-timeout", "seconds before a worker that does not answer a step is declared down", "30");
+      .opt("step-timeout", "seconds before a worker that does not answer a step is declared down", "30")
+      .opt("layers", "layers per worker with several workers, e.g. 0-15,16-31,32-47 (default: even split)")
+      .opt("collective-timeout-ms", "timeout of the workers' collectives", "10000");
 }
 
 // Reads the weights in once, logging bytes, percent and time (mmap would otherwise load them
@@ -135,6 +144,9 @@ bool EngineOptionsFrom(const Args& a, EngineOptions* o, double* step_timeout) {
   o->max_context = v;
   if (!ParseInt(a, "default-max-tokens", 1, &v)) return false;
   o->default_max_tokens = static_cast<int>(v);
+  o->layer_split = a.get("layers");
+  if (!ParseInt(a, "collective-timeout-ms", 100, &v)) return false;
+  o->collective_timeout_ms = static_cast<int>(v);
   if (!absl::SimpleAtod(a.get("step-timeout"), step_timeout) || *step_timeout <= 0) {
     a.usage_error("--step-timeout must be a positive number of seconds");
     return false;
@@ -166,11 +178,13 @@ int RunCoordinator(const Args& a, const std::string& listen,
   // The public server starts first: health says NOT_SERVING and calls get UNAVAILABLE until the
   // workers have loaded the model and the engine is warmed up.
   InferenceServiceImpl service;
+  RendezvousServiceImpl rendezvous;
   grpc::ServerBuilder builder;
   int bound = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &bound);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.RegisterService(&service);
+  builder.RegisterService(&rendezvous);
   auto server = builder.BuildAndStart();
   if (!server || bound == 0) {
     Log("error: cannot listen on %s", listen.c_str());
@@ -186,6 +200,9 @@ int RunCoordinator(const Args& a, const std::string& listen,
     Log("error: %s", std::string(workers.status().message()).c_str());
     return 1;
   }
+  eo.coordinator_address = HostOf(listen) + ":" + std::to_string(bound);
+  eo.bind_address = HostOf(listen);
+  eo.drop_rendezvous_prefix = [&rendezvous](const std::string& p) { rendezvous.DropPrefix(p); };
   auto e = Engine::Create(std::move(*workers), eo, &metrics);
   if (!e.ok()) {
     Log("error: %s", std::string(e.status().message()).c_str());
@@ -197,7 +214,16 @@ int RunCoordinator(const Args& a, const std::string& listen,
   server->GetHealthCheckService()->SetServingStatus("rigserve.v1.Inference", true);
   Log("serving %s on %s (health SERVING)", engine->model().summary().c_str(),
       (HostOf(listen) + ":" + std::to_string(bound)).c_str());
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  bool serving = true;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (engine->healthy() != serving) {  // a worker went down or came back
+      serving = engine->healthy();
+      server->GetHealthCheckService()->SetServingStatus("", serving);
+      server->GetHealthCheckService()->SetServingStatus("rigserve.v1.Inference", serving);
+      Log("health %s", serving ? "SERVING" : "NOT_SERVING (a worker is down)");
+    }
+  }
   Log("shutting down");
   service.set_engine(nullptr);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -206,14 +232,100 @@ int RunCoordinator(const Args& a, const std::string& listen,
 
 }  // namespace
 
+namespace {
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+    port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+// Starts `n` worker processes of this binary on loopback; they die with this process.
+absl::StatusOr<std::vector<std::string>> SpawnLocalWorkers(const Args& a, int n, int max_states) {
+  std::vector<std::string> addrs;
+  for (int i = 0; i < n; ++i) {
+    const int port = FreePort();
+    if (port <= 0) return absl::UnavailableError("no free port for a local worker");
+    const std::string addr = "127.0.0.1:" + std::to_string(port);
+    std::vector<std::string> args = {"/proc/self/exe", "worker", "--listen", addr,
+                                     "--max-states", std::to_string(max_states),
+                                     "--backend", a.get("backend"), "--threads", a.get("threads")};
+    for (const char* opt : {"model", "synthetic", "kv-type"})
+      if (a.has(opt)) {
+        args.push_back(std::string("--") + opt);
+        args.push_back(a.get(opt));
+      }
+    if (a.has("no-prefault")) args.push_back("--no-prefault");
+    const pid_t pid = fork();
+    if (pid < 0) return absl::InternalError("fork failed");
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      std::vector<char*> argv;
+      for (auto& s : args) argv.push_back(s.data());
+      argv.push_back(nullptr);
+      execv("/proc/self/exe", argv.data());
+      _exit(127);
+    }
+    Log("started local worker %d (pid %d) on %s", i, static_cast<int>(pid), addr.c_str());
+    addrs.push_back(addr);
+  }
+  return addrs;
+}
+
+}  // namespace
+
 int serve_main(int argc, char** argv) {
-  Args a("serve", "Run the daemon: a coordinator and one in-process worker (one GPU or the CPU).");
+  Args a("serve", "Run the daemon: a coordinator and one in-process worker (one GPU or the CPU),\n"
+                  "or --local-workers N worker processes on loopback (pipeline + expert parallel).");
   AddWorkerOptions(a);
   AddEngineOptions(a);
-  a.opt("listen", "gRPC address", "127.0.0.1:50051");
+  a.opt("listen", "gRPC address", "127.0.0.1:50051")
+      .opt("local-workers", "spawn this many worker processes on loopback instead of one in-process worker", "0")
+      .opt("debug-load-delay-ms", "testing only: wait this long before loading the model, so "
+           "clients can observe health NOT_SERVING (tests/daemon_test.cc)", "0");
   if (!a.parse(argc, argv)) return parse_exit(a);
+  int64_t load_delay_ms = 0;
+  if (!ParseInt(a, "debug-load-delay-ms", 0, &load_delay_ms)) return 2;
+  int64_t local_workers = 0;
+  if (!ParseInt(a, "local-workers", 0, &local_workers)) return 2;
+  if (local_workers > 0) {
+    int64_t running = 16, kept = 8;
+    absl::SimpleAtoi(a.get("max-running"), &running);
+    absl::SimpleAtoi(a.get("max-kept"), &kept);
+    double step_timeout = 30;
+    absl::SimpleAtod(a.get("step-timeout"), &step_timeout);
+    auto addrs = SpawnLocalWorkers(a, static_cast<int>(local_workers), static_cast<int>(running + kept + 1));
+    if (!addrs.ok()) {
+      Log("error: %s", std::string(addrs.status().message()).c_str());
+      return 1;
+    }
+    auto make = [&](Metrics*) -> absl::StatusOr<std::vector<std::unique_ptr<WorkerLink>>> {
+      std::vector<std::unique_ptr<WorkerLink>> v;
+      for (const auto& addr : *addrs) v.push_back(MakeRemoteLink(addr, step_timeout));
+      for (auto& l : v)
+        for (int i = 0; !l->Alive(); ++i) {
+          if (g_stop) return absl::CancelledError("interrupted");
+          if (i > 2400) return absl::UnavailableError("local worker " + l->name() + " did not start");
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+      return v;
+    };
+    const std::string label = a.get("model").empty() ? a.get("synthetic") : a.get("model");
+    return RunCoordinator(a, a.get("listen"), make, label);
+  }
   LoadedWorker w;
   auto make = [&](Metrics* m) -> absl::StatusOr<std::vector<std::unique_ptr<WorkerLink>>> {
+    for (int64_t t = 0; t < load_delay_ms && !g_stop; t += 10)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     int64_t running = 16, kept = 8;
     absl::SimpleAtoi(a.get("max-running"), &running);
     absl::SimpleAtoi(a.get("max-kept"), &kept);

@@ -5,7 +5,9 @@
 #include <future>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "coordinator/text/json.h"
 #include "coordinator/text/tokenizer_vocab.h"
 #include "worker/default_chat_template.h"
@@ -122,7 +124,89 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     metrics->state_slots_total->Set(opts.max_running + opts.max_kept);
     for (auto& w : e->workers_) metrics->worker_up(w->name()).Set(1);
   }
-  // Warm-up: one token through every worker, then a reset.
+  if (auto st = e->ComputePlacement(); !st.ok()) return st;
+  if (auto st = e->ConnectGroup(); !st.ok()) return st;
+  if (auto st = e->WarmUp(); !st.ok()) return st;
+  e->workers_up_ = static_cast<int>(e->workers_.size());
+  e->healthy_ = true;
+  e->thread_ = std::thread([p = e.get()] { p->Loop(); });
+  return e;
+}
+
+Engine::~Engine() {
+  stop_ = true;
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status Engine::ComputePlacement() {
+  const int n = static_cast<int>(workers_.size());
+  const int64_t L = model_.n_layer();
+  layer_owner_.assign(L, 0);
+  if (!opts_.layer_split.empty()) {
+    // "a-b,c-d,...": one contiguous range per worker, covering every layer in order.
+    int64_t next = 0;
+    int w = 0;
+    for (absl::string_view part : absl::StrSplit(opts_.layer_split, ',')) {
+      int64_t a = 0, b = 0;
+      std::vector<absl::string_view> ab = absl::StrSplit(part, '-');
+      if (ab.size() != 2 || !absl::SimpleAtoi(ab[0], &a) || !absl::SimpleAtoi(ab[1], &b) || a != next || b < a || b >= L)
+        return absl::InvalidArgumentError(absl::StrCat("--layers: '", part, "' must be ", next, "-N with N < ", L,
+                                                       " (contiguous ranges covering 0..", L - 1, ")"));
+      if (w >= n) return absl::InvalidArgumentError(absl::StrCat("--layers names more ranges than the ", n, " workers"));
+      for (int64_t l = a; l <= b; ++l) layer_owner_[l] = w;
+      next = b + 1;
+      ++w;
+    }
+    if (next != L || w != n)
+      return absl::InvalidArgumentError(absl::StrCat("--layers must give all ", L, " layers to the ", n, " workers in order"));
+  } else {
+    for (int64_t l = 0; l < L; ++l) layer_owner_[l] = static_cast<int>(l * n / L);
+  }
+  expert_owner_.clear();
+  if (model_.n_expert() > 0)
+    for (int64_t l = 0; l < L; ++l) {
+      std::vector<int> owners(model_.n_expert());
+      for (int64_t e = 0; e < model_.n_expert(); ++e) owners[e] = static_cast<int>((e + l) % n);
+      expert_owner_.push_back(std::move(owners));
+    }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::ConnectGroup() {
+  const int n = static_cast<int>(workers_.size());
+  if (n == 1) return absl::OkStatus();
+  if (opts_.coordinator_address.empty())
+    return absl::FailedPreconditionError("several workers need the coordinator's rendezvous address");
+  if (opts_.drop_rendezvous_prefix && generation_ > 0)
+    opts_.drop_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));
+  ++generation_;
+  std::vector<std::future<absl::StatusOr<pb::LoadResponse>>> fs;
+  for (int r = 0; r < n; ++r) {
+    pb::LoadRequest req;
+    req.set_rank(r);
+    req.set_world_size(n);
+    for (int o : layer_owner_) req.add_layer_owner(o);
+    for (const auto& eo : expert_owner_) {
+      auto* x = req.add_expert_owner();
+      for (int o : eo) x->add_rank(o);
+    }
+    req.set_coordinator(opts_.coordinator_address);
+    req.set_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));
+    req.set_bind_address(opts_.bind_address);
+    req.set_collective_timeout_ms(opts_.collective_timeout_ms);
+    req.set_last_stage(r == layer_owner_.back());
+    fs.push_back(std::async(std::launch::async, [this, r, req] { return workers_[r]->Load(req); }));
+  }
+  absl::Status first = absl::OkStatus();
+  for (auto& f : fs) {
+    auto r = f.get();
+    if (!r.ok() && first.ok()) first = r.status();
+  }
+  return first;
+}
+
+absl::Status Engine::WarmUp() {
   pb::StepPlan plan;
   plan.set_step_id(0);
   plan.set_reset_all(true);
@@ -135,22 +219,87 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   s->mutable_sampling()->set_temperature(0);
   s->mutable_sampling()->set_top_p(1);
   s->mutable_sampling()->set_repetition_penalty(1);
-  for (auto& w : e->workers_) {
-    auto r = w->Step(plan);
-    if (!r.ok()) return r.status();
-    if (!r->error().empty()) return absl::InternalError(absl::StrCat("warm-up step: ", r->error()));
-  }
-  e->pending_reset_ = true;
-  e->workers_up_ = static_cast<int>(e->workers_.size());
-  e->healthy_ = true;
-  e->thread_ = std::thread([p = e.get()] { p->Loop(); });
-  return e;
+  int failed = -1;
+  auto r = RunPlan(plan, &failed);
+  if (!r.ok()) return r.status();
+  pending_reset_ = true;
+  return absl::OkStatus();
 }
 
-Engine::~Engine() {
-  stop_ = true;
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+void Engine::Drain() {
+  for (auto& f : draining_) f.wait();
+  draining_.clear();
+}
+
+absl::StatusOr<pb::StepResult> Engine::RunPlan(const pb::StepPlan& plan, int* failed_worker) {
+  Drain();
+  *failed_worker = -1;
+  const size_t n = workers_.size();
+  if (n == 1) {
+    auto r = workers_[0]->Step(plan);
+    if (r.ok() && !r->error().empty()) return absl::InternalError(absl::StrCat("worker ", workers_[0]->name(), ": ", r->error()));
+    if (!r.ok()) *failed_worker = 0;
+    if (r.ok() && metrics_) metrics_->step_seconds(workers_[0]->name()).Observe(r->step_seconds());
+    return r;
+  }
+  std::vector<std::future<absl::StatusOr<pb::StepResult>>> fs;
+  for (auto& w : workers_) {
+    WorkerLink* link = w.get();
+    fs.push_back(std::async(std::launch::async, [link, plan] { return link->Step(plan); }));
+  }
+  std::vector<bool> done(n, false);
+  std::vector<absl::StatusOr<pb::StepResult>> res(n, absl::UnknownError("pending"));
+  size_t n_done = 0;
+  absl::Status failure = absl::OkStatus();
+  while (n_done < n) {
+    for (size_t i = 0; i < n; ++i) {
+      if (done[i] || fs[i].wait_for(std::chrono::milliseconds(2)) != std::future_status::ready) continue;
+      done[i] = true;
+      ++n_done;
+      res[i] = fs[i].get();
+      absl::Status st = res[i].ok() ? (res[i]->error().empty()
+                                           ? absl::OkStatus()
+                                           : absl::InternalError(absl::StrCat("worker ", workers_[i]->name(), ": ", res[i]->error())))
+                                    : res[i].status();
+      if (res[i].ok() && metrics_) metrics_->step_seconds(workers_[i]->name()).Observe(res[i]->step_seconds());
+      if (!st.ok() && failure.ok()) {
+        failure = st;
+        *failed_worker = static_cast<int>(i);
+      }
+    }
+    // A dead worker: fail now; the others finish (their collectives time out) in the background.
+    if (!failure.ok() && absl::IsUnavailable(failure)) {
+      for (size_t i = 0; i < n; ++i)
+        if (!done[i]) draining_.push_back(std::move(fs[i]));
+      return failure;
+    }
+  }
+  if (!failure.ok()) return failure;
+  return std::move(res.back());
+}
+
+void Engine::TryRecover() {
+  const double now = Now();
+  if (now < next_recovery_) return;
+  next_recovery_ = now + 0.25;
+  Drain();
+  int up = 0;
+  for (auto& w : workers_) {
+    const bool alive = w->Alive();
+    up += alive;
+    if (metrics_) metrics_->worker_up(w->name()).Set(alive ? 1 : 0);
+  }
+  workers_up_ = up;
+  if (up != static_cast<int>(workers_.size())) return;
+  absl::Status st = ConnectGroup();
+  if (st.ok()) st = WarmUp();
+  if (!st.ok()) {
+    std::fprintf(stderr, "rigserve: workers are back but the group did not form yet: %s\n",
+                 std::string(st.message()).c_str());
+    return;
+  }
+  std::fprintf(stderr, "rigserve: all %zu workers are back; serving again\n", workers_.size());
+  healthy_ = true;
 }
 
 // ---- submission ---------------------------------------------------------------------------------
@@ -342,6 +491,12 @@ void Engine::Loop() {
         return stop_ || !waiting_.empty() || !running_.empty() || !pending_free_.empty();
       });
       if (stop_) break;
+    }
+    if (!healthy_) {
+      // Requests that arrived meanwhile were refused; wait for the workers to come back.
+      TryRecover();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
     }
     StepOnce();
   }
@@ -558,32 +713,23 @@ void Engine::StepOnce() {
     return;
 
   // The same plan to every worker; the last one samples.
-  std::vector<absl::StatusOr<pb::StepResult>> results(workers_.size(), absl::UnknownError(""));
-  if (workers_.size() == 1) {
-    results[0] = workers_[0]->Step(plan);
-  } else {
-    std::vector<std::future<absl::StatusOr<pb::StepResult>>> fs;
-    for (auto& w : workers_) fs.push_back(std::async(std::launch::async, [&w, &plan] { return w->Step(plan); }));
-    for (size_t i = 0; i < fs.size(); ++i) results[i] = fs[i].get();
-  }
-  for (size_t i = 0; i < workers_.size(); ++i) {
-    const auto& res = results[i];
-    absl::Status st = res.ok() ? (res->error().empty() ? absl::OkStatus()
-                                                       : absl::InternalError(absl::StrCat("worker ", workers_[i]->name(), ": ", res->error())))
-                               : res.status();
-    if (metrics_ && res.ok()) metrics_->step_seconds(workers_[i]->name()).Observe(res->step_seconds());
-    if (!st.ok()) {
-      if (metrics_) metrics_->worker_up(workers_[i]->name()).Set(absl::IsUnavailable(st) ? 0 : 1);
-      if (absl::IsUnavailable(st)) workers_up_ = static_cast<int>(workers_.size()) - 1;
-      FailAll(absl::IsUnavailable(st) ? st : absl::InternalError(st.message()));
-      return;
+  int failed = -1;
+  auto result = RunPlan(plan, &failed);
+  if (!result.ok()) {
+    absl::Status st = result.status();
+    if (absl::IsUnavailable(st)) {
+      healthy_ = false;
+      if (failed >= 0) {
+        workers_up_ = static_cast<int>(workers_.size()) - 1;
+        if (metrics_) metrics_->worker_up(workers_[failed]->name()).Set(0);
+      }
+      std::fprintf(stderr, "rigserve: %s; failing the running requests, waiting for the worker\n",
+                   std::string(st.message()).c_str());
     }
+    FailAll(absl::IsUnavailable(st) ? st : absl::InternalError(st.message()));
+    return;
   }
-  if (workers_up_ != static_cast<int>(workers_.size())) {
-    workers_up_ = static_cast<int>(workers_.size());
-    if (metrics_) for (auto& w : workers_) metrics_->worker_up(w->name()).Set(1);
-  }
-  const pb::StepResult& last = *results.back();
+  const pb::StepResult& last = *result;
   std::unordered_map<uint64_t, const pb::SeqResult*> by_seq;
   for (const auto& s : last.seqs()) by_seq[s.seq_id()] = &s;
 

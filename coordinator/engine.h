@@ -9,6 +9,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <future>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -37,6 +39,12 @@ struct EngineOptions {
   int prefill_chunk = 256;      // largest prefill piece of one sequence per step
   int64_t max_context = 0;      // 0: the model's context_length
   int default_max_tokens = 256;
+  // Several workers: the group's rendezvous and placement.
+  std::string coordinator_address;   // where workers reach the Rendezvous service
+  std::string bind_address = "127.0.0.1";
+  int collective_timeout_ms = 10000;
+  std::string layer_split;           // "0-3,4-7,...": layers per worker (default: even)
+  std::function<void(const std::string&)> drop_rendezvous_prefix;
 };
 
 // Validated per-request generation settings.
@@ -156,6 +164,15 @@ class Engine {
   void FailAll(const absl::Status& st);
   void AddKept(std::vector<int32_t> tokens, uint64_t seq_id);
   double Now() const;
+  absl::Status ComputePlacement();
+  absl::Status ConnectGroup();
+  absl::Status WarmUp();
+  // Sends the plan to every worker at once; returns the last worker's result, or the first
+  // failure as soon as it is known (slower workers are drained before the next plan).
+  absl::StatusOr<rigserve::v1::StepResult> RunPlan(const rigserve::v1::StepPlan& plan,
+                                                   int* failed_worker);
+  void Drain();
+  void TryRecover();
 
   std::vector<std::unique_ptr<WorkerLink>> workers_;
   EngineOptions opts_;
@@ -191,6 +208,11 @@ class Engine {
   bool pending_reset_ = false;
   uint64_t next_seq_ = 1, next_keep_ = 1, step_id_ = 0;
   std::atomic<int> workers_up_{0};
+  std::vector<int> layer_owner_;
+  std::vector<std::vector<int>> expert_owner_;
+  int generation_ = 0;
+  std::vector<std::future<absl::StatusOr<rigserve::v1::StepResult>>> draining_;
+  double next_recovery_ = 0;
 };
 
 }  // namespace rs

@@ -28,6 +28,13 @@ class LocalLink : public WorkerLink {
   absl::StatusOr<pb::StepResult> Step(const pb::StepPlan& plan) override {
     return s_->HandleStep(plan);
   }
+  absl::StatusOr<pb::LoadResponse> Load(const pb::LoadRequest& req) override {
+    grpc::ServerContext ctx;
+    pb::LoadResponse resp;
+    grpc::Status st = s_->Load(&ctx, &req, &resp);
+    if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+    return resp;
+  }
   bool Alive() override { return true; }
   std::string name() const override { return "local"; }
 
@@ -64,6 +71,16 @@ class RemoteLink : public WorkerLink {
     if (!st.ok())
       return absl::UnavailableError(absl::StrCat("worker ", address_, ": Describe failed: ",
                                                  st.error_message()));
+    return resp;
+  }
+
+  absl::StatusOr<pb::LoadResponse> Load(const pb::LoadRequest& req) override {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    pb::LoadResponse resp;
+    grpc::Status st = stub_->Load(&ctx, req, &resp);
+    if (!st.ok())
+      return absl::UnavailableError(absl::StrCat("worker ", address_, ": Load failed: ", st.error_message()));
     return resp;
   }
 

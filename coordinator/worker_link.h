@@ -16,6 +16,7 @@ class WorkerLink {
  public:
   virtual ~WorkerLink() = default;
   virtual absl::StatusOr<rigserve::v1::DescribeResponse> Describe(bool include_vocab) = 0;
+  virtual absl::StatusOr<rigserve::v1::LoadResponse> Load(const rigserve::v1::LoadRequest& req) = 0;
   // UNAVAILABLE when the worker is unreachable, died, or did not answer within the timeout.
   virtual absl::StatusOr<rigserve::v1::StepResult> Step(const rigserve::v1::StepPlan& plan) = 0;
   virtual bool Alive() = 0;

@@ -85,6 +85,8 @@ std::string Shape(const std::vector<int64_t>& ne) { return "{" + absl::StrJoin(n
 class LocalExpertExecutor : public ExpertExecutor {
  public:
   explicit LocalExpertExecutor(Model* m) : m_(m) {}
+  // Only experts with mask[layer][e] != 0 are computed here (empty: all).
+  std::vector<std::vector<uint8_t>> mask;
   void Run(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids, const float* weights,
            float* out) override {
     const auto& L = m_->layers_[layer];
@@ -92,6 +94,7 @@ class LocalExpertExecutor : public ExpertExecutor {
     const int64_t H = c.n_embd, I = c.n_ff_exp, k = c.n_expert_used;
     std::fill(out, out + n_tok * H, 0.0f);
     for (int64_t e = 0; e < c.n_expert; ++e) {
+      if (layer < static_cast<int64_t>(mask.size()) && !mask[layer].empty() && !mask[layer][e]) continue;
       tok_.clear();
       w_.clear();
       for (int64_t t = 0; t < n_tok; ++t)
@@ -560,14 +563,25 @@ void Model::FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_to
     Matmul(L.ffn_down, g, n_tok, out);
     return;
   }
-  const int64_t E = c.n_expert, k = c.n_expert_used, Is = c.n_ff_shexp;
-  float* logits = Workspace::get(w.router, n_tok * E);
-  Matmul(L.router, f, n_tok, logits);
+  const int64_t k = c.n_expert_used;
   w.ids.resize(n_tok * k);
   float* ew = Workspace::get(w.ew, n_tok * k);
-  for (int64_t t = 0; t < n_tok; ++t) router_topk_ref(logits + t * E, E, k, w.ids.data() + t * k, ew + t * k);
+  Route(L, f, n_tok, w.ids.data(), ew);
   experts_->Run(layer, f, n_tok, w.ids.data(), ew, out);
-  // Shared expert, gated by sigmoid(w_gate . f) (a scalar per token).
+  SharedExpertAdd(L, f, n_tok, out);
+}
+
+void Model::Route(const Layer& L, const float* f, int64_t n_tok, int32_t* ids, float* weights) {
+  const int64_t E = cfg_.n_expert, k = cfg_.n_expert_used;
+  float* logits = Workspace::get(ws_->router, n_tok * E);
+  Matmul(L.router, f, n_tok, logits);
+  for (int64_t t = 0; t < n_tok; ++t) router_topk_ref(logits + t * E, E, k, ids + t * k, weights + t * k);
+}
+
+// out += sigmoid(w_gate . f) * shared_expert(f), per token.
+void Model::SharedExpertAdd(const Layer& L, const float* f, int64_t n_tok, float* out) {
+  Workspace& w = *ws_;
+  const int64_t H = cfg_.n_embd, Is = cfg_.n_ff_shexp;
   float* sg = Workspace::get(w.sh, n_tok);
   Matmul(L.shexp_gate_inp, f, n_tok, sg);
   float* g = Workspace::get(w.ffn1, n_tok * Is);
@@ -581,6 +595,98 @@ void Model::FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_to
     const float s = sigmoidf(sg[t]);
     for (int64_t h = 0; h < H; ++h) out[t * H + h] += s * d[t * H + h];
   }
+}
+
+// hidden += mixer(attn_norm(hidden)); f = post_attention_norm(hidden).
+void Model::Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidden, float* f) {
+  int64_t N = 0;
+  for (const auto& it : batch) N += it.n_tok;
+  const int64_t H = cfg_.n_embd;
+  const bool ref = opts_.backend == Backend::kReference;
+  float* m = Workspace::get(ws_->m, N * H);
+  (ref ? rms_norm_ref : rms_norm_cpu)(hidden, L.attn_norm, N, H, cfg_.eps, f);
+  if (L.kind == LayerKind::kAttention)
+    AttentionLayer(L, batch, f, m);
+  else
+    DeltaNetLayer(L, batch, f, m);
+  for (int64_t i = 0; i < N * H; ++i) hidden[i] += m[i];
+  (ref ? rms_norm_ref : rms_norm_cpu)(hidden, L.post_norm, N, H, cfg_.eps, f);
+}
+
+absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
+                                       const Placement& pl, std::vector<float>* logits) {
+  const ModelConfig& c = cfg_;
+  const int me = comm->rank();
+  if (static_cast<int64_t>(pl.layer_owner.size()) != c.n_layer)
+    return absl::InvalidArgumentError(absl::StrFormat("placement covers %d layers, the model has %d",
+                                                      pl.layer_owner.size(), c.n_layer));
+  int64_t N = 0;
+  std::vector<int64_t> rows;
+  for (const auto& it : batch) {
+    if (!it.seq || it.n_tok <= 0) return absl::InvalidArgumentError("empty step item");
+    for (int64_t t = 0; t < it.n_tok; ++t)
+      if (it.tokens[t] < 0 || it.tokens[t] >= c.n_vocab)
+        return absl::InvalidArgumentError(absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], c.n_vocab));
+    if (it.all_logits)
+      for (int64_t t = 0; t < it.n_tok; ++t) rows.push_back(N + t);
+    else
+      rows.push_back(N + it.n_tok - 1);
+    N += it.n_tok;
+  }
+  const int64_t H = c.n_embd, k = c.n_expert_used;
+  auto* local = static_cast<LocalExpertExecutor*>(local_experts_.get());
+  if (c.moe && local->mask.size() != static_cast<size_t>(c.n_layer)) {
+    local->mask.assign(c.n_layer, std::vector<uint8_t>(c.n_expert, 0));
+    for (int64_t l = 0; l < c.n_layer; ++l)
+      for (int64_t e = 0; e < c.n_expert; ++e) local->mask[l][e] = pl.expert_owner[l][e] == me;
+  }
+  std::vector<float> hidden(N * H), f(N * H), partial, ew;
+  std::vector<int32_t> ids;
+  if (pl.layer_owner[0] == me) Embed(batch, hidden.data());
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const Layer& L = layers_[l];
+    const int owner = pl.layer_owner[l];
+    if (owner == me) Mixer(L, batch, hidden.data(), f.data());
+    if (c.moe) {
+      // Expert parallelism: the owner shares the normed states and the routing; each rank
+      // computes its experts' weighted sums; the sums come back to the owner.
+      ids.resize(N * k);
+      ew.resize(N * k);
+      if (owner == me) Route(L, f.data(), N, ids.data(), ew.data());
+      if (comm->size() > 1) {
+        if (auto st = comm->Broadcast(f.data(), N * H * 4, owner); !st.ok()) return st;
+        if (auto st = comm->Broadcast(ids.data(), N * k * 4, owner); !st.ok()) return st;
+        if (auto st = comm->Broadcast(ew.data(), N * k * 4, owner); !st.ok()) return st;
+      }
+      partial.resize(N * H);
+      experts_->Run(l, f.data(), N, ids.data(), ew.data(), partial.data());
+      if (comm->size() > 1)
+        if (auto st = comm->ReduceSum(partial.data(), N * H, owner); !st.ok()) return st;
+      if (owner == me) {
+        SharedExpertAdd(L, f.data(), N, partial.data());
+        for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
+      }
+    } else if (owner == me) {
+      partial.resize(N * H);
+      FfnLayer(L, l, f.data(), N, partial.data());
+      for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
+    }
+    // Pipeline hand-off of the residual stream.
+    const int next = l + 1 < c.n_layer ? pl.layer_owner[l + 1] : owner;
+    if (next != owner) {
+      if (me == owner)
+        if (auto st = comm->Send(next, hidden.data(), N * H * 4, static_cast<uint32_t>(l)); !st.ok()) return st;
+      if (me == next)
+        if (auto st = comm->Recv(owner, hidden.data(), N * H * 4, static_cast<uint32_t>(l)); !st.ok()) return st;
+    }
+  }
+  for (const auto& it : batch) it.seq->n_past += it.n_tok;
+  logits->clear();
+  if (pl.layer_owner.back() == me) {
+    logits->resize(rows.size() * c.n_vocab);
+    Logits(hidden.data(), rows, logits->data());
+  }
+  return absl::OkStatus();
 }
 
 uint64_t Model::active_weight_bytes_per_token() const {

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/matmul.h"
+#include "parallel/communicator.h"
 #include "worker/gguf.h"
 #include "worker/model_config.h"
 
@@ -88,6 +89,17 @@ class Model {
   // Final norm + LM head on the selected rows of hidden.
   void Logits(const float* hidden, const std::vector<int64_t>& rows, float* logits);
 
+  // Distributed step (pipeline + expert parallelism): every rank calls this with the same
+  // batch. Rank `layer_owner[l]` runs layer l's mixer, norms, router and shared expert; routed
+  // experts run where `expert_owner[l][e]` says. Logits land on the owner of the last layer
+  // (the others get an empty vector). Collectives go through `comm`.
+  struct Placement {
+    std::vector<int> layer_owner;               // n_layer entries
+    std::vector<std::vector<int>> expert_owner; // [n_layer][n_expert] (MoE only)
+  };
+  absl::Status ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
+                                  const Placement& placement, std::vector<float>* logits);
+
   void set_expert_executor(ExpertExecutor* ex) { experts_ = ex; }
   ExpertExecutor* local_experts() { return local_experts_.get(); }
 
@@ -105,6 +117,9 @@ class Model {
   void DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a, float* out);
   void AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a, float* out);
   void FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_tok, float* out);
+  void Route(const Layer& L, const float* f, int64_t n_tok, int32_t* ids, float* weights);
+  void SharedExpertAdd(const Layer& L, const float* f, int64_t n_tok, float* out);
+  void Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidden, float* f);
 
   std::shared_ptr<const gguf::File> file_;
   ModelOptions opts_;

@@ -15,6 +15,17 @@ void StepExecutor::Reset() {
   kept_.clear();
 }
 
+void StepExecutor::SetDistributed(std::unique_ptr<par::Communicator> comm,
+                                  Model::Placement placement) {
+  comm_ = std::move(comm);
+  placement_ = std::move(placement);
+  Reset();
+}
+
+bool StepExecutor::last_stage() const {
+  return !comm_ || placement_.layer_owner.empty() || placement_.layer_owner.back() == comm_->rank();
+}
+
 absl::Status StepExecutor::Start(const SeqStep& s) {
   if (seqs_.count(s.seq_id))
     return absl::FailedPreconditionError(absl::StrFormat("sequence %d already exists", s.seq_id));
@@ -79,7 +90,16 @@ absl::StatusOr<std::vector<SeqOutput>> StepExecutor::Execute(const StepRequest& 
   }
   std::vector<SeqOutput> out;
   if (items.empty()) return out;
-  if (auto st = model_->Forward(items, &logits_); !st.ok()) return st;
+  if (comm_) {
+    if (auto st = model_->ForwardDistributed(items, comm_.get(), placement_, &logits_); !st.ok()) return st;
+    if (!last_stage()) {
+      for (size_t i = 0; i < req.seqs.size(); ++i)
+        if (req.seqs[i].sample) ++seqs[i]->n_output;
+      return out;
+    }
+  } else if (auto st = model_->Forward(items, &logits_); !st.ok()) {
+    return st;
+  }
   const int64_t V = model_->config().n_vocab;
   for (size_t i = 0; i < req.seqs.size(); ++i) {
     const SeqStep& s = req.seqs[i];

@@ -48,6 +48,10 @@ class StepExecutor {
 
   absl::StatusOr<std::vector<SeqOutput>> Execute(const StepRequest& req);
   void Reset();
+  // Distributed execution: this worker is one rank of a group that runs every step together.
+  // Only the rank holding the last layer samples.
+  void SetDistributed(std::unique_ptr<par::Communicator> comm, Model::Placement placement);
+  bool last_stage() const;
   int running() const { return static_cast<int>(seqs_.size()); }
   int kept() const { return static_cast<int>(kept_.size()); }
   int max_states() const { return max_states_; }
@@ -67,6 +71,8 @@ class StepExecutor {
   int max_states_;
   std::unordered_map<uint64_t, Seq> seqs_;
   std::unordered_map<uint64_t, Seq> kept_;
+  std::unique_ptr<par::Communicator> comm_;
+  Model::Placement placement_;
   SamplerScratch scratch_;
   std::vector<float> logits_;
 };

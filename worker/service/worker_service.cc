@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "worker/service/grpc_kv_store.h"
 
 namespace rs {
 
@@ -64,13 +65,51 @@ grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext*, const pb::Describ
 grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest* req,
                                      pb::LoadResponse* resp) {
   const ModelConfig& c = model_->config();
-  if (req->layer_begin() != 0 || (req->layer_end() != 0 && req->layer_end() != c.n_layer))
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                        "this worker holds the whole model; layer ranges need several workers");
+  const auto t0 = std::chrono::steady_clock::now();
   resp->set_weight_bytes(file_->data_size());
   resp->set_state_bytes_per_slot(
       static_cast<uint64_t>((c.layers.size() - c.n_attn_layers()) *
                             ((c.conv_kernel - 1) * c.conv_dim() + c.Hv * c.dk * c.dv) * 4));
+  if (req->world_size() <= 1) {
+    std::lock_guard<std::mutex> lock(mu_);
+    exec_.SetDistributed(nullptr, {});
+    return grpc::Status::OK;
+  }
+  // A rank of a group: check the placement, then meet the others through the coordinator.
+  Model::Placement pl;
+  pl.layer_owner.assign(req->layer_owner().begin(), req->layer_owner().end());
+  if (static_cast<int64_t>(pl.layer_owner.size()) != c.n_layer)
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("layer_owner has ", pl.layer_owner.size(), " entries, the model has ", c.n_layer, " layers"));
+  for (int r : pl.layer_owner)
+    if (r < 0 || r >= req->world_size())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("layer owner ", r, " outside the group"));
+  if (c.moe) {
+    if (req->expert_owner_size() != c.n_layer)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expert_owner must list every layer");
+    for (const auto& eo : req->expert_owner()) {
+      if (eo.rank_size() != c.n_expert)
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("expert_owner lists ", eo.rank_size(), " experts, the model has ", c.n_expert));
+      pl.expert_owner.emplace_back(eo.rank().begin(), eo.rank().end());
+    }
+  }
+  store_ = MakeGrpcKvStore(req->coordinator());
+  const auto timeout = std::chrono::milliseconds(req->collective_timeout_ms() > 0 ? req->collective_timeout_ms() : 10000);
+  auto comm = par::CreateGlooCommunicator(req->rank(), req->world_size(), store_.get(),
+                                          req->rendezvous_prefix(),
+                                          req->bind_address().empty() ? "127.0.0.1" : req->bind_address(),
+                                          timeout);
+  if (!comm.ok())
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("rank ", req->rank(), " of ", req->world_size(), ": ", comm.status().message()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    exec_.SetDistributed(std::move(*comm), std::move(pl));
+  }
+  resp->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  std::fprintf(stderr, "rigserve worker: joined the group as rank %d of %d (%s)\n", req->rank(),
+               req->world_size(), req->rendezvous_prefix().c_str());
   return grpc::Status::OK;
 }
 

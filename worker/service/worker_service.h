@@ -41,6 +41,7 @@ class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
   std::unique_ptr<Model> model_;
   StepExecutor exec_;
   std::string device_;
+  std::unique_ptr<par::KvStore> store_;
   std::mutex mu_;
 };
 
