@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "coordinator/plan/cli_plan.h"
 #include "coordinator/text/cli.h"
 #include "coordinator/text/cli_render.h"
 #include "worker/cli.h"
@@ -26,11 +27,13 @@ const Command kCommands[] = {
     {"render-chat", rs::cli::render_chat_main, "render messages through the chat template"},
     {"tokenize", rs::cli::tokenize_main, "text on stdin -> token ids (GGUF or tokenizer.json)"},
     {"detokenize", rs::cli::detokenize_main, "token ids on stdin -> text"},
+    {"plan", rs::cli::plan_main, "placement plan: layers and experts per worker and device"},
 #ifdef RIGSERVE_HAVE_DAEMON
     {"serve", rs::cli::serve_main, "run the daemon: coordinator + one in-process worker"},
     {"coordinator", rs::cli::coordinator_main, "run the coordinator (public gRPC API)"},
     {"worker", rs::cli::worker_main, "run a worker process (owns a model shard)"},
     {"client", rs::cli::client_main, "talk to a daemon: client generate | client chat"},
+    {"bench", rs::cli::bench_main, "load generator: N concurrent streams against a daemon (TTFT, ITL, tok/s)"},
 #endif
 };
 
