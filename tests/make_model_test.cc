@@ -555,7 +555,7 @@ TEST(MakeModelTest, TableMatchesGoldenMoeF32) { CompareWithGolden("moe-mini-f32"
 TEST(MakeModelTest, DeterministicFromSeed) {
   TempFile a("det_a.gguf"), b("det_b.gguf"), c("det_c.gguf");
   ModelPreset p = Micro();
-  absl::StatusOr<ModelPlan> plan = BuildModelPlan(p, QuantScheme::kQ4_K_M);
+  absl::StatusOr<ModelPlan> plan = BuildModelPlan(p, QuantScheme::kQ8_0);
   ASSERT_TRUE(plan.ok());
   ASSERT_TRUE(WriteModelFile(*plan, a.path, {.seed = 7}).ok());
   ASSERT_TRUE(WriteModelFile(*plan, b.path, {.seed = 7}).ok());
@@ -606,59 +606,68 @@ Stats Dequantised(const gguf::File& f, const gguf::TensorInfo& t) {
   return s;
 }
 
-TEST(MakeModelTest, EveryQuantOptionIsReadableAndFinite) {
-  const QuantScheme all[] = {QuantScheme::kF32,  QuantScheme::kF16,    QuantScheme::kBF16,
-                             QuantScheme::kQ8_0, QuantScheme::kQ4_K,   QuantScheme::kQ5_K,
-                             QuantScheme::kQ6_K, QuantScheme::kQ4_K_M, QuantScheme::kQ5_K_M,
-                             QuantScheme::kIQ4_XS};
+class QuantSweepTest : public ::testing::TestWithParam<QuantScheme> {};
+
+TEST_P(QuantSweepTest, ReadableAndFiniteWithTheRightScale) {
+  const QuantScheme q = GetParam();
   ModelPreset p = Micro();
   absl::StatusOr<ModelPlan> f32plan = BuildModelPlan(p, QuantScheme::kF32);
   ASSERT_TRUE(f32plan.ok());
-  for (QuantScheme q : all) {
-    SCOPED_TRACE(QuantSchemeName(q));
-    EXPECT_EQ(*ParseQuantScheme(QuantSchemeName(q)), q);
-    TempFile tmp(std::string("q_") + QuantSchemeName(q) + ".gguf");
-    auto f = WriteAndOpen(p, q, 3, tmp.path);
-    ASSERT_NE(f, nullptr);
-    CheckAgainstSpec(*f, p, q);
-    std::map<std::string, int> types;
-    for (const auto& t : f->tensors()) {
-      ++types[type_name(t.type)];
-      const Stats s = Dequantised(*f, t);
-      ASSERT_TRUE(s.finite) << t.name;
-      const TensorPlan* tp = nullptr;
-      for (const auto& x : f32plan->tensors)
-        if (x.name == t.name) tp = &x;
-      ASSERT_NE(tp, nullptr);
-      switch (tp->init) {
-        case WeightInit::kNormal:  // unit-ish scale kept through quantisation
-          EXPECT_NEAR(s.rms, tp->scale, 0.15 * tp->scale) << t.name;
-          EXPECT_NEAR(s.mean, 0, 0.1 * tp->scale) << t.name;
-          break;
-        case WeightInit::kOnePlusNormal:
-          EXPECT_NEAR(s.mean, 1.0, 0.05) << t.name;
-          EXPECT_GT(s.min, 0.5) << t.name;
-          break;
-        case WeightInit::kSsmA:
-          EXPECT_LE(s.max, -1.0 + 1e-5) << t.name;
-          EXPECT_GE(s.min, -16.0 - 1e-4) << t.name;
-          break;
-        case WeightInit::kDtBias:  // softplus^-1 of dt in [1e-3, 1e-1]
-          EXPECT_GE(s.min, std::log(std::expm1(1e-3)) - 1e-3) << t.name;
-          EXPECT_LE(s.max, std::log(std::expm1(1e-1)) + 1e-3) << t.name;
-          break;
-      }
-    }
-    std::string summary;
-    for (const auto& [name, n] : types) summary += name + ":" + std::to_string(n) + " ";
-    std::printf("%-7s %s\n", QuantSchemeName(q), summary.c_str());
-    if (q == QuantScheme::kIQ4_XS) EXPECT_GT(types["IQ4_XS"], 0);
-    if (q == QuantScheme::kQ5_K_M) {
-      EXPECT_GT(types["Q5_K"], 0);
-      EXPECT_GT(types["Q6_K"], 0);
+  SCOPED_TRACE(QuantSchemeName(q));
+  EXPECT_EQ(*ParseQuantScheme(QuantSchemeName(q)), q);
+  TempFile tmp(std::string("q_") + QuantSchemeName(q) + ".gguf");
+  auto f = WriteAndOpen(p, q, 3, tmp.path);
+  ASSERT_NE(f, nullptr);
+  CheckAgainstSpec(*f, p, q);
+  std::map<std::string, int> types;
+  for (const auto& t : f->tensors()) {
+    ++types[type_name(t.type)];
+    const Stats s = Dequantised(*f, t);
+    ASSERT_TRUE(s.finite) << t.name;
+    const TensorPlan* tp = nullptr;
+    for (const auto& x : f32plan->tensors)
+      if (x.name == t.name) tp = &x;
+    ASSERT_NE(tp, nullptr);
+    switch (tp->init) {
+      case WeightInit::kNormal:  // unit-ish scale kept through quantisation
+        EXPECT_NEAR(s.rms, tp->scale, 0.15 * tp->scale) << t.name;
+        EXPECT_NEAR(s.mean, 0, 0.1 * tp->scale) << t.name;
+        break;
+      case WeightInit::kOnePlusNormal:
+        EXPECT_NEAR(s.mean, 1.0, 0.05) << t.name;
+        EXPECT_GT(s.min, 0.5) << t.name;
+        break;
+      case WeightInit::kSsmA:
+        EXPECT_LE(s.max, -1.0 + 1e-5) << t.name;
+        EXPECT_GE(s.min, -16.0 - 1e-4) << t.name;
+        break;
+      case WeightInit::kDtBias:  // softplus^-1 of dt in [1e-3, 1e-1]
+        EXPECT_GE(s.min, std::log(std::expm1(1e-3)) - 1e-3) << t.name;
+        EXPECT_LE(s.max, std::log(std::expm1(1e-1)) + 1e-3) << t.name;
+        break;
     }
   }
+  std::string summary;
+  for (const auto& [name, n] : types) summary += name + ":" + std::to_string(n) + " ";
+  std::printf("%-7s %s\n", QuantSchemeName(q), summary.c_str());
+  // The scheme's own type is used (by a matrix with ne0 = 256 in a plain layer).
+  EXPECT_GT(types[type_name(WeightTypeFor(q, "ffn_up_exps", 1, 4, 256))], 0);
+  if (q == QuantScheme::kIQ4_XS) EXPECT_GT(types["IQ4_XS"], 0);
+  if (q == QuantScheme::kQ5_K_M) {
+    EXPECT_GT(types["Q5_K"], 0);
+    EXPECT_GT(types["Q6_K"], 0);
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    AllSchemes, QuantSweepTest,
+    ::testing::Values(QuantScheme::kF32, QuantScheme::kF16, QuantScheme::kBF16,
+                      QuantScheme::kQ8_0, QuantScheme::kQ4_K, QuantScheme::kQ5_K,
+                      QuantScheme::kQ6_K, QuantScheme::kQ4_K_M, QuantScheme::kQ5_K_M,
+                      QuantScheme::kIQ4_XS),
+    [](const ::testing::TestParamInfo<QuantScheme>& info) {
+      return std::string(QuantSchemeName(info.param));
+    });
 
 TEST(MakeModelTest, RowValuesAreDeterministicPerNameAndRow) {
   TensorPlan t;

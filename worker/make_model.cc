@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -421,41 +424,66 @@ void GenerateTensor(const TensorPlan& t, uint64_t seed, uint8_t* dst) {
 
 namespace {
 
-constexpr int64_t kPoolBlocks = 4096;
+constexpr int64_t kPoolUnits = 4096;
 
-// kPoolBlocks blocks of t's type drawn like t's weights: the rows of a pseudo-tensor named after
+// Elements per pick: one block of a quantised type, 64 values of a float type.
+int64_t PickUnit(GgmlType t) {
+  const TypeInfo* ti = type_info(t);
+  return ti->block_size > 1 ? ti->block_size : 64;
+}
+
+// kPoolUnits units of t's type drawn like t's weights: the rows of a pseudo-tensor named after
 // (type, init, scale), so tensors sharing those share the pool.
-std::vector<uint8_t> MakeBlockPool(const TensorPlan& t, uint64_t seed) {
-  const TypeInfo* ti = type_info(t.type);
+std::shared_ptr<const std::vector<uint8_t>> MakeBlockPool(const TensorPlan& t, uint64_t seed) {
   TensorPlan pool;
   pool.name = absl::StrCat("block-pool/", type_name(t.type), "/", static_cast<int>(t.init), "/",
                            absl::StrFormat("%a", t.scale));
   pool.type = t.type;
   pool.init = t.init;
   pool.scale = t.scale;
-  const int64_t per_row = 16;  // blocks per pool row
-  pool.ne = {ti->block_size * per_row, kPoolBlocks / per_row};
-  std::vector<uint8_t> bytes(pool.n_bytes());
-  GenerateTensor(pool, seed, bytes.data());
+  const int64_t per_row = 16;  // units per pool row
+  pool.ne = {PickUnit(t.type) * per_row, kPoolUnits / per_row};
+  auto bytes = std::make_shared<std::vector<uint8_t>>(pool.n_bytes());
+  GenerateTensor(pool, seed, bytes->data());
   return bytes;
+}
+
+std::shared_ptr<const std::vector<uint8_t>> CachedBlockPool(const TensorPlan& t, uint64_t seed) {
+  static std::mutex mu;
+  static auto* cache = new std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>;
+  const std::string key = absl::StrCat(seed, "/", static_cast<int>(t.type), "/",
+                                       static_cast<int>(t.init), "/",
+                                       absl::StrFormat("%a", t.scale));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  if (cache->size() >= 32) cache->clear();
+  auto pool = MakeBlockPool(t, seed);
+  cache->emplace(key, pool);
+  return pool;
 }
 
 }  // namespace
 
 void GenerateTensorFromBlockPool(const TensorPlan& t, uint64_t seed, uint8_t* dst) {
-  const std::vector<uint8_t> pool = MakeBlockPool(t, seed);
-  const TypeInfo* ti = type_info(t.type);
-  const size_t bs = static_cast<size_t>(ti->type_size);
-  const int64_t blocks_per_row = t.ne[0] / ti->block_size;
+  const int64_t unit = PickUnit(t.type);
+  if (t.ne.empty() || t.ne[0] % unit != 0) {  // a float row not a multiple of 64: exact
+    GenerateTensor(t, seed, dst);
+    return;
+  }
+  const std::shared_ptr<const std::vector<uint8_t>> pool = CachedBlockPool(t, seed);
+  const size_t bs = row_bytes(t.type, unit);
+  const int64_t units_per_row = t.ne[0] / unit;
   const int64_t rows = t.n_rows();
   const uint64_t stream = Fnv1a(t.name) ^ 0x5bd1e9955bd1e995ull;
-#pragma omp parallel for schedule(dynamic, 64) if (rows * blocks_per_row >= 4096)
+  const uint8_t* src = pool->data();
+#pragma omp parallel for schedule(dynamic, 64) if (rows * units_per_row >= 4096)
   for (int64_t r = 0; r < rows; ++r) {
     Rng rng(seed, stream, static_cast<uint64_t>(r));
-    uint8_t* out = dst + static_cast<size_t>(r * blocks_per_row) * bs;
-    for (int64_t b = 0; b < blocks_per_row; ++b) {
-      const uint64_t pick = rng.Next() % kPoolBlocks;
-      std::memcpy(out + static_cast<size_t>(b) * bs, pool.data() + pick * bs, bs);
+    uint8_t* out = dst + static_cast<size_t>(r * units_per_row) * bs;
+    for (int64_t b = 0; b < units_per_row; ++b) {
+      const uint64_t pick = rng.Next() % kPoolUnits;
+      std::memcpy(out + static_cast<size_t>(b) * bs, src + pick * bs, bs);
     }
   }
 }

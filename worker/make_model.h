@@ -102,9 +102,10 @@ void GenerateRowF32(const TensorPlan& t, uint64_t seed, int64_t row, float* out)
 //   kExact:  every row drawn and quantised with quantize_row_ref (the reference quantisers search
 //            scales and run at a few million weights per second per core: minutes for
 //            bench-moe, hours for the real shapes).
-//   kBlocks: tensors of at least `block_fill_threshold` bytes are filled with blocks picked at
-//            random (per row: xoshiro seeded by seed, name, row) from a pool of 4096 blocks
-//            drawn and quantised exactly like the tensor's own weights (same type and scale).
+//   kBlocks: tensors of at least `block_fill_threshold` bytes are filled with blocks (runs of
+//            64 values for F32/F16/BF16) picked at random (per row: xoshiro seeded by seed,
+//            name, row) from a pool of 4096 drawn and quantised exactly like the tensor's own
+//            weights (same type, init and scale; one pool per such key and seed).
 //            Every block is a valid block of the right distribution; blocks repeat, which does
 //            not matter for random weights. Runs at memory-copy speed.
 //   kAuto:   kExact when the model's weights total at most 1 GB (tiny, mini, bench-moe),
