@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -167,6 +168,10 @@ struct RoundTripCase {
   GgmlType type;
   double max_rel_rms;  // bound on rms(error) / rms(data) for Gaussian data
 };
+
+void PrintTo(const RoundTripCase& c, std::ostream* os) {
+  *os << type_name(c.type) << " (bound " << c.max_rel_rms << ")";
+}
 
 class RoundTrip : public ::testing::TestWithParam<RoundTripCase> {};
 
