@@ -9,8 +9,13 @@
 #include <string>
 #include <vector>
 
+#include <cstdio>
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "coordinator/plan/cli_plan.h"
+#include "worker/make_model.h"
+#include "worker/synthetic.h"
 
 namespace rs::plan {
 namespace {
@@ -384,6 +389,61 @@ TEST(Planner, KvQ8HalvesTheCache) {
   EXPECT_EQ(p->workers[0].devices[0].use.kv, 20480ull * 34 / 64 * 32768);
 }
 
+TEST(Planner, GgufFileGivesTheSyntheticTable) {
+  auto mp = PlanFromSyntheticSpec("moe-tiny:Q8_0");
+  ASSERT_TRUE(mp.ok()) << mp.status();
+  const std::string path =
+      absl::StrCat(testing::TempDir(), "/planner_test_moe_tiny_", getpid(), ".gguf");
+  ASSERT_TRUE(WriteModelFile(*mp, path, {.seed = 3}).ok());
+  auto f = ModelFromFile(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(f.ok()) << f.status();
+  const ModelInput& s = Model("moe-tiny:Q8_0");
+  ASSERT_EQ(f->tensors.size(), s.tensors.size());
+  for (size_t i = 0; i < s.tensors.size(); ++i) {
+    EXPECT_EQ(f->tensors[i].name, s.tensors[i].name);
+    EXPECT_EQ(f->tensors[i].type, s.tensors[i].type);
+    EXPECT_EQ(f->tensors[i].shape, s.tensors[i].shape);
+    EXPECT_EQ(f->tensors[i].bytes, s.tensors[i].bytes);
+  }
+  EXPECT_EQ(f->shape.layer_is_attention, s.shape.layer_is_attention);
+  EXPECT_EQ(DeltaNetStateBytesPerSequence(f->shape), DeltaNetStateBytesPerSequence(s.shape));
+  EXPECT_EQ(KvBytesPerToken(f->shape, KvType::kF16), KvBytesPerToken(s.shape, KvType::kF16));
+  EXPECT_EQ(f->shape.n_expert_used, s.shape.n_expert_used);
+  EXPECT_FALSE(ModelFromFile(path).ok());  // removed: the reader's error comes back
+}
+
+TEST(Planner, MtpBlockIsNotServed) {
+  ModelInput in = Model("moe-tiny:Q8_0");
+  const int64_t L = in.shape.n_layer;
+  in.tensors.push_back({absl::StrCat("blk.", L, ".nextn.eh_proj"), "F32", {512, 256}, 524288});
+  in.tensors.push_back({absl::StrCat("blk.", L, ".attn_norm.weight"), "F32", {256}, 1024});
+  auto shape = ShapeFromTensorTable(in.tensors, in.shape.n_expert_used);
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  EXPECT_EQ(shape->n_layer, L);
+  PlanRequest r;
+  r.tensors = in.tensors;
+  r.shape = *shape;
+  r.workers = *InventoryFromFlags("", "1GiB", 2);
+  r.context = 256;
+  auto p = MakePlan(r);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->skipped_tensors.size(), 2u);
+  EXPECT_NE(PlanTable(*p).find("not served: 2 tensors"), std::string::npos);
+  // The owners as LoadRequest carries them.
+  const std::vector<int32_t> owners = LayerOwners(*p);
+  ASSERT_EQ(static_cast<int64_t>(owners.size()), L);
+  EXPECT_EQ(owners.front(), 0);
+  EXPECT_EQ(owners.back(), 1);
+  const auto experts = ExpertOwners(*p);
+  ASSERT_EQ(static_cast<int64_t>(experts.size()), L);
+  for (const auto& layer : experts) {
+    ASSERT_EQ(static_cast<int64_t>(layer.size()), in.shape.n_expert);
+    EXPECT_NE(std::count(layer.begin(), layer.end(), 0), 0);
+    EXPECT_NE(std::count(layer.begin(), layer.end(), 1), 0);
+  }
+}
+
 // The command: table, --json, and a refusal's exit status.
 int RunPlan(std::vector<std::string> args, std::string* out, std::string* err) {
   args.insert(args.begin(), "plan");
@@ -417,6 +477,19 @@ TEST(PlanCli, TableJsonAndRefusal) {
   EXPECT_EQ(out.front(), '{');
   EXPECT_NE(out.find("\"fits_on_gpus\": false"), std::string::npos);
   EXPECT_NE(out.find("\"layer_begin\": 24, \"layer_end\": 48"), std::string::npos);
+  EXPECT_NE(out.find("\"experts_spilled\": "), std::string::npos);
+  ASSERT_EQ(RunPlan({"--synthetic", "122b-a10b:Q4_K_M", "--gpus", "24GiB,24GiB", "--host-ram",
+                     "96GiB"},
+                    &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("spilled to host RAM: "), std::string::npos) << out;
+  ASSERT_EQ(RunPlan({"--synthetic", "35b-a3b:Q4_K_M", "--gpus", "24GiB", "--context", "32768"},
+                    &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("fits on GPUs alone"), std::string::npos) << out;
+  EXPECT_NE(out.find("KV f16 20.0 KiB/token (640.0 MiB)"), std::string::npos) << out;
   EXPECT_EQ(RunPlan({"--synthetic", "122b-a10b:Q4_K_M", "--gpus", "24GiB,24GiB"}, &out, &err), 1);
   EXPECT_NE(err.find("plan refused"), std::string::npos) << err;
   EXPECT_EQ(RunPlan({"--synthetic", "35b-a3b:Q4_K_M", "--gpus", "24 parsecs"}, &out, &err), 2);

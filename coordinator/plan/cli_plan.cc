@@ -78,9 +78,9 @@ absl::StatusOr<std::vector<WorkerInventory>> InventoryFromFlags(std::string_view
   const absl::string_view host_ram(host_ram_in.data(), host_ram_in.size());
   std::vector<WorkerInventory> ws;
   if (!gpus.empty()) {
+    int idx = 0;  // one host: the GPUs are numbered across the workers
     for (absl::string_view item : absl::StrSplit(gpus, ',')) {
       WorkerInventory w;
-      int idx = 0;
       for (absl::string_view g : absl::StrSplit(item, '+')) {
         auto b = ParseBytes(std::string_view(g.data(), g.size()));
         if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat("--gpus: ", b.status().message()));

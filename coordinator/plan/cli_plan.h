@@ -25,7 +25,8 @@ absl::StatusOr<ModelInput> ModelFromFile(const std::string& path);
 
 // The inventory of --gpus / --host-ram / --workers:
 //   gpus      "24GiB,24GiB,24GiB": one worker per comma item; "24GiB+24GiB" gives one worker
-//             two GPUs (cuda:0, cuda:1 of its host). Empty: CPU workers.
+//             two GPUs. The GPUs are numbered cuda:0, cuda:1, ... across the workers (one
+//             host, as `serve --local-workers` runs them). Empty: CPU workers.
 //   host_ram  one size: the host's RAM, shared equally by all workers (one host); or one size
 //             per worker, comma-separated. Empty: 0 (GPU workers), required for CPU workers.
 //   cpu_workers  number of CPU workers when gpus is empty.

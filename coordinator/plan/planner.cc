@@ -660,6 +660,23 @@ absl::StatusOr<std::vector<ExpertPin>> ParseExpertPins(std::string_view s_in) {
   return out;
 }
 
+std::vector<int32_t> LayerOwners(const Plan& p) {
+  std::vector<int32_t> owner(p.shape.n_layer, -1);
+  for (size_t w = 0; w < p.workers.size(); ++w)
+    for (int64_t i = p.workers[w].layer_begin; i < p.workers[w].layer_end; ++i)
+      owner[i] = static_cast<int32_t>(w);
+  return owner;
+}
+
+std::vector<std::vector<int32_t>> ExpertOwners(const Plan& p) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& layer : p.experts) {
+    out.emplace_back();
+    for (const auto& e : layer) out.back().push_back(e.worker);
+  }
+  return out;
+}
+
 std::string PlanTable(const Plan& p) {
   const ModelShape& m = p.shape;
   std::string o;

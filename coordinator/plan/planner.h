@@ -202,6 +202,11 @@ absl::StatusOr<std::vector<ExpertPin>> ParseExpertPins(std::string_view s);
 absl::StatusOr<uint64_t> ParseBytes(std::string_view s);
 std::string FormatBytes(uint64_t b);  // "23.41 GiB", "512.0 MiB", "812 B"
 
+// The placement as LoadRequest carries it (rigserve.v1): the owner (worker index) of every
+// layer, and of every routed expert of every layer ([layer][expert]; empty for dense models).
+std::vector<int32_t> LayerOwners(const Plan& p);
+std::vector<std::vector<int32_t>> ExpertOwners(const Plan& p);
+
 std::string PlanTable(const Plan& p);  // readable table
 std::string PlanJson(const Plan& p);   // one JSON document (see cli_plan --help)
 
