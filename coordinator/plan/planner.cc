@@ -515,12 +515,13 @@ absl::StatusOr<Plan> MakePlan(const PlanRequest& req) {
         ++held[best][l];
       }
     if (unplaced > 0) {
-      std::vector<std::string> pools;
+      std::vector<std::string> pool_text;
       uint64_t gpu_cap = 0, host_cap = 0;
       for (const auto& wp : p.workers)
         for (const auto& d : wp.devices) {
           (d.device >= 0 ? gpu_cap : host_cap) += d.capacity;
-          pools.push_back(absl::StrFormat("%s %s of %s used (%s)", Label(d, wp.name),
+          if (d.capacity == 0 && d.use.total() == 0) continue;
+          pool_text.push_back(absl::StrFormat("%s %s of %s used (%s)", Label(d, wp.name),
                                           FormatBytes(d.use.total()), FormatBytes(d.capacity),
                                           Breakdown(d.use)));
         }
@@ -528,11 +529,11 @@ absl::StatusOr<Plan> MakePlan(const PlanRequest& req) {
           "plan refused: routed experts do not fit: %d of %d experts (%s = %u B of %s = %u B) "
           "have no place on any GPU (%s in all) or host RAM (%s in all) after the layers, KV "
           "cache and state (context %d x %d slots); add at least %s of GPU memory or host RAM "
-          "(--host-ram). Pools: %s",
+          "(--host-ram; a pool also keeps a margin and an expert workspace). Pools: %s",
           unplaced, L * E, FormatBytes(unplaced_bytes), unplaced_bytes,
           FormatBytes(p.expert_bytes_total), p.expert_bytes_total, FormatBytes(gpu_cap),
           FormatBytes(host_cap), req.context, req.slots, FormatBytes(unplaced_bytes),
-          absl::StrJoin(pools, "; ")));
+          absl::StrJoin(pool_text, "; ")));
     }
   }
   for (auto& wp : p.workers) {
