@@ -18,7 +18,7 @@ namespace {
 constexpr int kBM = 64, kBN = 64, kBK = 64, kPad = 8, kLd = kBK + kPad;
 constexpr int kThreads = 128;
 
-struct TileSmem {
+struct __align__(128) TileSmem {
   union {
     struct {
       __half a[kBM][kLd];  // activations: [token][k]

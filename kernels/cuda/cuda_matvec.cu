@@ -92,9 +92,8 @@ template <> struct Fmt<GgmlType::F16> {
     float wf[8];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&wr[i]));
-      wf[2 * i] = f.x;
-      wf[2 * i + 1] = f.y;
+      wf[2 * i] = h2f(static_cast<uint16_t>(wr[i] & 0xFFFF));
+      wf[2 * i + 1] = h2f(static_cast<uint16_t>(wr[i] >> 16));
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {

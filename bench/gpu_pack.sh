@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the CUDA tests and the GPU benchmark HERE (build dir build-gpu, sm_90 by default) and
+# packs them, with the shared libraries that a bare GPU host lacks (Abseil, cudart, libstdc++,
+# ...), into one folder for `bench/gpu_check.sh --prebuilt DIR` on the GPU machine.
+#
+#   bench/gpu_pack.sh [DIR]          DIR defaults to .carry/gpu (ignored by git)
+#   env: CUDA_ARCH=90  BUILD_DIR=build-gpu  JOBS=1
+#
+# Layout of DIR: bin/ (cuda_*_test, gpu_bench_main), lib/ (the .so files), MANIFEST (commit,
+# architecture, sizes). The GPU host runs them with LD_LIBRARY_PATH=DIR/lib.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEST=${1:-$ROOT/.carry/gpu}
+BUILD=${BUILD_DIR:-$ROOT/build-gpu}
+ARCH=${CUDA_ARCH:-90}
+JOBS=${JOBS:-1}
+LIMIT_MIB=60
+
+NVCC=$(command -v nvcc || true)
+[[ -z "$NVCC" && -x /usr/local/cuda/bin/nvcc ]] && NVCC=/usr/local/cuda/bin/nvcc
+if [[ -z "$NVCC" ]]; then
+  echo "gpu_pack: nvcc not found (PATH or /usr/local/cuda/bin); cannot build the CUDA binaries" >&2
+  exit 1
+fi
+
+launcher=()
+if command -v ccache >/dev/null; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
+# --as-needed: the test binaries link every project library; keep only the shared libraries
+# they really use (no gRPC/protobuf for the CUDA tests), so that little has to travel.
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRIGSERVE_WITH_CUDA=ON \
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,--as-needed" "${launcher[@]}" >/dev/null
+
+targets=(gpu_bench_main)
+for src in "$ROOT"/tests/cuda/*_test.cc; do
+  targets+=("$(basename "$src" .cc)")
+done
+echo "gpu_pack: building ${targets[*]} in $BUILD (sm_$ARCH, -j$JOBS)"
+ninja -C "$BUILD" -j"$JOBS" "${targets[@]}"
+
+rm -rf "$DEST"
+mkdir -p "$DEST/bin" "$DEST/lib"
+bins=("$BUILD/bench/gpu_bench_main")
+for t in "${targets[@]:1}"; do bins+=("$BUILD/tests/$t"); done
+cp "${bins[@]}" "$DEST/bin/"
+
+# Every library ldd resolves, except the C runtime that every Linux host has (glibc pieces and
+# the loader). libstdc++ / libgcc_s travel: the GPU host's may be older than g++ 12's.
+declare -A seen=()
+for b in "${bins[@]}"; do
+  while read -r lib; do
+    name=$(basename "$lib")
+    case "$name" in
+      libc.so.*|libm.so.*|libdl.so.*|libpthread.so.*|librt.so.*|ld-linux*|libresolv.so.*) continue ;;
+      libcuda.so.*|libnvidia*) continue ;;  # the driver: always the host's own
+    esac
+    if [[ -z "${seen[$name]:-}" ]]; then
+      seen[$name]=1
+      cp -L "$lib" "$DEST/lib/$name"
+    fi
+  done < <(ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3}')
+done
+
+bytes=$(du -sb "$DEST" | cut -f1)
+{
+  echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "built: $(date -u +%FT%TZ) on $(uname -m), nvcc $("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+  echo "arch: sm_$ARCH"
+  echo "size_bytes: $bytes"
+  (cd "$DEST" && ls -l bin lib)
+} >"$DEST/MANIFEST"
+echo "gpu_pack: $DEST holds ${#bins[@]} binaries and ${#seen[@]} libraries, $((bytes / 1048576)) MiB"
+if ((bytes > LIMIT_MIB * 1048576)); then
+  echo "gpu_pack: WARNING: $((bytes / 1048576)) MiB is over the ${LIMIT_MIB} MiB that may travel" >&2
+  exit 1
+fi
