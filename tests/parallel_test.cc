@@ -575,6 +575,12 @@ int ChildMain(const std::string& spec) {
   Communicator& c = **comm;
   if (mode == "ops") return CheckAllOps(c) == 0 ? 0 : 3;
   const bool victim = rank == size - 1;
+  // Everybody connected (a rank that leaves while the others are still connecting makes their
+  // connect fail, which is right but not what these modes test).
+  if (absl::Status s = c.Barrier(); !s.ok()) {
+    std::fprintf(stderr, "rank %d: first barrier: %s\n", rank, s.ToString().c_str());
+    return 6;
+  }
   if (mode == "exit" && victim) std::_Exit(0);  // sockets closed by the kernel, nothing else
   if (mode == "hang" && victim) {
     std::this_thread::sleep_for(Ms(3000));
