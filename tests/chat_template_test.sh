@@ -153,7 +153,7 @@ for tpl in "$T"/err_*.jinja; do
 done
 
 # --- --model: the template stored in a GGUF (make-model writes the built-in one) -------------
-if "$RIGSERVE" make-model --preset tiny --out "$TMP/tiny.gguf" --quiet >/dev/null 2>&1; then
+if "$RIGSERVE" make-model --preset dense-tiny --out "$TMP/tiny.gguf" --quiet >/dev/null 2>&1; then
   d=$TMP/case
   rm -rf "$d"; mkdir -p "$d"
   split_ctx "$T/chat/tools_weather.json" "$d"
