@@ -117,6 +117,37 @@ fi
 cmp -s "$OUT/nospecial.dec" "$PEER/corpus/special.txt" ||
   { echo "FAIL --no-special ids do not decode back to the input"; errors=$((errors + 1)); }
 
+# The GGUF path (tokenizer.ggml.* metadata, pre-tokenizer qwen35) on a generated model's
+# vocabulary: decode(encode(text)) must give the same text the peer decoded above (NFC, invalid
+# bytes as U+FFFD), for every corpus file.
+made=0
+for preset in dense-tiny qwen35-tiny tiny; do
+  if "$RIGSERVE" make-model --preset "$preset" --out "$OUT/tiny.gguf" --quiet >/dev/null 2>&1; then
+    made=1
+    break
+  fi
+done
+if [ "$made" -eq 1 ]; then
+  gguf_bad=0
+  for f in "${CORPUS[@]}"; do
+    name=$(basename "$f" .txt)
+    [ -f "$OUT/$name.peer.dec" ] || continue
+    if ! "$RIGSERVE" tokenize --model "$OUT/tiny.gguf" <"$f" >"$OUT/$name.gguf.ids" ||
+       ! "$RIGSERVE" detokenize --model "$OUT/tiny.gguf" <"$OUT/$name.gguf.ids" >"$OUT/$name.gguf.dec" ||
+       ! cmp -s "$OUT/$name.gguf.dec" "$OUT/$name.peer.dec"; then
+      echo "FAIL GGUF tokenizer round trip of $name"
+      gguf_bad=$((gguf_bad + 1))
+    fi
+  done
+  if [ "$gguf_bad" -eq 0 ]; then
+    echo "ok   GGUF (qwen35) tokenizer round-trips every corpus file"
+  else
+    errors=$((errors + gguf_bad))
+  fi
+else
+  echo "note: rigserve make-model is unavailable; GGUF tokenizer round trip not checked"
+fi
+
 if [ "$errors" -ne 0 ]; then
   echo "$errors check(s) failed"
   exit 1

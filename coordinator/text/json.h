@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -38,9 +39,10 @@ class Json {
   Json() = default;  // null
   Json(std::nullptr_t) {}
   Json(bool b) : type_(Type::kBool), b_(b) {}
-  Json(int v) : type_(Type::kInt), i_(v) {}
-  Json(int64_t v) : type_(Type::kInt), i_(v) {}
-  Json(uint32_t v) : type_(Type::kInt), i_(v) {}
+  // Any integer type (unsigned values above INT64_MAX wrap; JSON from us never has them).
+  template <typename T,
+            std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+  Json(T v) : type_(Type::kInt), i_(static_cast<int64_t>(v)) {}
   Json(double v) : type_(Type::kDouble), d_(v) {}
   Json(std::string s) : type_(Type::kString), s_(std::move(s)) {}
   Json(std::string_view s) : type_(Type::kString), s_(s) {}
