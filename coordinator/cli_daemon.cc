@@ -82,7 +82,10 @@ void Prefault(const gguf::File& f, Metrics* m) {
     const uint8_t* p = f.tensor_data(t);
     for (uint64_t i = 0; i < t.size; i += 4096) sink ^= p[i];
     done += t.size;
-    if (done >= next_report || done == total) {
+    // data_size() also counts the alignment padding between tensors: the last one ends at 100%.
+    const bool last = &t == &f.tensors().back();
+    if (last && done < total) done = total;
+    if (done >= next_report || last) {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       Log("loading weights: %.1f / %.1f MiB (%.0f%%) in %.1f s", done / 1048576.0, total / 1048576.0,
           total ? 100.0 * done / total : 100.0, s);
