@@ -66,7 +66,7 @@ int make_model_main(int argc, char** argv) {
       .opt("seed", "random seed", "0")
       .opt("quant", QuantSchemeList(), "Q8_0")
       .opt("fill", "exact | blocks | auto: how big tensors are filled (see make_model.h; auto = "
-           "exact up to 1 GB of weights)", "auto")
+           "exact up to 64 MiB of weights)", "auto")
       .flag("list-presets", "print the presets with their sizes at --quant and exit")
       .flag("quiet", "no progress or summary on stderr");
   if (!args.parse(argc, argv)) return parse_exit(args);
@@ -113,7 +113,7 @@ int make_model_main(int argc, char** argv) {
     std::fprintf(stderr, "fill: %s\n",
                  ResolveFillMode(*plan, opts.fill) == FillMode::kExact
                      ? "exact (every row drawn and quantised)"
-                     : "blocks (tensors >= 4 MiB from a pool of quantised random blocks)");
+                     : "blocks (tensors >= 256 KiB from pools of quantised random blocks)");
   opts.progress = !quiet && plan->data_bytes() >= (64ull << 20);
   absl::Status s = WriteModelFile(*plan, args.get("out"), opts);
   if (!s.ok()) {

@@ -490,7 +490,7 @@ void GenerateTensorFromBlockPool(const TensorPlan& t, uint64_t seed, uint8_t* ds
 
 FillMode ResolveFillMode(const ModelPlan& plan, FillMode requested) {
   if (requested != FillMode::kAuto) return requested;
-  return plan.data_bytes() <= 1000000000ull ? FillMode::kExact : FillMode::kBlocks;
+  return plan.data_bytes() <= (64ull << 20) ? FillMode::kExact : FillMode::kBlocks;
 }
 
 absl::Status WriteModelFile(const ModelPlan& plan, const std::string& path,

@@ -108,8 +108,8 @@ void GenerateRowF32(const TensorPlan& t, uint64_t seed, int64_t row, float* out)
 //            weights (same type, init and scale; one pool per such key and seed).
 //            Every block is a valid block of the right distribution; blocks repeat, which does
 //            not matter for random weights. Runs at memory-copy speed.
-//   kAuto:   kExact when the model's weights total at most 1 GB (tiny, mini, bench-moe),
-//            kBlocks above (the real shapes).
+//   kAuto:   kExact when the model's weights total at most 64 MiB (the tiny presets), kBlocks
+//            above (mini, bench-moe, the real shapes).
 // Small tensors (norms, ssm_a, ...) are always exact, so both modes agree on them.
 enum class FillMode { kAuto, kExact, kBlocks };
 
@@ -117,7 +117,7 @@ struct WriteOptions {
   uint64_t seed = 0;
   bool progress = false;  // bytes written / percent / rate on stderr (throttled)
   FillMode fill = FillMode::kAuto;
-  uint64_t block_fill_threshold = 4ull << 20;
+  uint64_t block_fill_threshold = 256ull << 10;
 };
 // The mode kAuto resolves to for `plan`.
 FillMode ResolveFillMode(const ModelPlan& plan, FillMode requested);
