@@ -46,6 +46,7 @@ mkdir -p "$DEST/bin" "$DEST/lib"
 bins=("$BUILD/bench/gpu_bench_main")
 for t in "${targets[@]:1}"; do bins+=("$BUILD/tests/$t"); done
 cp "${bins[@]}" "$DEST/bin/"
+strip --strip-unneeded "$DEST"/bin/* 2>/dev/null || true  # host symbols only; the GPU code stays
 
 # Every library ldd resolves, except the C runtime that every Linux host has (glibc pieces and
 # the loader). libstdc++ / libgcc_s travel: the GPU host's may be older than g++ 12's.
