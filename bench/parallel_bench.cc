@@ -2,6 +2,14 @@
 // send/recv (ping-pong and one-way stream), all-reduce, and the MoE dispatch/combine of one
 // layer, for message sizes 4 KiB .. 16 MiB.
 //
+// Measured 2026-11-27, Gloo 20220518 (Debian), on the GPU host's 16 idle x86 cores (the 2-core
+// dev box under load gave 4 ms one-way latencies, scheduling-bound):
+//   ping-pong one-way 4 KiB 25 us, 64 KiB 36 us, 1 MiB 295 us, 16 MiB 4.9 ms;
+//   stream 4 KiB 100 MB/s, 1 MiB 4.7 GB/s, 16 MiB 4.3 GB/s;
+//   all-reduce 4 KiB 133 us, 1 MiB 489 us, 16 MiB 6.3 ms (2.5 GB/s);
+//   MoE layer (hidden 3072, top-8 of 128 experts on 2 ranks, 24.6 KB moved per token):
+//   1 token 94 us, 8 tokens 170 us, 64 tokens 1.1 ms, 512 tokens 9.7 ms.
+//
 // Rank 0 runs the benchmark loop; rank 1 is a helper thread that receives a command
 // (op, bytes, iterations) over the communicator before each run and mirrors it.
 #include <benchmark/benchmark.h>

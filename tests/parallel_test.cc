@@ -678,7 +678,13 @@ TEST(Nccl, CreateOrSkipWithoutDevice) {
   }
   ASSERT_TRUE(comm.ok()) << comm.status();
   EXPECT_STREQ((*comm)->backend(), "nccl");
-  EXPECT_TRUE(NcclSelfTest(**comm).ok());
+  absl::Status self = NcclSelfTest(**comm);
+  EXPECT_TRUE(self.ok()) << self;
+  // A peer that never joins: creation gives up within the timeout (non-blocking init + abort).
+  auto t0 = Clock::now();
+  auto lonely = CreateNcclCommunicator(0, 2, store.get(), "nccl-lonely", 0, Ms(1000));
+  EXPECT_EQ(lonely.status().code(), absl::StatusCode::kDeadlineExceeded) << lonely.status();
+  EXPECT_LT(ElapsedMs(t0), 3000);
 #endif
 }
 
