@@ -2,6 +2,8 @@
 // The real Qwen tokenizer is compared against an independent implementation in
 // tests/tokenizer_peer_test.sh; the tests here that need it skip when it is not installed.
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -388,6 +390,33 @@ TEST(StreamDecoder, HoldsPartialCharactersAndMatchesDecode) {
             "x");
 }
 
+TEST(Tokenizer, ConcurrentEncodesAgree) {
+  TinyVocab t = MakeTiny();
+  auto tok = Build(t.data);
+  std::vector<std::string> texts;
+  std::mt19937 rng(3);
+  const std::vector<std::string> words = {"hello", " world", "aaaa", "abc", "é", "<|im_end|>",
+                                          "  ", "\n", "12", "xyz", "<think>", "你好"};
+  for (int i = 0; i < 64; ++i) {
+    std::string s;
+    for (int k = 0; k < 200; ++k) s += words[rng() % words.size()];
+    texts.push_back(s);
+  }
+  std::vector<std::vector<int32_t>> want;
+  for (auto& s : texts) want.push_back(tok->Encode(s));
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int th = 0; th < 4; ++th) {
+    threads.emplace_back([&, th] {
+      for (int rep = 0; rep < 20; ++rep)
+        for (size_t i = th; i < texts.size(); i += 1)
+          if (tok->Encode(texts[i]) != want[i]) ++mismatches;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
 // ------------------------------------------------------------------------------------------
 // Pre-tokenizer regexes.
 
@@ -437,6 +466,19 @@ TEST(PreTokenizer, Qwen35KeepsCombiningMarksInWords) {
   EXPECT_THAT(Split(kQwen2Regex, "x\xCC\x81y"), ElementsAre("x", "\xCC\x81y"));
   EXPECT_THAT(Split(kQwen2Regex, "..\xCC\x81"), ElementsAre("..\xCC\x81"));
   EXPECT_THAT(Split(kQwen35Regex, "..\xCC\x81"), ElementsAre("..", "\xCC\x81"));
+}
+
+// The spec's Qwen3.5 test strings (§7), split by hand from the qwen35 regex; the piece
+// boundaries agree with the spec's id lists (e.g. "，世界" -> 3709 96748, " 🎉" -> 3 byte-level
+// tokens 10838 236 231, one id per digit).
+TEST(PreTokenizer, Qwen35SpecStrings) {
+  EXPECT_THAT(Split(kQwen35Regex, "你好，世界！今天是2026年8月13日 🎉"),
+              ElementsAre("你好", "，世界", "！今天是", "2", "0", "2", "6", "年", "8", "月", "1",
+                          "3", "日", " 🎉"));
+  EXPECT_THAT(Split(kQwen35Regex, "สวัสดีครับ ผมชื่ออเล็กซ์"),
+              ElementsAre("สวัสดีครับ", " ผมชื่ออเล็กซ์"));
+  EXPECT_THAT(Split(kQwen35Regex, "transformers"), ElementsAre("transformers"));
+  EXPECT_THAT(Split(kQwen35Regex, "<|im_start|>"), ElementsAre("<|", "im", "_start", "|>"));
 }
 
 TEST(PreTokenizer, LongWhitespaceRunsAndUnicodeSpaces) {
