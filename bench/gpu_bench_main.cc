@@ -244,6 +244,89 @@ Estimate estimate(Bench& b, bool moe_model) {
   return e;
 }
 
+// Microseconds per layer of the non-matvec decode kernels at batch 1 (a soft measurement: any
+// error gives -1 and the table says n/a). DeltaNet: conv1d+SiLU, 2 L2 norms, delta rule, gated
+// norm. Attention: RoPE, attention over a 4K F16 cache (split-K), plus 2 RMSNorms per layer.
+struct Mixer {
+  double deltanet_us = -1, attention_us = -1;
+};
+
+Mixer time_mixers(bool moe_model) {
+  const int64_t H = moe_model ? 2048 : 5120, Hk = 16, Hv = moe_model ? 32 : 48, dk = 128;
+  const int64_t conv = 2 * Hk * dk + Hv * dk, nh = moe_model ? 16 : 24, nkv = moe_model ? 2 : 4;
+  const int64_t hd = 256, n_past = 4095;
+  Mixer m;
+  auto buf = [](size_t bytes) { return DeviceBuffer::alloc(bytes); };
+  auto ok = [](const absl::Status& st) {
+    if (!st.ok()) std::fprintf(stderr, "mixer timing: %s\n", st.ToString().c_str());
+    return st.ok();
+  };
+  auto fb = buf(size_t{64} << 20), state = buf(size_t(Hv * dk * dk) * 4 + 4096);
+  auto kc = buf(size_t(n_past + 1) * nkv * hd * 2), vc = buf(size_t(n_past + 1) * nkv * hd * 2);
+  auto ws = buf(attention_workspace_bytes(1, nh, hd, n_past) + 256), pos = buf(64);
+  if (!fb.ok() || !state.ok() || !kc.ok() || !vc.ok() || !ws.ok() || !pos.ok()) return m;
+  for (DeviceBuffer* d : {&*fb, &*state, &*kc, &*vc})
+    if (!ok(fill_random(d->get(), d->size(), 99))) return m;
+  // Bounded inputs: random bytes as floats can be NaN; use small normal-ish values instead.
+  std::vector<float> hf(size_t{16} << 20);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  for (auto& v : hf) v = nd(rng);
+  if (!ok(copy_to_device(fb->get(), hf.data(), hf.size() * 4))) return m;
+  std::vector<float> hs(Hv * dk * dk, 0.01f);
+  if (!ok(copy_to_device(state->get(), hs.data(), hs.size() * 4))) return m;
+  std::vector<uint16_t> hkv(size_t(n_past + 1) * nkv * hd, 0x2E66);  // f16 ~0.1
+  if (!ok(copy_to_device(kc->get(), hkv.data(), hkv.size() * 2)) ||
+      !ok(copy_to_device(vc->get(), hkv.data(), hkv.size() * 2)))
+    return m;
+  const int64_t p_host = n_past;
+  if (!ok(copy_to_device(pos->get(), &p_host, 8))) return m;
+  float* f = fb->as<float>();
+  float* u = f;                     // conv inputs [conv]
+  float* cw = f + (1 << 20);        // conv weights [conv][4]
+  float* cs = f + (2 << 20);        // conv state [3][conv]
+  float* co = f + (3 << 20);        // conv output
+  float* g = f + (4 << 20);         // gates, beta (<= 0 log decay: |normal| negated below)
+  float* out = f + (5 << 20);
+  float* w = f + (6 << 20);
+  float* z = f + (7 << 20);
+  std::vector<float> hg(2 * Hv);
+  for (auto& v : hg) v = -std::fabs(nd(rng));
+  for (int64_t i = Hv; i < 2 * Hv; ++i) hg[i] = 0.5f;
+  if (!ok(copy_to_device(g, hg.data(), hg.size() * 4))) return m;
+  const DeltaNetDims d{1, Hk, Hv, dk, dk};
+  auto deltanet = [&]() {
+    return ok(rms_norm(u, w, 1, H, 1e-6f, out)) &&
+           ok(conv1d_silu(u, 1, conv, cw, 4, cs, co)) &&
+           ok(l2_norm(co, Hk, dk, 1e-6f)) && ok(l2_norm(co + Hk * dk, Hk, dk, 1e-6f)) &&
+           ok(delta_rule(d, co, co + Hk * dk, co + 2 * Hk * dk, g, g + Hv, state->as<float>(),
+                         out)) &&
+           ok(rms_norm_gated(out, w, z, Hv, dk, 1e-6f, out)) && ok(rms_norm(u, w, 1, H, 1e-6f, out));
+  };
+  const KvView kv_k{GgmlType::F16, kc->get(), nkv, hd, size_t(nkv * hd * 2)};
+  const KvView kv_v{GgmlType::F16, vc->get(), nkv, hd, size_t(nkv * hd * 2)};
+  auto attn = [&]() {
+    return ok(rms_norm(u, w, 1, H, 1e-6f, out)) &&
+           ok(rope_neox(co, 1, nh + nkv, hd, 64, pos->as<int64_t>(), 1e7f)) &&
+           ok(attention(co, 1, nh, hd, kv_k, kv_v, n_past, 0.0625f, out, ws->get(), ws->size())) &&
+           ok(rms_norm(u, w, 1, H, 1e-6f, out));
+  };
+  auto time = [&](auto&& fn) -> double {
+    for (int i = 0; i < 3; ++i)
+      if (!fn()) return -1;
+    EventTimer tm;
+    if (!ok(tm.start())) return -1;
+    for (int i = 0; i < 50; ++i)
+      if (!fn()) return -1;
+    if (!ok(tm.stop())) return -1;
+    auto ms = tm.elapsed_ms();
+    return ms.ok() ? *ms * 1e3 / 50 : -1;
+  };
+  m.deltanet_us = time(deltanet);
+  m.attention_us = time(attn);
+  return m;
+}
+
 int run(int argc, char** argv) {
   Bench b;
   for (int i = 1; i < argc; ++i)
@@ -296,21 +379,33 @@ int run(int argc, char** argv) {
   }
 
   const Estimate e35 = estimate(b, true), e27 = estimate(b, false);
+  const Mixer m35 = time_mixers(true), m27 = time_mixers(false);
+  std::printf("\nmixer kernels per layer (batch 1, 4K context): 35b DeltaNet %.1f us, attention "
+              "%.1f us; 27b DeltaNet %.1f us, attention %.1f us\n",
+              m35.deltanet_us, m35.attention_us, m27.deltanet_us, m27.attention_us);
+  auto with_mixers = [](const Estimate& e, const Mixer& m, int64_t layers) {
+    if (m.deltanet_us < 0 || m.attention_us < 0) return -1.0;
+    return e.us + (layers * 3 / 4) * m.deltanet_us + (layers / 4) * m.attention_us;
+  };
+  const double w35 = with_mixers(e35, m35, 40), w27 = with_mixers(e27, m27, 64);
   std::printf("\n==== rigserve GPU check: %s (sm_%d%d) ====\n", di.name.c_str(), di.cc_major,
               di.cc_minor);
   std::printf("%-34s %12s\n", "D2D copy bandwidth (r+w)", (std::to_string(int(b.copy_gbs)) + " GB/s").c_str());
   std::printf("%-34s %12s\n", "read-only kernel bandwidth", (std::to_string(int(b.read_gbs)) + " GB/s").c_str());
-  std::printf("%-34s %10s %10s %9s %7s %11s\n", "decode batch 1 (matvec-only estimate)",
-              "MB/token", "us/token", "tok/s", "%bw", "roofline");
-  for (const auto& [name, e] : {std::pair<const char*, Estimate>{"35b-a3b Q4_K_M", e35},
-                                {"27b Q4_K_M", e27}}) {
+  std::printf("%-34s %10s %10s %9s %7s %11s %12s\n", "decode batch 1 (matvec-only estimate)",
+              "MB/token", "us/token", "tok/s", "%bw", "roofline", "+mixers tok/s");
+  for (const auto& [name, e, wm] :
+       {std::tuple<const char*, Estimate, double>{"35b-a3b Q4_K_M", e35, w35},
+        {"27b Q4_K_M", e27, w27}}) {
     const double gbs = e.bytes / (e.us * 1e-6) / 1e9;
-    std::printf("%-34s %10.0f %10.0f %9.0f %6.1f%% %7.0f tok/s\n", name, e.bytes / 1e6, e.us,
-                1e6 / e.us, 100.0 * gbs / bw, bw * 1e9 / e.bytes);
+    std::printf("%-34s %10.0f %10.0f %9.0f %6.1f%% %7.0f tok/s %12.0f\n", name, e.bytes / 1e6,
+                e.us, 1e6 / e.us, 100.0 * gbs / bw, bw * 1e9 / e.bytes, wm > 0 ? 1e6 / wm : -1.0);
   }
   std::printf("(matvec-only estimate: sum of the measured matvec + activation-quantise times of\n"
               " one token's active weights, launched back to back without a CUDA graph; no\n"
-              " attention, DeltaNet, norms or sampling: not a full model run)\n");
+              " attention, DeltaNet, norms or sampling: not a full model run. '+mixers' adds the\n"
+              " measured per-layer DeltaNet / attention kernels at 4K context; still no sampling,\n"
+              " residual adds or routing glue)\n");
   return 0;
 }
 
