@@ -19,6 +19,7 @@
 #include "worker/cli.h"
 #include "worker/gguf.h"
 #include "worker/make_model.h"
+#include "worker/model.h"
 #include "worker/model_presets.h"
 #include "worker/synthetic.h"
 #include "worker/vocab_gen.h"
@@ -726,6 +727,56 @@ TEST(MakeModelTest, BlockFillGivesValidBlocksOfTheRightScale) {
                                                  QuantScheme::kQ4_K_M);
   EXPECT_EQ(ResolveFillMode(*big, FillMode::kAuto), FillMode::kBlocks);
 }
+
+// The weights are drawn so that a forward pass stays finite and the logits are not flat.
+void CheckForward(ModelArch arch) {
+  TempFile tmp(std::string("fwd_") + arch_name(arch) + ".gguf");
+  ModelPreset p = Preset(arch, "tiny");
+  auto f = WriteAndOpen(p, QuantScheme::kQ8_0, 11, tmp.path);
+  ASSERT_NE(f, nullptr);
+  std::shared_ptr<const gguf::File> file(std::move(f));
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(file, ModelOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::unique_ptr<SeqState> seq = (*model)->NewSequence(64);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 24; ++i) tokens.push_back((i * 37 + 5) % 600);
+  StepItem item{seq.get(), tokens.data(), static_cast<int64_t>(tokens.size()), true};
+  std::vector<float> logits;
+  ASSERT_TRUE((*model)->Forward({&item, 1}, &logits).ok());
+  const int64_t V = p.n_vocab;
+  ASSERT_EQ(static_cast<int64_t>(logits.size()), V * static_cast<int64_t>(tokens.size()));
+  std::set<int> argmaxes;
+  double sd_sum = 0, top_sum = 0;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const float* l = logits.data() + t * V;
+    double sum = 0, sq = 0, mx = -1e30;
+    int arg = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      ASSERT_TRUE(std::isfinite(l[v])) << "position " << t << " token " << v;
+      sum += l[v];
+      sq += double(l[v]) * l[v];
+      if (l[v] > mx) mx = l[v], arg = static_cast<int>(v);
+    }
+    const double mean = sum / V, sd = std::sqrt(sq / V - mean * mean);
+    double z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(l[v] - mx);
+    const double top_p = 1.0 / z;
+    EXPECT_GT(sd, 1.0) << "flat logits at position " << t;
+    EXPECT_LT(sd, 10.0) << "position " << t;
+    EXPECT_GT(top_p, 5.0 / V) << "position " << t;
+    argmaxes.insert(arg);
+    sd_sum += sd;
+    top_sum += top_p;
+  }
+  std::printf("%s tiny: logit sd %.2f, top-1 probability %.3f (mean over %zu positions), %zu "
+              "distinct argmaxes\n",
+              arch_name(arch), sd_sum / tokens.size(), top_sum / tokens.size(), tokens.size(),
+              argmaxes.size());
+  EXPECT_GE(argmaxes.size(), 4u);  // the prediction depends on the input
+}
+
+TEST(MakeModelTest, ForwardOnTinyDenseIsFiniteAndNotFlat) { CheckForward(ModelArch::kDense); }
+TEST(MakeModelTest, ForwardOnTinyMoeIsFiniteAndNotFlat) { CheckForward(ModelArch::kMoe); }
 
 // ---- --synthetic ------------------------------------------------------------------------------
 
