@@ -82,28 +82,53 @@ std::string Shape(const std::vector<int64_t>& ne) { return "{" + absl::StrJoin(n
 
 // Routed experts computed on this process: tokens grouped by expert so that each selected
 // expert's weights are read once per step.
+void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, float* out) {
+  for (int64_t t = 0; t < n_tok; ++t) {
+    float* o = out + t * H;
+    const float* s0 = slots + t * k * H;
+    for (int64_t h = 0; h < H; ++h) o[h] = s0[h];
+    for (int64_t i = 1; i < k; ++i) {
+      const float* si = s0 + i * H;
+      for (int64_t h = 0; h < H; ++h) o[h] += si[h];
+    }
+  }
+}
+
+// Routed experts computed on this process: tokens grouped by expert so that each selected
+// expert's weights are read once per step. Each (token, slot) result is weighted into its own
+// row of a [n_tok][k][H] buffer (zero where another process computes it), then summed in slot
+// order.
 class LocalExpertExecutor : public ExpertExecutor {
  public:
   explicit LocalExpertExecutor(Model* m) : m_(m) {}
   // Only experts with mask[layer][e] != 0 are computed here (empty: all).
   std::vector<std::vector<uint8_t>> mask;
+
   void Run(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids, const float* weights,
            float* out) override {
+    const int64_t H = m_->cfg_.n_embd, k = m_->cfg_.n_expert_used;
+    float* slots = Model::Workspace::get(slots_, n_tok * k * H);
+    RunSlots(layer, x, n_tok, ids, weights, slots);
+    SumExpertSlots(slots, n_tok, k, H, out);
+  }
+
+  // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for the experts held here, else 0.
+  void RunSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
+                const float* weights, float* slots) {
     const auto& L = m_->layers_[layer];
     const auto& c = m_->cfg_;
     const int64_t H = c.n_embd, I = c.n_ff_exp, k = c.n_expert_used;
-    std::fill(out, out + n_tok * H, 0.0f);
+    std::fill(slots, slots + n_tok * k * H, 0.0f);
     for (int64_t e = 0; e < c.n_expert; ++e) {
       if (layer < static_cast<int64_t>(mask.size()) && !mask[layer].empty() && !mask[layer][e]) continue;
       tok_.clear();
-      w_.clear();
       for (int64_t t = 0; t < n_tok; ++t)
         for (int64_t i = 0; i < k; ++i)
-          if (ids[t * k + i] == e) { tok_.push_back(t); w_.push_back(weights[t * k + i]); }
+          if (ids[t * k + i] == e) tok_.push_back(t * k + i);
       if (tok_.empty()) continue;
       const int64_t n = static_cast<int64_t>(tok_.size());
       float* xe = Model::Workspace::get(xe_, n * H);
-      for (int64_t j = 0; j < n; ++j) std::memcpy(xe + j * H, x + tok_[j] * H, H * 4);
+      for (int64_t j = 0; j < n; ++j) std::memcpy(xe + j * H, x + (tok_[j] / k) * H, H * 4);
       float* g = Model::Workspace::get(g_, n * I);
       float* u = Model::Workspace::get(u_, n * I);
       float* d = Model::Workspace::get(d_, n * H);
@@ -117,18 +142,18 @@ class LocalExpertExecutor : public ExpertExecutor {
       for (int64_t i = 0; i < n * I; ++i) g[i] = silu(g[i]) * u[i];
       m_->Matmul(L.down_exps.slice_rows(e * H, H), g, n, d);
       for (int64_t j = 0; j < n; ++j) {
-        float* o = out + tok_[j] * H;
-        const float w = w_[j];
+        float* o = slots + tok_[j] * H;  // row (t, slot)
+        const float w = weights[tok_[j]];
         const float* dj = d + j * H;
-        for (int64_t h = 0; h < H; ++h) o[h] += w * dj[h];
+        for (int64_t h = 0; h < H; ++h) o[h] = w * dj[h];
       }
     }
   }
 
  private:
   Model* m_;
-  std::vector<int64_t> tok_;
-  std::vector<float> w_, xe_, g_, u_, d_;
+  std::vector<int64_t> tok_;  // t * k + slot
+  std::vector<float> xe_, g_, u_, d_, slots_;
 };
 
 Model::~Model() = default;
@@ -640,7 +665,7 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
     for (int64_t l = 0; l < c.n_layer; ++l)
       for (int64_t e = 0; e < c.n_expert; ++e) local->mask[l][e] = pl.expert_owner[l][e] == me;
   }
-  std::vector<float> hidden(N * H), f(N * H), partial, ew;
+  std::vector<float> hidden(N * H), f(N * H), partial, ew, slots;
   std::vector<int32_t> ids;
   if (pl.layer_owner[0] == me) Embed(batch, hidden.data());
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -658,10 +683,14 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
         if (auto st = comm->Broadcast(ids.data(), N * k * 4, owner); !st.ok()) return st;
         if (auto st = comm->Broadcast(ew.data(), N * k * 4, owner); !st.ok()) return st;
       }
-      partial.resize(N * H);
-      experts_->Run(l, f.data(), N, ids.data(), ew.data(), partial.data());
+      // Each (token, slot) is computed on exactly one rank (zeros elsewhere), so the sum over
+      // ranks is exact and the owner adds the slots in the same order as a single worker.
+      slots.resize(N * k * H);
+      local->RunSlots(l, f.data(), N, ids.data(), ew.data(), slots.data());
       if (comm->size() > 1)
-        if (auto st = comm->ReduceSum(partial.data(), N * H, owner); !st.ok()) return st;
+        if (auto st = comm->ReduceSum(slots.data(), N * k * H, owner); !st.ok()) return st;
+      partial.resize(N * H);
+      if (owner == me) SumExpertSlots(slots.data(), N, k, H, partial.data());
       if (owner == me) {
         SharedExpertAdd(L, f.data(), N, partial.data());
         for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
