@@ -840,7 +840,8 @@ TEST(SyntheticTest, SmallTensorsAreMakeModelsBytesAndPoolsAreValidBlocks) {
   absl::StatusOr<ModelPlan> plan = BuildModelPlan(p, QuantScheme::kQ4_K_M);
   ASSERT_TRUE(plan.ok());
   SyntheticOptions opts;
-  opts.pool_threshold = 32 << 10;  // pool the bigger micro tensors too
+  opts.exact_model_bytes = 0;      // pools even in this small model
+  opts.pool_threshold = 32 << 10;
   opts.pool_bytes = 1 << 20;
   opts.pool_unique_bytes = 32 << 10;
   absl::StatusOr<std::unique_ptr<gguf::File>> f = MakeSyntheticModel(*plan, 9, opts);
@@ -870,6 +871,21 @@ TEST(SyntheticTest, SmallTensorsAreMakeModelsBytesAndPoolsAreValidBlocks) {
   EXPECT_GT(exact, 10);
 }
 
+TEST(SyntheticTest, TinyIsByteIdenticalToMakeModel) {
+  absl::StatusOr<std::unique_ptr<gguf::File>> f = MakeSyntheticModel("dense-tiny:Q4_K_M", 21);
+  ASSERT_TRUE(f.ok()) << f.status();
+  TempFile tmp("synth_tiny.gguf");
+  auto ref = WriteAndOpen(Preset(ModelArch::kDense, "tiny"), QuantScheme::kQ4_K_M, 21, tmp.path);
+  ASSERT_NE(ref, nullptr);
+  ASSERT_EQ((*f)->tensors().size(), ref->tensors().size());
+  for (const auto& t : (*f)->tensors()) {
+    const gguf::TensorInfo* r = ref->find_tensor(t.name);
+    ASSERT_NE(r, nullptr) << t.name;
+    ASSERT_EQ(t.size, r->size) << t.name;
+    EXPECT_EQ(std::memcmp((*f)->tensor_data(t), ref->tensor_data(*r), t.size), 0) << t.name;
+  }
+}
+
 TEST(SyntheticTest, SpecParsing) {
   EXPECT_TRUE(PlanFromSyntheticSpec("moe-tiny:Q8_0").ok());
   EXPECT_EQ(PlanFromSyntheticSpec("qwen35-tiny")->quant, QuantScheme::kQ4_K_M);
@@ -880,7 +896,7 @@ TEST(SyntheticTest, SpecParsing) {
   EXPECT_NE(bad.status().message().find("Q3_K"), std::string::npos) << bad.status();
   EXPECT_FALSE(PlanFromSyntheticSpec("tiny:Q8_0").ok());
   // The other real shapes build too (address space only).
-  for (const char* spec : {"27b:Q8_0", "122b-a10b:Q8_0"}) {
+  for (const char* spec : {"27b:Q8_0", "122b-a10b:Q8_0", "397b-a17b:Q4_K_M"}) {
     absl::StatusOr<std::unique_ptr<gguf::File>> f = MakeSyntheticModel(spec, 1);
     ASSERT_TRUE(f.ok()) << spec << ": " << f.status();
     EXPECT_EQ((*f)->find_tensor("token_embd.weight")->ne[1], 248320) << spec;

@@ -116,9 +116,10 @@ absl::StatusOr<std::unique_ptr<gguf::File>> MakeSyntheticModel(const ModelPlan& 
   std::vector<gguf::TensorInfo> infos;
   std::vector<bool> pooled;
   uint64_t off = 0;
+  const bool all_exact = plan.data_bytes() <= opts.exact_model_bytes;
   for (const auto& t : plan.tensors) {
     const uint64_t bytes = t.n_bytes();
-    const bool big = bytes >= opts.pool_threshold && t.init == WeightInit::kNormal;
+    const bool big = !all_exact && bytes >= opts.pool_threshold && t.init == WeightInit::kNormal;
     off = RoundUp(off, big ? page : kAlign);
     gguf::TensorInfo info;
     info.name = t.name;

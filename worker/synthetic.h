@@ -7,9 +7,9 @@
 //
 //   - One address range of the whole data section is reserved (anonymous, MAP_NORESERVE; pages
 //     never touched cost nothing).
-//   - Small tensors (under SyntheticOptions::pool_threshold bytes: norms, ssm_a, dt bias, conv1d,
-//     ssm_alpha/beta, everything of the tiny presets) are generated for real into that range, with
-//     exactly make-model's bytes for the same seed.
+//   - Small tensors (under SyntheticOptions::pool_threshold bytes: norms, ssm_a, dt bias, conv1d;
+//     every tensor of a model under exact_model_bytes, i.e. the tiny presets) are generated for
+//     real into that range, with exactly make-model's bytes for the same seed.
 //   - Each big tensor gets a page-aligned sub-range onto which a "pool" is mapped over and over
 //     (mmap MAP_SHARED|MAP_FIXED, read-only): a memfd holding pool_bytes of valid random blocks
 //     of the tensor's type, drawn with the tensor's scale (one pool per (type, init, scale)),
@@ -40,7 +40,10 @@
 namespace rs {
 
 struct SyntheticOptions {
-  uint64_t pool_threshold = 256ull << 10;    // tensors at least this big are pool-backed
+  // Models whose weights total at most this are generated entirely for real (no pools): their
+  // bytes equal make-model's (exact fill) for the same seed. The tiny presets are such models.
+  uint64_t exact_model_bytes = 64ull << 20;
+  uint64_t pool_threshold = 64ull << 10;     // in bigger models, tensors this big are pooled
   uint64_t pool_bytes = 32ull << 20;         // size of each pool (rounded up to page x block)
   uint64_t pool_unique_bytes = 256ull << 10; // generated prefix of each pool, repeated after
 };
