@@ -20,8 +20,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Broadcast header: [status, layer, hidden, top_k, counts[0..size-1]].
-constexpr int kHeader = 4;
+// Broadcast header: [status, layer, hidden, top_k, per_slot, counts[0..size-1]].
+constexpr int kHeader = 5;
 constexpr int64_t kRoutingOk = 0;
 constexpr int64_t kRoutingRejected = 1;
 
@@ -92,6 +92,7 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
     counts_[1] = l.layer;
     counts_[2] = static_cast<int64_t>(H);
     counts_[3] = l.top_k;
+    counts_[4] = l.per_slot ? 1 : 0;
     for (int r = 0; r < size; ++r) counts_[kHeader + r] = result.ok() ? rows_of_rank_[r].size() : 0;
   }
   auto t0 = Clock::now();
@@ -103,11 +104,16 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
   if (counts_[0] != kRoutingOk)
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": the owner rejected the routing of this layer"));
-  if (counts_[1] != l.layer || counts_[2] != static_cast<int64_t>(H) || counts_[3] != l.top_k)
+  if (counts_[1] != l.layer || counts_[2] != static_cast<int64_t>(H) || counts_[3] != l.top_k ||
+      counts_[4] != (l.per_slot ? 1 : 0))
     return absl::FailedPreconditionError(absl::StrCat(
         where, ": ranks disagree on the layer: owner has layer ", counts_[1], " hidden ",
-        counts_[2], " top_k ", counts_[3], ", this rank layer ", l.layer, " hidden ", H,
-        " top_k ", l.top_k));
+        counts_[2], " top_k ", counts_[3], " per_slot ", counts_[4], ", this rank layer ",
+        l.layer, " hidden ", H, " top_k ", l.top_k, " per_slot ", l.per_slot));
+  const bool per_slot = l.per_slot;
+  if (owner && per_slot && l.num_tokens > 0 && l.slot_out == nullptr)
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": per-slot mode needs slot_out on the owner"));
   const auto count = [&](int r) { return static_cast<size_t>(counts_[kHeader + r]); };
 
   // 2. Dispatch: the owner packs one block per rank.
@@ -148,7 +154,8 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
   stats_.comm_seconds += Seconds(t0, Clock::now());
 
   // 3. This rank's experts.
-  work_out_.assign(mine * H, 0.0f);
+  const size_t out_rows = per_slot ? mine * K : mine;
+  work_out_.assign(out_rows * H, 0.0f);
   if (mine > 0) {
     ExpertWork w;
     w.layer = l.layer;
@@ -159,6 +166,7 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
     w.experts = reinterpret_cast<const int32_t*>(recv_.data() + mine * H);
     w.weights = recv_.data() + mine * H + mine * K;
     w.out = work_out_.data();
+    w.per_slot = per_slot;
     for (size_t i = 0; i < mine * K; ++i) {
       const int32_t e = w.experts[i];
       if (e >= 0 && (static_cast<size_t>(e) >= l.expert_rank->size() ||
@@ -182,23 +190,60 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
   std::fill(so.begin(), so.end(), 0);
   std::fill(sb.begin(), sb.end(), 0);
   std::fill(rb.begin(), rb.end(), 0);
-  sb[l.owner] = mine * H * sizeof(float);
+  // Per-slot mode sends only the local slots' rows, compacted in (row, slot) order.
+  const float* ret = work_out_.data();
+  size_t ret_rows = mine;
+  if (per_slot) {
+    const int32_t* es = reinterpret_cast<const int32_t*>(recv_.data() + mine * H);
+    send_.clear();
+    for (size_t i = 0; i < mine * K; ++i)
+      if (es[i] >= 0)
+        send_.insert(send_.end(), work_out_.begin() + i * H, work_out_.begin() + (i + 1) * H);
+    ret = send_.data();
+    ret_rows = send_.size() / H;
+  }
+  sb[l.owner] = ret_rows * H * sizeof(float);
   if (!owner) stats_.bytes_sent += sb[l.owner];
   if (owner) {
+    if (per_slot) {
+      slots_of_rank_.assign(size, 0);
+      for (int r = 0; r < size; ++r)
+        for (uint32_t t : rows_of_rank_[r])
+          for (size_t j = 0; j < K; ++j)
+            slots_of_rank_[r] += (*l.expert_rank)[l.experts[t * K + j]] == r;
+    }
     size_t off = 0;
     for (int r = 0; r < size; ++r) {
+      const size_t rows = per_slot ? slots_of_rank_[r] : count(r);
       ro[r] = off * sizeof(float);
-      rb[r] = count(r) * H * sizeof(float);
-      off += count(r) * H;
+      rb[r] = rows * H * sizeof(float);
+      off += rows * H;
       if (r != me) stats_.bytes_received += rb[r];
     }
     partial_.resize(off);
   }
   t0 = Clock::now();
-  if (absl::Status s = comm.AllToAllV(work_out_.data(), so, sb, partial_.data(), ro, rb); !s.ok())
+  if (absl::Status s = comm.AllToAllV(ret, so, sb, partial_.data(), ro, rb); !s.ok())
     return absl::Status(s.code(), absl::StrCat(where, ", combine: ", s.message()));
   stats_.comm_seconds += Seconds(t0, Clock::now());
-  if (owner) {
+  if (owner && per_slot) {
+    const float* p = partial_.data();
+    for (int r = 0; r < size; ++r)
+      for (uint32_t t : rows_of_rank_[r])
+        for (size_t j = 0; j < K; ++j)
+          if ((*l.expert_rank)[l.experts[t * K + j]] == r) {
+            std::memcpy(l.slot_out + (t * K + j) * H, p, H * sizeof(float));
+            p += H;
+          }
+    if (l.out != nullptr)
+      for (size_t t = 0; t < l.num_tokens; ++t) {
+        float* o = l.out + t * H;
+        const float* s0 = l.slot_out + t * K * H;
+        std::memcpy(o, s0, H * sizeof(float));
+        for (size_t j = 1; j < K; ++j)
+          for (size_t h = 0; h < H; ++h) o[h] += s0[j * H + h];
+      }
+  } else if (owner) {
     std::fill(l.out, l.out + l.num_tokens * H, 0.0f);
     const float* p = partial_.data();
     for (int r = 0; r < size; ++r) {

@@ -30,6 +30,9 @@ namespace rs::par {
 //   out[i] = sum over j < top_k with experts[i*top_k+j] >= 0 of
 //            weights[i*top_k+j] * Expert(experts[i*top_k+j])(x[i]).
 // Entries whose expert lives on another rank are -1 (weight 0). `out` arrives zeroed.
+// In per-slot mode (MoeLayer::slot_out set) `out` is [num_tokens, top_k, hidden] instead and the
+// callback writes each local slot's weights[i*top_k+j] * Expert(experts[i*top_k+j])(x[i]) into
+// out[(i*top_k+j)*hidden ...] (the other slots are ignored).
 struct ExpertWork {
   int layer = 0;
   size_t num_tokens = 0;
@@ -38,7 +41,8 @@ struct ExpertWork {
   const float* x = nullptr;          // [num_tokens, hidden]
   const int32_t* experts = nullptr;  // [num_tokens, top_k]
   const float* weights = nullptr;    // [num_tokens, top_k]
-  float* out = nullptr;              // [num_tokens, hidden]
+  float* out = nullptr;              // [num_tokens, hidden] or [num_tokens, top_k, hidden]
+  bool per_slot = false;
 };
 using ExpertFn = std::function<absl::Status(const ExpertWork&)>;
 
@@ -56,6 +60,14 @@ struct MoeLayer {
   const int32_t* experts = nullptr;  // [num_tokens, top_k], ids < expert_rank->size()
   const float* weights = nullptr;    // [num_tokens, top_k]
   float* out = nullptr;              // [num_tokens, hidden]: the sum over all top_k experts
+  // Per-slot mode (owner only; every rank must agree, so set per_slot on all ranks): the owner
+  // gets every (token, slot) result in slot_out [num_tokens, top_k, hidden], exactly as the
+  // rank holding that expert computed it, and `out` (if not null) is their sum in slot order
+  // j = 0..top_k-1. The result is then independent of the expert placement, bit for bit: a
+  // single worker that sums its slots in the same order gets the same floats. Costs top_k/ranks
+  // times more bytes on the way back than the per-rank sums.
+  bool per_slot = false;
+  float* slot_out = nullptr;
 };
 
 // Counters, accumulated over calls (the benchmark's bytes per token and time in communication).
@@ -87,8 +99,7 @@ class MoeDispatcher {
   std::vector<int64_t> counts_;
   std::vector<std::vector<uint32_t>> rows_of_rank_;  // owner: token indices sent to each rank
   std::vector<float> send_, recv_, work_out_, partial_;
-  std::vector<int32_t> work_experts_;
-  std::vector<float> work_weights_, work_x_;
+  std::vector<uint64_t> slots_of_rank_;  // owner, per-slot mode: slots each rank computes
 };
 
 // The hand-off between pipeline stages: `num_tokens` rows of `hidden` floats from this rank to

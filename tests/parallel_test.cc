@@ -417,7 +417,7 @@ MoeCase MakeCase(int layer, int size, size_t tokens, uint32_t seed, int ranks_wi
   return c;
 }
 
-void RunMoe(int size, int ranks_with_experts, uint32_t seed) {
+void RunMoe(int size, int ranks_with_experts, uint32_t seed, bool per_slot = false) {
   const int kLayers = 6;
   std::vector<MoeCase> cases;
   for (int l = 0; l < kLayers; ++l)
@@ -434,9 +434,12 @@ void RunMoe(int size, int ranks_with_experts, uint32_t seed) {
       l.hidden = mc.hidden;
       l.top_k = mc.top_k;
       l.expert_rank = &mc.expert_rank;
-      std::vector<float> out;
+      l.per_slot = per_slot;
+      std::vector<float> out, slot_out;
       if (c.rank() == mc.owner) {
         out.assign(mc.tokens * mc.hidden, 123.f);
+        slot_out.assign(mc.tokens * mc.top_k * mc.hidden, 77.f);
+        if (per_slot) l.slot_out = slot_out.data();
         l.num_tokens = mc.tokens;
         l.x = mc.x.data();
         l.experts = mc.experts.data();
@@ -453,12 +456,32 @@ void RunMoe(int size, int ranks_with_experts, uint32_t seed) {
               continue;
             }
             EXPECT_EQ(mc.expert_rank[e], c.rank());
-            experts.Apply(e, w.x + i * w.hidden, w.weights[i * w.top_k + j], w.out + i * w.hidden);
+            EXPECT_EQ(w.per_slot, per_slot);
+            float* o = per_slot ? w.out + (i * w.top_k + j) * w.hidden : w.out + i * w.hidden;
+            experts.Apply(e, w.x + i * w.hidden, w.weights[i * w.top_k + j], o);
           }
         return absl::OkStatus();
       });
       ASSERT_TRUE(s.ok()) << s;
       if (c.rank() != mc.owner) continue;
+      if (per_slot) {
+        // Bit-exact against one worker that computes every slot and sums them in slot order.
+        for (size_t t = 0; t < mc.tokens; ++t) {
+          std::vector<float> sum(mc.hidden);
+          for (int j = 0; j < mc.top_k; ++j) {
+            std::vector<float> slot(mc.hidden, 0.f);
+            experts.Apply(mc.experts[t * mc.top_k + j], &mc.x[t * mc.hidden],
+                          mc.weights[t * mc.top_k + j], slot.data());
+            for (size_t h = 0; h < mc.hidden; ++h) {
+              ASSERT_EQ(slot_out[(t * mc.top_k + j) * mc.hidden + h], slot[h])
+                  << "layer " << mc.layer << " token " << t << " slot " << j;
+              sum[h] = j == 0 ? slot[h] : sum[h] + slot[h];
+            }
+          }
+          for (size_t h = 0; h < mc.hidden; ++h) ASSERT_EQ(out[t * mc.hidden + h], sum[h]);
+        }
+        continue;
+      }
       for (size_t t = 0; t < mc.tokens; ++t) {
         std::vector<float> want(mc.hidden, 0.f);
         for (int j = 0; j < mc.top_k; ++j)
@@ -489,6 +512,12 @@ TEST(MoeDispatch, TwoRanksMatchesLocal) {
 TEST(MoeDispatch, ThreeRanksMatchesLocal) {
   RunMoe(3, 3, 3);
   RunMoe(3, 2, 4);  // rank 2 receives nothing
+}
+
+TEST(MoeDispatch, PerSlotModeIsBitExactAndPlacementIndependent) {
+  RunMoe(2, 2, 5, true);
+  RunMoe(3, 3, 6, true);
+  RunMoe(3, 1, 7, true);  // everything on rank 0
 }
 
 TEST(MoeDispatch, BadExpertIdFailsEveryRankWithoutHanging) {
