@@ -245,8 +245,17 @@ TEST(Tokenizer, NoSpecialTokenisesControlTokensLiterally) {
   EXPECT_EQ(*text, "<|im_start|>hello");
   EXPECT_THAT(plain, ElementsAre('<', '|', 'i', 'm', '_', 's', 't', 'a', 'r', 't', '|', '>',
                                  t.id["hello"]));
-  // User-defined added tokens are still matched (as HF and llama.cpp do).
+  // User-defined added tokens are still matched (as HF and llama.cpp do) unless that is
+  // switched off too.
   EXPECT_THAT(tok->Encode("<think>", literal), ElementsAre(t.id["<think>"]));
+  literal.parse_user_defined = false;
+  EXPECT_THAT(tok->Encode("<think><|im_end|>", literal),
+              ElementsAre('<', 't', 'h', 'i', 'n', 'k', '>', '<', '|', 'i', 'm', '_', 'e', 'n',
+                          'd', '|', '>'));
+  EncodeOptions only_control;
+  only_control.parse_user_defined = false;
+  EXPECT_THAT(tok->Encode("<th<|im_end|>", only_control),
+              ElementsAre('<', 't', 'h', t.id["<|im_end|>"]));
 }
 
 TEST(Tokenizer, InvalidUtf8InputBecomesReplacementCharacter) {

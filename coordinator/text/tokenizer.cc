@@ -196,7 +196,7 @@ void Tokenizer::EncodeAppend(std::string_view text, const EncodeOptions& opts,
     sanitized = SanitizeUtf8(text);
     text = sanitized;
   }
-  if (specials_.empty()) {
+  if (specials_.empty() || (!opts.parse_special && !opts.parse_user_defined)) {
     EncodeSegment(text, out);
     return;
   }
@@ -216,7 +216,7 @@ void Tokenizer::EncodeAppend(std::string_view text, const EncodeOptions& opts,
     const Special* hit = nullptr;
     for (uint32_t idx : bucket) {
       const Special& sp = specials_[idx];
-      if (sp.control && !opts.parse_special) continue;
+      if (sp.control ? !opts.parse_special : !opts.parse_user_defined) continue;
       if (text.compare(i, sp.text.size(), sp.text) == 0) {
         hit = &sp;
         break;

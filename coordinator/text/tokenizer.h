@@ -72,6 +72,10 @@ struct EncodeOptions {
   // Parse control tokens (<|im_start|>, ...) in the text. False for user-provided content so
   // that "<|im_start|>" typed by a user is tokenised literally (prompt-injection safety).
   bool parse_special = true;
+  // Match user-defined added tokens (type 4; in Qwen3's tokenizer.json <tool_call>, <think>,
+  // ...). HF and llama.cpp always do; false tokenises them literally too, for callers that
+  // want user text to never produce any added token.
+  bool parse_user_defined = true;
 };
 
 class Tokenizer {

@@ -35,6 +35,8 @@ absl::StatusOr<VocabData> VocabFromMetadata(const MetadataSource& md);
 // otherwise user-defined; lstrip/rstrip kept), normalizer (NFC or none), pre_tokenizer (a Split
 // with a Regex pattern and behavior Isolated followed by a ByteLevel without its own regex, or
 // a ByteLevel with use_regex), decoder (ByteLevel). Anything else is Unimplemented, naming it.
+// Added tokens are matched on the raw text whatever their `normalized` flag (all Qwen added
+// tokens have normalized = false); lstrip/rstrip absorb ASCII whitespace only.
 absl::StatusOr<VocabData> VocabFromTokenizerJson(std::string_view json_text);
 
 // Splits a GGUF merge "left right" at the first space after the first character (a merge's
