@@ -504,15 +504,24 @@ void Engine::Loop() {
 
 void Engine::AddKept(std::vector<int32_t> tokens, uint64_t seq_id) {
   if (opts_.max_kept <= 0 || tokens.empty()) return;
+  // Forgets a kept entry. One whose keep has not reached the workers yet is cancelled instead of
+  // dropped: workers apply a plan's drops before its keeps, so a drop would miss it and leak its
+  // copy (several sequences finishing in one step overflowed the worker's state slots).
+  auto forget = [&](uint64_t keep_id) {
+    auto p = std::find_if(pending_keep_.begin(), pending_keep_.end(),
+                          [&](const auto& k) { return k.second == keep_id; });
+    if (p != pending_keep_.end()) pending_keep_.erase(p);
+    else pending_drop_.push_back(keep_id);
+  };
   // An identical entry is replaced.
   for (auto it = kept_.begin(); it != kept_.end(); ++it)
     if (it->tokens == tokens) {
-      pending_drop_.push_back(it->keep_id);
+      forget(it->keep_id);
       kept_.erase(it);
       break;
     }
   while (static_cast<int>(kept_.size()) >= opts_.max_kept) {
-    pending_drop_.push_back(kept_.back().keep_id);
+    forget(kept_.back().keep_id);
     kept_.pop_back();
   }
   const uint64_t id = next_keep_++;

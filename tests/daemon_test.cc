@@ -1295,6 +1295,30 @@ TEST(DaemonTest, FullServerQueuesThenServes) {
   EXPECT_TRUE(d->WaitInfo([](const auto& i) { return i.waiting_requests() == 0 && i.running_requests() == 0; }));
 }
 
+// Several sequences finishing in the same step each keep their state while the LRU (here one
+// entry) evicts the others' still-unsent keeps. This once leaked kept copies on the worker until
+// a keep failed with "no free state slot" and the whole batch failed with it.
+TEST(DaemonTest, ManySequencesFinishingTogetherKeepTheSlotsBounded) {
+  START_DAEMON(d, {"--max-running", "8", "--max-kept", "1"});
+  constexpr int kStreams = 8, kRounds = 6;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<GenOut> outs(kStreams);
+    std::vector<std::thread> ts;
+    for (int i = 0; i < kStreams; ++i)
+      ts.emplace_back([&, i] {
+        // Same prompt length and max_tokens: streams admitted in the same step finish together.
+        outs[i] = CallGenerate(d->stub(), GreedyRequest({100 + round, 200 + i, 300, 400}, 6));
+      });
+    for (auto& t : ts) t.join();
+    for (int i = 0; i < kStreams; ++i)
+      ASSERT_TRUE(outs[i].status.ok()) << "round " << round << " stream " << i << ": "
+                                       << outs[i].status.error_message();
+    EXPECT_TRUE(d->WaitInfo([](const auto& i) { return i.running_requests() == 0 && i.state_slots_used() <= 1; }))
+        << "slots used: " << d->ServerInfo().state_slots_used();
+  }
+  EXPECT_EQ(PromValue(Scrape(*d), "rigserve_requests_failed_total"), 0);
+}
+
 // ---- validation ---------------------------------------------------------------------------------
 
 TEST(DaemonTest, InvalidRequestsNameTheField) {
