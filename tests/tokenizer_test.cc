@@ -399,6 +399,41 @@ TEST(StreamDecoder, HoldsPartialCharactersAndMatchesDecode) {
             "x");
 }
 
+// Property: decoding the ids of any byte string gives the string with invalid UTF-8 replaced
+// and NFC applied; random bytes, random code points and special-token text mixed.
+TEST(Tokenizer, RoundTripOfRandomInput) {
+  TinyVocab t = MakeTiny();
+  auto tok = Build(t.data);
+  std::mt19937 rng(11);
+  const std::vector<std::string> pieces = {"<|im_start|>", "<|im_end|>", "<think>", "<th",
+                                           "e\xCC\x81", "\xE1\x84\x80\xE1\x85\xA1", "  ",
+                                           "\r\n", "'s", "123", "\xF0\x9F\x8E\x89"};
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string s;
+    int len = rng() % 40;
+    for (int k = 0; k < len; ++k) {
+      switch (rng() % 4) {
+        case 0: s.push_back(static_cast<char>(rng() % 256)); break;
+        case 1: s.push_back(static_cast<char>(0x20 + rng() % 95)); break;
+        case 2: {
+          uint32_t cp = rng() % 0x30000;
+          if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
+          AppendCodepoint(&s, cp);
+          break;
+        }
+        default: s += pieces[rng() % pieces.size()];
+      }
+    }
+    for (bool special : {true, false}) {
+      EncodeOptions o;
+      o.parse_special = special;
+      auto back = tok->Decode(tok->Encode(s, o));
+      ASSERT_TRUE(back.ok());
+      ASSERT_EQ(*back, NfcNormalize(SanitizeUtf8(s))) << "trial " << trial;
+    }
+  }
+}
+
 TEST(Tokenizer, ConcurrentEncodesAgree) {
   TinyVocab t = MakeTiny();
   auto tok = Build(t.data);
