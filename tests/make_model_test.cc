@@ -25,6 +25,10 @@
 #include "worker/vocab_gen.h"
 
 namespace rs {
+
+// Test names and failure messages print the scheme's name.
+void PrintTo(QuantScheme q, std::ostream* os) { *os << QuantSchemeName(q); }
+
 namespace {
 
 using gguf::ValueType;
