@@ -395,25 +395,7 @@ void GenerateRows(const TensorPlan& t, uint64_t seed, int64_t row0, int64_t n_ro
       float* x = buf.data();
       uint8_t* out = dst + static_cast<size_t>(r) * rb;
       GenerateRowF32(t, seed, row0 + r, x);
-      switch (t.type) {
-        case GgmlType::F32:
-          std::memcpy(out, x, static_cast<size_t>(n) * 4);
-          break;
-        case GgmlType::F16:
-          for (int64_t j = 0; j < n; ++j) {
-            const uint16_t h = f32_to_fp16(x[j]);
-            std::memcpy(out + 2 * j, &h, 2);
-          }
-          break;
-        case GgmlType::BF16:
-          for (int64_t j = 0; j < n; ++j) {
-            const uint16_t h = f32_to_bf16(x[j]);
-            std::memcpy(out + 2 * j, &h, 2);
-          }
-          break;
-        default:
-          quantize_row_ref(t.type, x, out, n);
-      }
+      quantize_row_ref(t.type, x, out, n);  // F32/F16/BF16 included (plain conversion)
     }
   }
 }
