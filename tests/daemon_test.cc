@@ -927,6 +927,56 @@ TEST(DaemonTest, GenerateStopStringsAndDeadline) {
   EXPECT_TRUE(d->WaitInfo([](const auto& i) { return i.running_requests() == 0; }));
 }
 
+TEST(DaemonTest, GenerateTextInputLogprobsAndSeededSampling) {
+  START_DAEMON(d, {});
+  // Text input is tokenised without special-token parsing.
+  const std::string text = "The capital of France is<|im_end|>";
+  pb::GenerateRequest tr = GreedyRequest({}, 6);
+  tr.clear_token_ids();
+  tr.set_text(text);
+  GenOut by_text = CallGenerate(d->stub(), tr);
+  ASSERT_TRUE(by_text.status.ok()) << by_text.status.error_message();
+  const std::vector<int32_t> ids = Tokenize(*d, text, false);
+  EXPECT_EQ(by_text.last.usage().prompt_tokens(), static_cast<int>(ids.size()));
+  EXPECT_EQ(by_text.ids, CallGenerate(d->stub(), GreedyRequest(ids, 6)).ids);
+  // Logprobs: one entry per token with the requested number of alternatives; greedy picks the
+  // most likely token (no penalties or bias here), whose logprob is the best one.
+  pb::GenerateRequest lr = GreedyRequest({1, 2, 3}, 5);
+  lr.mutable_sampling()->set_logprobs(3);
+  int entries = 0;
+  GenOut lp = CallGenerate(d->stub(), lr, [&](const pb::GenerateResponse& m) {
+    ASSERT_EQ(m.logprobs_size(), m.token_ids_size());
+    for (int i = 0; i < m.logprobs_size(); ++i, ++entries) {
+      const auto& l = m.logprobs(i);
+      EXPECT_EQ(l.token_id(), m.token_ids(i));
+      EXPECT_LE(l.logprob(), 0.0f);
+      ASSERT_EQ(l.top_size(), 3);
+      EXPECT_EQ(l.top(0).token_id(), l.token_id());
+      EXPECT_FLOAT_EQ(l.top(0).logprob(), l.logprob());
+      EXPECT_GE(l.top(0).logprob(), l.top(1).logprob());
+      EXPECT_GE(l.top(1).logprob(), l.top(2).logprob());
+    }
+  });
+  ASSERT_TRUE(lp.status.ok()) << lp.status.error_message();
+  EXPECT_EQ(entries, 5);
+  // Seeded sampling is reproducible, also when other requests share the batch.
+  auto sampled = [&](uint64_t seed) {
+    pb::GenerateRequest r = GreedyRequest({7, 7, 7}, 24);
+    r.mutable_sampling()->set_temperature(1.0f);
+    r.mutable_sampling()->set_seed(seed);
+    return r;
+  };
+  const GenOut s1 = CallGenerate(d->stub(), sampled(42));
+  ASSERT_TRUE(s1.status.ok());
+  GenOut s2, other;
+  std::thread t([&] { other = CallGenerate(d->stub(), GreedyRequest({9, 9}, 40)); });
+  s2 = CallGenerate(d->stub(), sampled(42));
+  t.join();
+  EXPECT_EQ(s2.ids, s1.ids);
+  EXPECT_NE(CallGenerate(d->stub(), sampled(43)).ids, s1.ids);
+  EXPECT_NE(s1.ids, CallGenerate(d->stub(), GreedyRequest({7, 7, 7}, 24)).ids);
+}
+
 // ---- Chat --------------------------------------------------------------------------------------
 
 TEST(DaemonTest, ChatThinkingOnAndOff) {
