@@ -461,7 +461,20 @@ bool Engine::Abort(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_id_.find(id);
   if (it == by_id_.end()) return false;
-  it->second->Cancel();
+  std::shared_ptr<Request> r = it->second;
+  r->Cancel();
+  // A queued request holds no state: it leaves the queue now rather than when it reaches the
+  // front (which waits for a free running slot).
+  if (auto w = std::find(waiting_.begin(), waiting_.end(), r); w != waiting_.end()) {
+    waiting_.erase(w);
+    by_id_.erase(it);
+    if (metrics_) metrics_->num_requests_waiting->Set(waiting_.size());
+    OutputChunk c;
+    c.finished = true;
+    c.finish_reason = "abort";
+    c.error = absl::CancelledError("request aborted");
+    r->Push(std::move(c));
+  }
   cv_.notify_all();
   return true;
 }

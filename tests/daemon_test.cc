@@ -1315,7 +1315,7 @@ TEST(DaemonTest, FullServerQueuesThenServes) {
   });
   GenOut a, b, c;
   std::thread ta([&] {
-    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 48), [&](const auto&) { a_first = true; });
+    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 400), [&](const auto&) { a_first = true; });
   });
   while (!a_first) SleepMs(5);
   std::thread tb([&] { b = CallGenerate(d->stub(), GreedyRequest({7, 8, 9}, 8)); });
@@ -1340,16 +1340,20 @@ TEST(DaemonTest, FullServerQueuesThenServes) {
     ASSERT_TRUE(d->stub().Abort(&ctx, ar, &resp).ok());
     EXPECT_TRUE(resp.found());
   }
+  // The aborted request leaves the queue at once, while A still runs.
+  tc.join();
+  EXPECT_EQ(c.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(d->ServerInfo().waiting_requests(), 1);
+  EXPECT_TRUE(WaitMetrics(*d, [](const PromFamilies& f) { return PromValue(f, "vllm:num_requests_waiting") == 1; }));
   ta.join();
   tb.join();
-  tc.join();
+  EXPECT_LT(c.t_end, a.t_end);
   stop_monitor = true;
   monitor.join();
   EXPECT_EQ(max_running.load(), 1);
   ASSERT_TRUE(a.status.ok()) << a.status.error_message();
   ASSERT_TRUE(b.status.ok()) << b.status.error_message();
-  EXPECT_EQ(c.status.error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_EQ(a.ids.size(), 48u);
+  EXPECT_EQ(a.ids.size(), 400u);
   // B started only after A finished (one running slot; client-side times, so some slack for
   // scheduling on a loaded machine), and gives its solo output.
   EXPECT_GE(b.t_first, a.t_end - 0.5);
