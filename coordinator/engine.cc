@@ -815,9 +815,14 @@ void Engine::ProcessToken(Request& r, const pb::SeqResult& res, std::vector<uint
     }
   }
   c.tokens.push_back(std::move(ti));
+  const bool length = static_cast<int>(r.generated_.size()) >= r.params_.max_tokens ||
+                      static_cast<int64_t>(r.prompt_.size() + r.generated_.size()) >= max_context_;
   if (!stop) {
     auto piece = r.decoder_->Push(tok);
     std::string text = piece.ok() ? *piece : std::string();
+    // The last token carries what the decoder still holds (an incomplete UTF-8 tail): fed
+    // separately, the parser would count it as one more (reasoning) token than was generated.
+    if (length && r.parser_) text += r.decoder_->Flush();
     if (r.parser_) {
       auto ev = r.parser_->Feed(tok, text);
       for (auto& e : ev) {
@@ -849,8 +854,6 @@ void Engine::ProcessToken(Request& r, const pb::SeqResult& res, std::vector<uint
       }
     }
   }
-  const bool length = static_cast<int>(r.generated_.size()) >= r.params_.max_tokens ||
-                      static_cast<int64_t>(r.prompt_.size() + r.generated_.size()) >= max_context_;
   if (stop || length) {
     std::string tail = r.decoder_->Flush();
     if (r.parser_) {
