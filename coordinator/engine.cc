@@ -664,6 +664,26 @@ void Engine::StepOnce() {
     Finish(r, std::move(c), false);
     it = running_.erase(it);
   }
+  {
+    // Queued requests past their deadline fail now, not once a running slot frees.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      Request& r = **it;
+      if (!(r.deadline_ > 0 && now > r.deadline_)) {
+        ++it;
+        continue;
+      }
+      OutputChunk c;
+      c.finished = true;
+      c.finish_reason = "abort";
+      c.error = absl::DeadlineExceededError(
+          absl::StrFormat("deadline of %.3f s exceeded while queued", r.params_.deadline_s));
+      if (metrics_) metrics_->requests_failed_total->Increment();
+      r.Push(std::move(c));
+      by_id_.erase(r.id_);
+      it = waiting_.erase(it);
+    }
+  }
   Admit();
 
   pb::StepPlan plan;

@@ -1373,6 +1373,27 @@ TEST(DaemonTest, FullServerQueuesThenServes) {
   EXPECT_TRUE(d->WaitInfo([](const auto& i) { return i.waiting_requests() == 0 && i.running_requests() == 0; }));
 }
 
+TEST(DaemonTest, QueuedRequestMeetsItsDeadline) {
+  START_DAEMON(d, {"--max-running", "1"});
+  std::atomic<bool> a_first{false};
+  GenOut a;
+  std::thread ta([&] {
+    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 400), [&](const auto&) { a_first = true; });
+  });
+  while (!a_first) SleepMs(5);
+  pb::GenerateRequest breq = GreedyRequest({4, 5}, 4);
+  breq.set_deadline_seconds(0.3);
+  const double t0 = Now();
+  GenOut b = CallGenerate(d->stub(), breq);
+  EXPECT_EQ(b.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << b.status.error_message();
+  EXPECT_EQ(b.messages, 0);
+  EXPECT_LT(b.t_end - t0, 5.0);
+  EXPECT_EQ(d->ServerInfo().waiting_requests(), 0);
+  ta.join();
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_LT(b.t_end, a.t_end);
+}
+
 // Several sequences finishing in the same step each keep their state while the LRU (here one
 // entry) evicts the others' still-unsent keeps. This once leaked kept copies on the worker until
 // a keep failed with "no free state slot" and the whole batch failed with it.
