@@ -1,5 +1,6 @@
 // rigserve generate / score: the offline forward pass (the fidelity checker and the benchmarks
 // use exactly these).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -39,9 +40,25 @@ bool parse_ids(const std::string& s, std::vector<int32_t>* out, std::string* err
   return !out->empty();
 }
 
-absl::StatusOr<std::unique_ptr<Model>> load(const Args& a) {
+// End-of-generation ids: tokenizer.ggml.eos_token_id and the control tokens llama.cpp treats
+// as end of generation (spec §7).
+std::vector<int32_t> EogIds(const gguf::File& f) {
+  std::vector<int32_t> ids;
+  if (auto e = f.get_int("tokenizer.ggml.eos_token_id"); e.ok()) ids.push_back(static_cast<int32_t>(*e));
+  if (const gguf::Value* toks = f.find("tokenizer.ggml.tokens"))
+    for (size_t i = 0; i < toks->array.size(); ++i) {
+      const std::string& t = toks->array[i].s;
+      if (t == "<|endoftext|>" || t == "<|im_end|>" || t == "<|fim_pad|>" || t == "<|repo_name|>" ||
+          t == "<|file_sep|>")
+        ids.push_back(static_cast<int32_t>(i));
+    }
+  return ids;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> load(const Args& a, std::vector<int32_t>* eog = nullptr) {
   auto file = OpenModelFile(a.get("model"), a.get("synthetic"));
   if (!file.ok()) return file.status();
+  if (eog) *eog = EogIds(**file);
   ModelOptions o;
   auto b = ParseBackend(a.get("backend"));
   if (!b.ok()) return b.status();
@@ -96,7 +113,7 @@ int generate_main(int argc, char** argv) {
       .opt("max-tokens", "tokens to generate", "16")
       .opt("temperature", "sampling temperature (0 = greedy)", "0")
       .opt("ids-out", "also write the generated ids to this file")
-      .flag("stop-at-eos", "stop at the end-of-generation token");
+      .flag("stop-at-eos", "stop after an end-of-generation token (eos, <|im_end|>, <|endoftext|>, ...)");
   if (!a.parse(argc, argv)) return parse_exit(a);
   std::vector<int32_t> prompt;
   std::string err;
@@ -109,10 +126,10 @@ int generate_main(int argc, char** argv) {
     return a.usage_error("--temperature must be >= 0");
   if (temperature != 0)
     return a.usage_error("only greedy decoding (--temperature 0) is available offline so far");
-  auto model = load(a);
+  std::vector<int32_t> eog;
+  auto model = load(a, &eog);
   if (!model.ok()) return fail("generate", model.status());
   Model& m = **model;
-  int64_t eos = -1;
   const int64_t V = m.config().n_vocab;
 
   auto seq = m.NewSequence(static_cast<int64_t>(prompt.size()) + max_tokens);
@@ -127,7 +144,7 @@ int generate_main(int argc, char** argv) {
     const int32_t next = argmax(logits.data(), V);
     if (keep_logits) all_logits.insert(all_logits.end(), logits.begin(), logits.begin() + V);
     out.push_back(next);
-    if (a.has("stop-at-eos") && next == eos) break;
+    if (a.has("stop-at-eos") && std::find(eog.begin(), eog.end(), next) != eog.end()) break;
     if (i + 1 == max_tokens) break;
     StepItem d{seq.get(), &out.back(), 1, false};
     if (auto st = m.Forward({&d, 1}, &logits); !st.ok()) return fail("generate", st);
