@@ -153,9 +153,12 @@ int generate_main(int argc, char** argv) {
   std::string line;
   for (size_t i = 0; i < out.size(); ++i) line += (i ? " " : "") + std::to_string(out[i]);
   std::printf("%s\n", line.c_str());
+  const double decode_tps = out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0;
+  const double bytes = static_cast<double>(m.active_weight_bytes_per_token());
   std::fprintf(stderr, "rigserve: prefill %zu tokens in %.3f s (%.1f tok/s); decode %zu tokens in %.3f s (%.1f tok/s)\n",
-               prompt.size(), t1 - t0, prompt.size() / (t1 - t0), out.size() - 1, t2 - t1,
-               out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
+               prompt.size(), t1 - t0, prompt.size() / (t1 - t0), out.size() - 1, t2 - t1, decode_tps);
+  std::fprintf(stderr, "rigserve: decode reads %.1f MB of weights per token: %.2f GB/s\n", bytes / 1e6,
+               bytes * decode_tps / 1e9);
   if (a.has("ids-out")) {
     std::ofstream f(a.get("ids-out"));
     f << line << "\n";
