@@ -257,9 +257,11 @@ absl::StatusOr<pb::StepResult> Engine::RunPlan(const pb::StepPlan& plan, int* fa
       done[i] = true;
       ++n_done;
       res[i] = fs[i].get();
+      // In a group, any failed step means a lost peer or a broken communicator (Gloo closes
+      // every connection after an error): the group must re-form, so it counts as UNAVAILABLE.
       absl::Status st = res[i].ok() ? (res[i]->error().empty()
                                            ? absl::OkStatus()
-                                           : absl::InternalError(absl::StrCat("worker ", workers_[i]->name(), ": ", res[i]->error())))
+                                           : absl::UnavailableError(absl::StrCat("worker ", workers_[i]->name(), ": ", res[i]->error())))
                                     : res[i].status();
       if (res[i].ok() && metrics_) metrics_->step_seconds(workers_[i]->name()).Observe(res[i]->step_seconds());
       if (!st.ok() && failure.ok()) {

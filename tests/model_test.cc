@@ -1,6 +1,7 @@
 // The Qwen3.5 model on generated tiny models: batching and chunking change nothing, prefill
 // equals token-by-token decode, the fast CPU path equals the reference, q8_0 KV stays close to
 // f16, MoE with all experts forced equals an independent dense mixture, bad files are refused.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -264,6 +265,36 @@ TEST(ModelErrors, UnsupportedArchitecture) {
   ASSERT_FALSE(m.ok());
   EXPECT_NE(std::string(m.status().message()).find("unsupported architecture 'llama'"), std::string::npos)
       << m.status();
+}
+
+}  // namespace
+}  // namespace rs
+
+namespace rs {
+namespace {
+
+TEST(ModelVocab, PaddingIdsAreMaskedForSampling) {
+  auto f = MakeSyntheticModel("moe-tiny:F32", 7);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::shared_ptr<const gguf::File> file(std::move(*f));
+  ModelOptions o;
+  auto m = Model::Load(file, o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const auto& unused = (*m)->unused_token_ids();
+  ASSERT_FALSE(unused.empty()) << "the tiny vocabulary is padded with [PADn] tokens";
+  const gguf::Value* types = file->find("tokenizer.ggml.token_type");
+  ASSERT_NE(types, nullptr);
+  for (int32_t id : unused) EXPECT_EQ(types->array[id].i, 5) << id;
+  const int64_t V = (*m)->config().n_vocab;
+  std::vector<float> logits(2 * V, 0.0f);
+  for (int32_t id : unused) logits[V + id] = 100.0f;  // the padding would win an argmax
+  (*m)->MaskUnused(logits.data(), 2);
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t i = 0; i < V; ++i) {
+      const bool pad = std::find(unused.begin(), unused.end(), i) != unused.end();
+      if (pad) EXPECT_TRUE(std::isinf(logits[r * V + i]) && logits[r * V + i] < 0);
+      else EXPECT_EQ(logits[r * V + i], 0.0f);
+    }
 }
 
 }  // namespace

@@ -141,8 +141,10 @@ int generate_main(int argc, char** argv) {
   if (auto st = m.Forward({&item, 1}, &logits); !st.ok()) return fail("generate", st);
   const double t1 = now_s();
   for (int i = 0; i < max_tokens; ++i) {
-    const int32_t next = argmax(logits.data(), V);
+    // The written logits are the model's; the choice skips the vocabulary's padding ids.
     if (keep_logits) all_logits.insert(all_logits.end(), logits.begin(), logits.begin() + V);
+    m.MaskUnused(logits.data(), 1);
+    const int32_t next = argmax(logits.data(), V);
     out.push_back(next);
     if (a.has("stop-at-eos") && std::find(eog.begin(), eog.end(), next) != eog.end()) break;
     if (i + 1 == max_tokens) break;

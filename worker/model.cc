@@ -179,6 +179,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::F
     m->cfg_.n_expert_used = opts.n_expert_used;
   }
   if (auto st = m->Bind(); !st.ok()) return st;
+  if (const gguf::Value* types = m->file_->find("tokenizer.ggml.token_type"))
+    for (size_t i = 0; i < types->array.size() && static_cast<int64_t>(i) < m->cfg_.n_vocab; ++i)
+      if ((types->array[i].i ? types->array[i].i : static_cast<int64_t>(types->array[i].u)) == 5)
+        m->unused_tokens_.push_back(static_cast<int32_t>(i));
   m->ws_ = std::make_unique<Workspace>();
   m->local_experts_ = std::make_unique<LocalExpertExecutor>(m.get());
   m->experts_ = m->local_experts_.get();
@@ -716,6 +720,11 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
     Logits(hidden.data(), rows, logits->data());
   }
   return absl::OkStatus();
+}
+
+void Model::MaskUnused(float* logits, int64_t rows) const {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int32_t id : unused_tokens_) logits[r * cfg_.n_vocab + id] = -INFINITY;
 }
 
 uint64_t Model::active_weight_bytes_per_token() const {

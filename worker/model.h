@@ -107,6 +107,12 @@ class Model {
   void set_expert_executor(ExpertExecutor* ex) { experts_ = ex; }
   ExpertExecutor* local_experts() { return local_experts_.get(); }
 
+  // Padding ids of the vocabulary (token type UNUSED): never sampled (spec §3.1 recommends
+  // masking them; they are untrained).
+  const std::vector<int32_t>& unused_token_ids() const { return unused_tokens_; }
+  // Sets the logits of the unused ids to -inf in each of `rows` rows of n_vocab.
+  void MaskUnused(float* logits, int64_t rows) const;
+
   // Total bytes of weights the model reads per decoded token (for bandwidth reports).
   uint64_t active_weight_bytes_per_token() const;
 
@@ -134,6 +140,7 @@ class Model {
   WeightView token_embd_, output_;
   const float* output_norm_ = nullptr;
   std::vector<int64_t> attn_index_, dn_index_;  // layer -> index in SeqState::kv / conv
+  std::vector<int32_t> unused_tokens_;
   std::unique_ptr<Workspace> ws_;
   std::unique_ptr<ExpertExecutor> local_experts_;
   ExpertExecutor* experts_ = nullptr;

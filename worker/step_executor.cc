@@ -105,6 +105,7 @@ absl::StatusOr<std::vector<SeqOutput>> StepExecutor::Execute(const StepRequest& 
     const SeqStep& s = req.seqs[i];
     if (!s.sample) continue;
     Seq& q = *seqs[i];
+    model_->MaskUnused(logits_.data() + i * V, 1);
     SampleResult r = sample_cpu(logits_.data() + i * V, V, q.sampling, q.counts,
                                 static_cast<uint64_t>(q.n_output), &scratch_);
     ++q.n_output;
