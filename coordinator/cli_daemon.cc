@@ -80,7 +80,7 @@ void Prefault(const gguf::File& f, Metrics* m) {
   volatile uint8_t sink = 0;
   for (const auto& t : f.tensors()) {
     const uint8_t* p = f.tensor_data(t);
-    for (uint64_t i = 0; i < t.size; i += 4096) sink ^= p[i];
+    for (uint64_t i = 0; i < t.size; i += 4096) sink = sink ^ p[i];
     done += t.size;
     // data_size() also counts the alignment padding between tensors: the last one ends at 100%.
     const bool last = &t == &f.tensors().back();
