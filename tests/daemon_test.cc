@@ -1327,7 +1327,7 @@ TEST(DaemonTest, FullServerQueuesThenServes) {
   });
   GenOut a, b, c;
   std::thread ta([&] {
-    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 400), [&](const auto&) { a_first = true; });
+    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 1500), [&](const auto&) { a_first = true; });
   });
   while (!a_first) SleepMs(5);
   std::thread tb([&] { b = CallGenerate(d->stub(), GreedyRequest({7, 8, 9}, 8)); });
@@ -1365,7 +1365,7 @@ TEST(DaemonTest, FullServerQueuesThenServes) {
   EXPECT_EQ(max_running.load(), 1);
   ASSERT_TRUE(a.status.ok()) << a.status.error_message();
   ASSERT_TRUE(b.status.ok()) << b.status.error_message();
-  EXPECT_EQ(a.ids.size(), 400u);
+  EXPECT_EQ(a.ids.size(), 1500u);
   // B started only after A finished (one running slot; client-side times, so some slack for
   // scheduling on a loaded machine), and gives its solo output.
   EXPECT_GE(b.t_first, a.t_end - 0.5);
@@ -1378,7 +1378,7 @@ TEST(DaemonTest, QueuedRequestMeetsItsDeadline) {
   std::atomic<bool> a_first{false};
   GenOut a;
   std::thread ta([&] {
-    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 400), [&](const auto&) { a_first = true; });
+    a = CallGenerate(d->stub(), GreedyRequest({1, 2, 3}, 1500), [&](const auto&) { a_first = true; });
   });
   while (!a_first) SleepMs(5);
   pb::GenerateRequest breq = GreedyRequest({4, 5}, 4);
