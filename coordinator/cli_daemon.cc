@@ -104,21 +104,9 @@ struct LoadedWorker {
 absl::StatusOr<LoadedWorker> LoadWorker(const Args& a, int max_states, Metrics* m) {
   auto file = OpenModelFile(a.get("model"), a.get("synthetic"));
   if (!file.ok()) return file.status();
-  ModelOptions o;
-  auto b = ParseBackend(a.get("backend"));
-  if (!b.ok()) return b.status();
-  o.backend = *b;
-  int64_t threads = 0;
-  if (!absl::SimpleAtoi(a.get("threads"), &threads) || threads < 0)
-    return absl::InvalidArgumentError("--threads must be a non-negative integer");
-  o.n_threads = static_cast<int>(threads);
-  if (a.has("kv-type")) {
-    const std::string kt = a.get("kv-type");
-    if (kt == "f16") o.kv_type = GgmlType::F16;
-    else if (kt == "q8_0") o.kv_type = GgmlType::Q8_0;
-    else if (kt == "f32") o.kv_type = GgmlType::F32;
-    else return absl::InvalidArgumentError("--kv-type must be f16, q8_0 or f32");
-  }
+  auto opts = ModelOptionsFromFlags(a.get("backend"), a.get("threads"), a.get("kv-type"));
+  if (!opts.ok()) return opts.status();
+  const ModelOptions& o = *opts;
   if (!a.has("no-prefault") && a.get("synthetic").empty()) Prefault(**file, m);
   auto model = Model::Load(*file, o);
   if (!model.ok()) return model.status();

@@ -59,21 +59,9 @@ absl::StatusOr<std::unique_ptr<Model>> load(const Args& a, std::vector<int32_t>*
   auto file = OpenModelFile(a.get("model"), a.get("synthetic"));
   if (!file.ok()) return file.status();
   if (eog) *eog = EogIds(**file);
-  ModelOptions o;
-  auto b = ParseBackend(a.get("backend"));
-  if (!b.ok()) return b.status();
-  o.backend = *b;
-  int threads = 0;
-  if (!absl::SimpleAtoi(a.get("threads"), &threads) || threads < 0)
-    return absl::InvalidArgumentError("--threads must be a non-negative integer");
-  o.n_threads = threads;
-  if (a.has("kv-type")) {
-    const std::string kt = a.get("kv-type");
-    if (kt == "f16") o.kv_type = GgmlType::F16;
-    else if (kt == "q8_0") o.kv_type = GgmlType::Q8_0;
-    else if (kt == "f32") o.kv_type = GgmlType::F32;
-    else return absl::InvalidArgumentError("--kv-type must be f16, q8_0 or f32, got '" + kt + "'");
-  }
+  auto opts = ModelOptionsFromFlags(a.get("backend"), a.get("threads"), a.get("kv-type"));
+  if (!opts.ok()) return opts.status();
+  const ModelOptions& o = *opts;
   auto m = Model::Load(*file, o);
   if (!m.ok()) return m.status();
   std::fprintf(stderr, "rigserve: %s; backend %s, %d threads, KV %s\n",
