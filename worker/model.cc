@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "kernels/ops.h"
+#include "worker/model_internal.h"
 
 namespace rs {
 
@@ -32,47 +33,29 @@ const char* BackendName(Backend b) {
   return "?";
 }
 
+SeqState::SeqState(const SeqState& o)
+    : n_past(o.n_past), kv(o.kv), conv(o.conv), ssm(o.ssm),
+      device(o.device ? o.device->clone() : nullptr) {}
+
+SeqState& SeqState::operator=(const SeqState& o) {
+  if (this != &o) {
+    n_past = o.n_past;
+    kv = o.kv;
+    conv = o.conv;
+    ssm = o.ssm;
+    device = o.device ? o.device->clone() : nullptr;
+  }
+  return *this;
+}
+
 void SeqState::reset() {
+  if (device) device->reset();
   n_past = 0;
   for (auto& k : kv) { k.k.clear(); k.v.clear(); }
   for (auto& c : conv) std::fill(c.begin(), c.end(), 0.0f);
   for (auto& s : ssm) std::fill(s.begin(), s.end(), 0.0f);
 }
 
-struct Model::Layer {
-  LayerKind kind = LayerKind::kDeltaNet;
-  const float* attn_norm = nullptr;
-  const float* post_norm = nullptr;
-  // Gated attention.
-  WeightView wq, wk, wv, wo;
-  const float* q_norm = nullptr;
-  const float* k_norm = nullptr;
-  // Gated DeltaNet.
-  WeightView qkv, gate, beta, alpha, ssm_out;
-  const float* conv1d = nullptr;  // [conv_dim][K]
-  const float* dt_bias = nullptr;
-  const float* ssm_a = nullptr;
-  const float* ssm_norm = nullptr;
-  // Dense FFN.
-  WeightView ffn_gate, ffn_up, ffn_down;
-  // MoE.
-  WeightView router, gate_exps, up_exps, down_exps;  // stacked: rows = I * E (down: H * E)
-  bool fused_gate_up = false;                         // gate_exps holds [gate; up] per expert
-  WeightView shexp_gate_inp, shexp_gate, shexp_up, shexp_down;
-  std::vector<std::vector<float>> owned;  // 1-D tensors converted to f32
-};
-
-// Scratch buffers reused across steps (grow only).
-struct Model::Workspace {
-  std::vector<float> a, m, f, u, z, b, al, c, q, k, v, g, beta, o, y, qg, gate, kk, vv, ffn1,
-      ffn2, ffn3, router, ew, sh, tmp;
-  std::vector<int32_t> ids;
-  std::vector<int64_t> pos;
-  static float* get(std::vector<float>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-  }
-};
 
 namespace {
 
@@ -160,9 +143,6 @@ Model::~Model() = default;
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::File> file,
                                                    const ModelOptions& opts) {
-  if (opts.backend == Backend::kCuda)
-    return absl::UnimplementedError(
-        "the cuda backend is not wired into the model yet; use --backend cpu or reference");
   std::unique_ptr<Model> m(new Model());
   m->file_ = std::move(file);
   m->opts_ = opts;
@@ -186,6 +166,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::F
   m->ws_ = std::make_unique<Workspace>();
   m->local_experts_ = std::make_unique<LocalExpertExecutor>(m.get());
   m->experts_ = m->local_experts_.get();
+  if (opts.backend == Backend::kCuda) {
+    auto cuda = CreateCudaBackend(*m);
+    if (!cuda.ok()) return cuda.status();
+    m->cuda_ = std::move(*cuda);
+  }
   return m;
 }
 
@@ -343,6 +328,10 @@ absl::Status Model::Bind() {
 
 std::unique_ptr<SeqState> Model::NewSequence(int64_t reserve_ctx) const {
   auto s = std::make_unique<SeqState>();
+  if (cuda_) {
+    s->device = cuda_->NewState(reserve_ctx);
+    return s;
+  }
   const ModelConfig& c = cfg_;
   s->kv.resize(attn_index_.size());
   const size_t row = row_bytes(kv_type_, c.n_head_kv * c.head_dim);
@@ -389,7 +378,10 @@ absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>
     else
       rows.push_back(N + it.n_tok - 1);
     N += it.n_tok;
+    if (cuda_ && !it.seq->device)
+      return absl::FailedPreconditionError("sequence state was not made by this cuda model");
   }
+  if (cuda_) return cuda_->Forward(batch, logits);
   std::vector<float> hidden(N * cfg_.n_embd);
   Embed(batch, hidden.data());
   if (auto st = RunLayers(batch, 0, cfg_.n_layer, hidden.data()); !st.ok()) return st;
@@ -412,6 +404,9 @@ void Model::Logits(const float* hidden, const std::vector<int64_t>& rows, float*
 
 absl::Status Model::RunLayers(absl::Span<const StepItem> batch, int64_t layer_begin,
                               int64_t layer_end, float* hidden) {
+  if (cuda_)
+    return absl::UnimplementedError(
+        "the cuda backend runs whole-model steps only; pipeline stages use --backend cpu");
   if (layer_begin < 0 || layer_end > cfg_.n_layer || layer_begin > layer_end)
     return absl::InvalidArgumentError(absl::StrFormat("layer range [%d, %d) outside [0, %d)",
                                                       layer_begin, layer_end, cfg_.n_layer));
@@ -644,6 +639,9 @@ void Model::Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidde
 
 absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                        const Placement& pl, std::vector<float>* logits) {
+  if (cuda_)
+    return absl::UnimplementedError(
+        "the cuda backend runs whole-model steps only; distributed workers use --backend cpu");
   const ModelConfig& c = cfg_;
   const int me = comm->rank();
   if (static_cast<int64_t>(pl.layer_owner.size()) != c.n_layer)

@@ -26,6 +26,20 @@ const char* BackendName(Backend b);
 // Per-sequence state: KV cache of the attention layers, conv + recurrent state of the DeltaNet
 // layers (f32). The KV cache grows by doubling; reserve() sizes it up front.
 struct SeqState {
+  // State held on a device by a non-CPU backend (the CUDA backend keeps the KV cache, conv and
+  // recurrent state there; the host vectors below stay empty).
+  struct DeviceState {
+    virtual ~DeviceState() = default;
+    virtual void reset() = 0;
+    virtual std::unique_ptr<DeviceState> clone() const = 0;
+  };
+
+  SeqState() = default;
+  SeqState(const SeqState& o);
+  SeqState& operator=(const SeqState& o);
+  SeqState(SeqState&&) = default;
+  SeqState& operator=(SeqState&&) = default;
+
   int64_t n_past = 0;
   struct Kv {
     std::vector<uint8_t> k, v;  // [pos][n_kv_heads * head_dim] in kv_type
@@ -33,6 +47,7 @@ struct SeqState {
   std::vector<Kv> kv;             // one per attention layer (in layer order)
   std::vector<std::vector<float>> conv;  // one per DeltaNet layer: [K-1][conv_dim]
   std::vector<std::vector<float>> ssm;   // one per DeltaNet layer: [Hv][dk][dv]
+  std::unique_ptr<DeviceState> device;
   void reset();
 };
 
@@ -58,6 +73,10 @@ struct ModelOptions {
   std::optional<GgmlType> kv_type;
   // Routed experts per token; 0 = the model's expert_used_count (tests force all experts).
   int64_t n_expert_used = 0;
+  // CUDA backend: the device to use and the context each new sequence's KV cache is sized for
+  // up front (a sequence that outgrows it is reallocated, doubling).
+  int cuda_device = 0;
+  int64_t cuda_ctx = 4096;
 };
 
 // One item of a step: `n_tok` tokens of one sequence, continuing its state.
@@ -118,6 +137,7 @@ class Model {
 
   struct Layer;
   struct Workspace;
+  friend class CudaModel;
 
  private:
   Model() = default;
@@ -144,6 +164,7 @@ class Model {
   std::unique_ptr<Workspace> ws_;
   std::unique_ptr<ExpertExecutor> local_experts_;
   ExpertExecutor* experts_ = nullptr;
+  std::unique_ptr<class CudaBackend> cuda_;
   friend class LocalExpertExecutor;
 };
 

@@ -1,0 +1,59 @@
+// Model internals shared by the CPU forward pass (model.cc) and the CUDA backend
+// (model_cuda.cc): the bound weights of one layer and the CPU scratch buffers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/matmul.h"
+#include "worker/model.h"
+#include "worker/model_config.h"
+
+namespace rs {
+
+struct Model::Layer {
+  LayerKind kind = LayerKind::kDeltaNet;
+  const float* attn_norm = nullptr;
+  const float* post_norm = nullptr;
+  // Gated attention.
+  WeightView wq, wk, wv, wo;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  // Gated DeltaNet.
+  WeightView qkv, gate, beta, alpha, ssm_out;
+  const float* conv1d = nullptr;  // [conv_dim][K]
+  const float* dt_bias = nullptr;
+  const float* ssm_a = nullptr;
+  const float* ssm_norm = nullptr;
+  // Dense FFN.
+  WeightView ffn_gate, ffn_up, ffn_down;
+  // MoE.
+  WeightView router, gate_exps, up_exps, down_exps;  // stacked: rows = I * E (down: H * E)
+  bool fused_gate_up = false;                         // gate_exps holds [gate; up] per expert
+  WeightView shexp_gate_inp, shexp_gate, shexp_up, shexp_down;
+  std::vector<std::vector<float>> owned;  // 1-D tensors converted to f32
+};
+
+// Scratch buffers reused across steps (grow only).
+struct Model::Workspace {
+  std::vector<float> a, m, f, u, z, b, al, c, q, k, v, g, beta, o, y, qg, gate, kk, vv, ffn1,
+      ffn2, ffn3, router, ew, sh, tmp;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> pos;
+  static float* get(std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+};
+
+// The CUDA backend of Model (worker/model_cuda.cc; a stub that says so in builds without
+// CUDA). It uploads the bound weights once at load and runs Forward on the device.
+class CudaBackend {
+ public:
+  virtual ~CudaBackend() = default;
+  virtual std::unique_ptr<SeqState::DeviceState> NewState(int64_t reserve_ctx) = 0;
+  virtual absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) = 0;
+};
+absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m);
+
+}  // namespace rs
