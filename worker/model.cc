@@ -139,6 +139,11 @@ class LocalExpertExecutor : public ExpertExecutor {
   std::vector<float> xe_, g_, u_, d_, slots_;
 };
 
+void Model::RunLocalExpertSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
+                                const float* weights, float* slots) {
+  static_cast<LocalExpertExecutor*>(local_experts_.get())->RunSlots(layer, x, n_tok, ids, weights, slots);
+}
+
 Model::~Model() = default;
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::File> file,
@@ -635,89 +640,6 @@ void Model::Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidde
     DeltaNetLayer(L, batch, f, m);
   for (int64_t i = 0; i < N * H; ++i) hidden[i] += m[i];
   (ref ? rms_norm_ref : rms_norm_cpu)(hidden, L.post_norm, N, H, cfg_.eps, f);
-}
-
-absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
-                                       const Placement& pl, std::vector<float>* logits) {
-  if (cuda_)
-    return absl::UnimplementedError(
-        "the cuda backend runs whole-model steps only; distributed workers use --backend cpu");
-  const ModelConfig& c = cfg_;
-  const int me = comm->rank();
-  if (static_cast<int64_t>(pl.layer_owner.size()) != c.n_layer)
-    return absl::InvalidArgumentError(absl::StrFormat("placement covers %d layers, the model has %d",
-                                                      pl.layer_owner.size(), c.n_layer));
-  int64_t N = 0;
-  std::vector<int64_t> rows;
-  for (const auto& it : batch) {
-    if (!it.seq || it.n_tok <= 0) return absl::InvalidArgumentError("empty step item");
-    for (int64_t t = 0; t < it.n_tok; ++t)
-      if (it.tokens[t] < 0 || it.tokens[t] >= c.n_vocab)
-        return absl::InvalidArgumentError(absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], c.n_vocab));
-    if (it.all_logits)
-      for (int64_t t = 0; t < it.n_tok; ++t) rows.push_back(N + t);
-    else
-      rows.push_back(N + it.n_tok - 1);
-    N += it.n_tok;
-  }
-  const int64_t H = c.n_embd, k = c.n_expert_used;
-  auto* local = static_cast<LocalExpertExecutor*>(local_experts_.get());
-  if (c.moe && local->mask.size() != static_cast<size_t>(c.n_layer)) {
-    local->mask.assign(c.n_layer, std::vector<uint8_t>(c.n_expert, 0));
-    for (int64_t l = 0; l < c.n_layer; ++l)
-      for (int64_t e = 0; e < c.n_expert; ++e) local->mask[l][e] = pl.expert_owner[l][e] == me;
-  }
-  std::vector<float> hidden(N * H), f(N * H), partial, ew, slots;
-  std::vector<int32_t> ids;
-  if (pl.layer_owner[0] == me) Embed(batch, hidden.data());
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    const Layer& L = layers_[l];
-    const int owner = pl.layer_owner[l];
-    if (owner == me) Mixer(L, batch, hidden.data(), f.data());
-    if (c.moe) {
-      // Expert parallelism: the owner shares the normed states and the routing; each rank
-      // computes its experts' weighted sums; the sums come back to the owner.
-      ids.resize(N * k);
-      ew.resize(N * k);
-      if (owner == me) Route(L, f.data(), N, ids.data(), ew.data());
-      if (comm->size() > 1) {
-        if (auto st = comm->Broadcast(f.data(), N * H * 4, owner); !st.ok()) return st;
-        if (auto st = comm->Broadcast(ids.data(), N * k * 4, owner); !st.ok()) return st;
-        if (auto st = comm->Broadcast(ew.data(), N * k * 4, owner); !st.ok()) return st;
-      }
-      // Each (token, slot) is computed on exactly one rank (zeros elsewhere), so the sum over
-      // ranks is exact and the owner adds the slots in the same order as a single worker.
-      slots.resize(N * k * H);
-      local->RunSlots(l, f.data(), N, ids.data(), ew.data(), slots.data());
-      if (comm->size() > 1)
-        if (auto st = comm->ReduceSum(slots.data(), N * k * H, owner); !st.ok()) return st;
-      partial.resize(N * H);
-      if (owner == me) SumExpertSlots(slots.data(), N, k, H, partial.data());
-      if (owner == me) {
-        SharedExpertAdd(L, f.data(), N, partial.data());
-        for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
-      }
-    } else if (owner == me) {
-      partial.resize(N * H);
-      FfnLayer(L, l, f.data(), N, partial.data());
-      for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
-    }
-    // Pipeline hand-off of the residual stream.
-    const int next = l + 1 < c.n_layer ? pl.layer_owner[l + 1] : owner;
-    if (next != owner) {
-      if (me == owner)
-        if (auto st = comm->Send(next, hidden.data(), N * H * 4, static_cast<uint32_t>(l)); !st.ok()) return st;
-      if (me == next)
-        if (auto st = comm->Recv(owner, hidden.data(), N * H * 4, static_cast<uint32_t>(l)); !st.ok()) return st;
-    }
-  }
-  for (const auto& it : batch) it.seq->n_past += it.n_tok;
-  logits->clear();
-  if (pl.layer_owner.back() == me) {
-    logits->resize(rows.size() * c.n_vocab);
-    Logits(hidden.data(), rows, logits->data());
-  }
-  return absl::OkStatus();
 }
 
 void Model::MaskUnused(float* logits, int64_t rows) const {

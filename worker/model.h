@@ -150,6 +150,10 @@ class Model {
   void Route(const Layer& L, const float* f, int64_t n_tok, int32_t* ids, float* weights);
   void SharedExpertAdd(const Layer& L, const float* f, int64_t n_tok, float* out);
   void Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidden, float* f);
+  // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for every slot whose id is >= 0
+  // (zero for id -1): the local executor's per-slot entry point, for ForwardDistributed.
+  void RunLocalExpertSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
+                           const float* weights, float* slots);
 
   std::shared_ptr<const gguf::File> file_;
   ModelOptions opts_;
