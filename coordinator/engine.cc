@@ -3,11 +3,15 @@
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "coordinator/plan/planner.h"
 #include "coordinator/text/json.h"
 #include "coordinator/text/tokenizer_vocab.h"
 #include "worker/default_chat_template.h"
@@ -73,6 +77,16 @@ class VocabSource : public text::MetadataSource {
   const pb::Vocab& v_;
 };
 
+// The host part of a worker's HOST:PORT (brackets of an IPv6 address removed): where its
+// collectives bind, so that workers on several hosts each use their own interface.
+std::string BindAddressOf(const std::string& name, const std::string& fallback) {
+  const size_t colon = name.rfind(':');
+  if (colon == std::string::npos || colon == 0) return fallback;
+  std::string host = name.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host.empty() ? fallback : host;
+}
+
 double SteadyNow() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -124,6 +138,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     metrics->state_slots_total->Set(opts.max_running + opts.max_kept);
     for (auto& w : e->workers_) metrics->worker_up(w->name()).Set(1);
   }
+  for (auto& w : e->workers_) e->worker_names_.push_back(w->name());
   if (auto st = e->ComputePlacement(); !st.ok()) return st;
   if (auto st = e->ConnectGroup(); !st.ok()) return st;
   if (auto st = e->WarmUp(); !st.ok()) return st;
@@ -142,24 +157,29 @@ Engine::~Engine() {
 absl::Status Engine::ComputePlacement() {
   const int n = static_cast<int>(workers_.size());
   const int64_t L = model_.n_layer();
-  layer_owner_.assign(L, 0);
+  // --layers "a-b,c-d,...": one contiguous range per worker, covering every layer in order.
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // [begin, end)
   if (!opts_.layer_split.empty()) {
-    // "a-b,c-d,...": one contiguous range per worker, covering every layer in order.
     int64_t next = 0;
-    int w = 0;
     for (absl::string_view part : absl::StrSplit(opts_.layer_split, ',')) {
       int64_t a = 0, b = 0;
       std::vector<absl::string_view> ab = absl::StrSplit(part, '-');
       if (ab.size() != 2 || !absl::SimpleAtoi(ab[0], &a) || !absl::SimpleAtoi(ab[1], &b) || a != next || b < a || b >= L)
         return absl::InvalidArgumentError(absl::StrCat("--layers: '", part, "' must be ", next, "-N with N < ", L,
                                                        " (contiguous ranges covering 0..", L - 1, ")"));
-      if (w >= n) return absl::InvalidArgumentError(absl::StrCat("--layers names more ranges than the ", n, " workers"));
-      for (int64_t l = a; l <= b; ++l) layer_owner_[l] = w;
+      if (static_cast<int>(ranges.size()) >= n)
+        return absl::InvalidArgumentError(absl::StrCat("--layers names more ranges than the ", n, " workers"));
+      ranges.emplace_back(a, b + 1);
       next = b + 1;
-      ++w;
     }
-    if (next != L || w != n)
+    if (next != L || static_cast<int>(ranges.size()) != n)
       return absl::InvalidArgumentError(absl::StrCat("--layers must give all ", L, " layers to the ", n, " workers in order"));
+  }
+  if (n > 1 && opts_.use_planner) return PlanPlacement(ranges);
+  layer_owner_.assign(L, 0);
+  if (!ranges.empty()) {
+    for (int w = 0; w < n; ++w)
+      for (int64_t l = ranges[w].first; l < ranges[w].second; ++l) layer_owner_[l] = w;
   } else {
     for (int64_t l = 0; l < L; ++l) layer_owner_[l] = static_cast<int>(l * n / L);
   }
@@ -171,6 +191,93 @@ absl::Status Engine::ComputePlacement() {
       expert_owner_.push_back(std::move(owners));
     }
   return absl::OkStatus();
+}
+
+absl::Status Engine::PlanPlacement(const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  const int n = static_cast<int>(workers_.size());
+  plan::PlanRequest req;
+  for (const auto& t : model_.tensors())
+    req.tensors.push_back({t.name(), t.type(), std::vector<int64_t>(t.shape().begin(), t.shape().end()), t.size()});
+  auto shape = plan::ShapeFromTensorTable(req.tensors, model_.n_expert_used());
+  if (!shape.ok()) return absl::InvalidArgumentError(absl::StrCat("placement: ", shape.status().message()));
+  req.shape = std::move(*shape);
+  // Every worker's inventory; they must all serve the model the coordinator described.
+  std::vector<pb::DescribeResponse> ds;
+  for (auto& w : workers_) {
+    auto d = w->Describe(false);
+    if (!d.ok()) return d.status();
+    if (d->summary() != model_.summary() || d->tensors_size() != model_.tensors_size())
+      return absl::FailedPreconditionError(absl::StrCat(
+          "worker ", w->name(), " serves another model (", d->summary(), ", ", d->tensors_size(),
+          " tensors) than worker ", workers_.back()->name(), " (", model_.summary(), ", ",
+          model_.tensors_size(), " tensors)"));
+    ds.push_back(std::move(*d));
+  }
+  // Workers on one host (same boot id) share its RAM equally.
+  std::map<std::string, int> on_host;
+  auto host_key = [&](int i) { return ds[i].host_id().empty() ? absl::StrCat("?", i) : ds[i].host_id(); };
+  for (int i = 0; i < n; ++i) ++on_host[host_key(i)];
+  for (int i = 0; i < n; ++i) {
+    const pb::DescribeResponse& d = ds[i];
+    plan::WorkerInventory w;
+    w.name = workers_[i]->name();
+    int dev = 0;
+    if (absl::StartsWith(d.device(), "cuda")) {
+      absl::string_view idx = absl::string_view(d.device()).substr(4);
+      if (absl::ConsumePrefix(&idx, ":") && !absl::SimpleAtoi(idx, &dev)) dev = 0;
+      w.devices.push_back({plan::DeviceKind::kCuda, dev, d.device_memory_free()});
+    } else {
+      w.devices.push_back({plan::DeviceKind::kCpu, 0, 0});
+    }
+    w.host_ram_bytes = d.host_memory_total() / on_host[host_key(i)];
+    if (w.host_ram_bytes == 0 && w.devices[0].kind == plan::DeviceKind::kCpu)
+      return absl::FailedPreconditionError(absl::StrCat(
+          "placement: CPU worker ", w.name, " reports no host RAM (an older rigserve worker?); "
+          "start the coordinator with --placement even"));
+    req.workers.push_back(std::move(w));
+  }
+  req.context = max_context_;
+  req.slots = opts_.max_running + opts_.max_kept + 1;
+  req.batch_tokens = opts_.step_token_budget;
+  if (!ds.back().kv_type().empty()) {
+    auto kv = plan::ParseKvType(ds.back().kv_type());
+    if (!kv.ok()) return absl::InvalidArgumentError(absl::StrCat("placement: ", kv.status().message()));
+    req.kv_type = *kv;
+  }
+  req.layer_ranges = ranges;
+  auto p = plan::MakePlan(req);
+  if (!p.ok())
+    return absl::Status(p.status().code(), absl::StrCat("placement: ", p.status().message()));
+  const std::vector<int32_t> owners = plan::LayerOwners(*p);
+  layer_owner_.assign(owners.begin(), owners.end());
+  expert_owner_.clear();
+  for (const auto& l : plan::ExpertOwners(*p)) expert_owner_.emplace_back(l.begin(), l.end());
+  std::string table = plan::PlanTable(*p);
+  bool changed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    changed = table != plan_table_;
+    plan_table_ = table;
+  }
+  if (changed)
+    std::fprintf(stderr, "rigserve: placement of %d workers (%s; context %lld x %lld slots):\n%s", n,
+                 ranges.empty() ? "layer ranges planned" : "layer ranges from --layers",
+                 static_cast<long long>(req.context), static_cast<long long>(req.slots), table.c_str());
+  return absl::OkStatus();
+}
+
+std::string Engine::placement_table() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return plan_table_;
+}
+
+void Engine::RequestRegroup(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    regroup_why_ = why;
+  }
+  regroup_ = true;
+  cv_.notify_all();
 }
 
 absl::Status Engine::ConnectGroup() {
@@ -193,7 +300,7 @@ absl::Status Engine::ConnectGroup() {
     }
     req.set_coordinator(opts_.coordinator_address);
     req.set_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));
-    req.set_bind_address(opts_.bind_address);
+    req.set_bind_address(BindAddressOf(workers_[r]->name(), opts_.bind_address));
     req.set_collective_timeout_ms(opts_.collective_timeout_ms);
     req.set_last_stage(r == layer_owner_.back());
     fs.push_back(std::async(std::launch::async, [this, r, req] { return workers_[r]->Load(req); }));
@@ -286,20 +393,31 @@ void Engine::TryRecover() {
   next_recovery_ = now + 0.25;
   Drain();
   int up = 0;
-  for (auto& w : workers_) {
-    const bool alive = w->Alive();
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    const bool alive = workers_[i]->Alive();
     up += alive;
-    if (metrics_) metrics_->worker_up(w->name()).Set(alive ? 1 : 0);
+    const std::string name = workers_[i]->name();
+    if (metrics_) {
+      // A slot taken over by a worker at another address: the old label goes away.
+      if (name != worker_names_[i]) metrics_->worker_up_family->Remove(&metrics_->worker_up(worker_names_[i]));
+      metrics_->worker_up(name).Set(alive ? 1 : 0);
+    }
+    worker_names_[i] = name;
   }
   workers_up_ = up;
   if (up != static_cast<int>(workers_.size())) return;
-  absl::Status st = ConnectGroup();
+  // The placement again: a worker that came back may bring another device or inventory.
+  absl::Status st = workers_.size() > 1 ? ComputePlacement() : absl::OkStatus();
+  if (st.ok()) st = ConnectGroup();
   if (st.ok()) st = WarmUp();
   if (!st.ok()) {
-    std::fprintf(stderr, "rigserve: workers are back but the group did not form yet: %s\n",
-                 std::string(st.message()).c_str());
+    if (std::string(st.message()) != last_recovery_error_)
+      std::fprintf(stderr, "rigserve: workers are back but the group did not form yet: %s\n",
+                   std::string(st.message()).c_str());
+    last_recovery_error_ = std::string(st.message());
     return;
   }
+  last_recovery_error_.clear();
   std::fprintf(stderr, "rigserve: all %zu workers are back; serving again\n", workers_.size());
   healthy_ = true;
 }
@@ -503,9 +621,22 @@ void Engine::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, std::chrono::milliseconds(50), [&] {
-        return stop_ || !waiting_.empty() || !running_.empty() || !pending_free_.empty();
+        return stop_ || regroup_ || !waiting_.empty() || !running_.empty() || !pending_free_.empty();
       });
       if (stop_) break;
+    }
+    if (regroup_.exchange(false) && healthy_) {
+      std::string why;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        why = regroup_why_;
+      }
+      healthy_ = false;
+      workers_up_ = 0;
+      next_recovery_ = 0;
+      std::fprintf(stderr, "rigserve: %s; failing the running requests, re-forming the group\n", why.c_str());
+      Drain();
+      FailAll(absl::UnavailableError(why));
     }
     if (!healthy_) {
       // Requests that arrived meanwhile were refused; wait for the workers to come back.

@@ -43,7 +43,11 @@ struct EngineOptions {
   std::string coordinator_address;   // where workers reach the Rendezvous service
   std::string bind_address = "127.0.0.1";
   int collective_timeout_ms = 10000;
-  std::string layer_split;           // "0-3,4-7,...": layers per worker (default: even)
+  std::string layer_split;           // "0-3,4-7,...": layers per worker (default: the plan's)
+  // Several workers: layer ranges and experts from the placement planner (coordinator/plan/)
+  // fed with the tensor table and each worker's inventory (Describe); false: an even layer
+  // split and experts round-robin (e + l) % n.
+  bool use_planner = true;
   std::function<void(const std::string&)> drop_rendezvous_prefix;
 };
 
@@ -151,6 +155,11 @@ class Engine {
   std::vector<int32_t> eog_ids() const { return eog_ids_; }
   EngineInfo Info() const;
   bool healthy() const { return healthy_; }
+  // A worker slot changed hands (a worker registered again, possibly at a new address): fail
+  // the running requests with UNAVAILABLE and re-form the group (thread-safe).
+  void RequestRegroup(const std::string& why);
+  // The plan table of the current placement ("" for one worker or without the planner).
+  std::string placement_table() const;
   int64_t max_context() const { return max_context_; }
 
  private:
@@ -165,6 +174,7 @@ class Engine {
   void AddKept(std::vector<int32_t> tokens, uint64_t seq_id);
   double Now() const;
   absl::Status ComputePlacement();
+  absl::Status PlanPlacement(const std::vector<std::pair<int64_t, int64_t>>& ranges);
   absl::Status ConnectGroup();
   absl::Status WarmUp();
   // Sends the plan to every worker at once; returns the last worker's result, or the first
@@ -210,6 +220,11 @@ class Engine {
   std::atomic<int> workers_up_{0};
   std::vector<int> layer_owner_;
   std::vector<std::vector<int>> expert_owner_;
+  std::string plan_table_;           // guarded by mu_
+  std::string last_recovery_error_;
+  std::vector<std::string> worker_names_;  // the metric labels in use
+  std::atomic<bool> regroup_{false};
+  std::string regroup_why_;          // guarded by mu_
   int generation_ = 0;
   std::vector<std::future<absl::StatusOr<rigserve::v1::StepResult>>> draining_;
   double next_recovery_ = 0;

@@ -159,7 +159,54 @@ class RemoteLink : public WorkerLink {
   bool reader_done_ = false;
 };
 
+class SlotLink : public WorkerLink {
+ public:
+  explicit SlotLink(std::shared_ptr<WorkerSlot> slot) : slot_(std::move(slot)) {}
+  absl::StatusOr<pb::DescribeResponse> Describe(bool include_vocab) override {
+    return slot_->link()->Describe(include_vocab);
+  }
+  absl::StatusOr<pb::LoadResponse> Load(const pb::LoadRequest& req) override {
+    return slot_->link()->Load(req);
+  }
+  absl::StatusOr<pb::StepResult> Step(const pb::StepPlan& plan) override {
+    return slot_->link()->Step(plan);
+  }
+  bool Alive() override { return slot_->link()->Alive(); }
+  std::string name() const override { return slot_->address(); }
+
+ private:
+  std::shared_ptr<WorkerSlot> slot_;
+};
+
 }  // namespace
+
+WorkerSlot::WorkerSlot(std::string address, double step_timeout_s)
+    : address_(std::move(address)), timeout_s_(step_timeout_s),
+      link_(MakeRemoteLink(address_, step_timeout_s)) {}
+
+void WorkerSlot::Rebind(const std::string& address) {
+  std::shared_ptr<WorkerLink> old = MakeRemoteLink(address, timeout_s_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    address_ = address;
+    link_.swap(old);
+  }
+  // `old` closes here, outside the lock (or later, when a call in flight on it returns).
+}
+
+std::string WorkerSlot::address() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return address_;
+}
+
+std::shared_ptr<WorkerLink> WorkerSlot::link() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return link_;
+}
+
+std::unique_ptr<WorkerLink> MakeSlotLink(std::shared_ptr<WorkerSlot> slot) {
+  return std::make_unique<SlotLink>(std::move(slot));
+}
 
 std::unique_ptr<WorkerLink> MakeLocalLink(WorkerServiceImpl* service) {
   return std::make_unique<LocalLink>(service);

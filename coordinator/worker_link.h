@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -25,5 +26,25 @@ class WorkerLink {
 
 std::unique_ptr<WorkerLink> MakeLocalLink(WorkerServiceImpl* service);
 std::unique_ptr<WorkerLink> MakeRemoteLink(const std::string& address, double step_timeout_s);
+
+// One position of the pipeline held by a registered worker (`rigserve worker --coordinator`).
+// A worker that registers again after dying, at the same address or a new one, takes the slot
+// over: Rebind points the slot at it (calls in flight finish on the old connection). Thread-safe.
+class WorkerSlot {
+ public:
+  WorkerSlot(std::string address, double step_timeout_s);
+  void Rebind(const std::string& address);
+  std::string address() const;
+  std::shared_ptr<WorkerLink> link() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::string address_;
+  double timeout_s_;
+  std::shared_ptr<WorkerLink> link_;
+};
+
+// A WorkerLink that always talks to the slot's current worker; name() is its current address.
+std::unique_ptr<WorkerLink> MakeSlotLink(std::shared_ptr<WorkerSlot> slot);
 
 }  // namespace rs

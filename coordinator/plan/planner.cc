@@ -64,18 +64,22 @@ int64_t ModelShape::n_attn_layers() const {
   return std::count(layer_is_attention.begin(), layer_is_attention.end(), true);
 }
 
-const char* KvTypeName(KvType t) { return t == KvType::kF16 ? "f16" : "q8_0"; }
+const char* KvTypeName(KvType t) {
+  return t == KvType::kF16 ? "f16" : t == KvType::kF32 ? "f32" : "q8_0";
+}
 
 absl::StatusOr<KvType> ParseKvType(std::string_view s_in) {
   const absl::string_view s(s_in.data(), s_in.size());
   const std::string l = absl::AsciiStrToLower(s);
   if (l == "f16") return KvType::kF16;
   if (l == "q8_0") return KvType::kQ8_0;
-  return absl::InvalidArgumentError(absl::StrCat("unknown KV type '", s, "' (f16 or q8_0)"));
+  if (l == "f32") return KvType::kF32;
+  return absl::InvalidArgumentError(absl::StrCat("unknown KV type '", s, "' (f16, q8_0 or f32)"));
 }
 
 uint64_t KvBytesPerTokenPerLayer(const ModelShape& m, KvType t) {
   const uint64_t elems = 2ull * m.n_head_kv * m.head_dim;  // K and V
+  if (t == KvType::kF32) return elems * 4;
   return t == KvType::kF16 ? elems * 2 : (elems + 31) / 32 * 34;
 }
 uint64_t KvBytesPerToken(const ModelShape& m, KvType t) {

@@ -74,8 +74,8 @@ struct ModelShape {
 absl::StatusOr<ModelShape> ShapeFromTensorTable(const std::vector<TensorDesc>& tensors,
                                                 int64_t n_expert_used);
 
-enum class KvType { kF16, kQ8_0 };
-const char* KvTypeName(KvType t);  // "f16" / "q8_0"
+enum class KvType { kF16, kQ8_0, kF32 };  // f32: the reference backend and F32 test models
+const char* KvTypeName(KvType t);  // "f16" / "q8_0" / "f32"
 absl::StatusOr<KvType> ParseKvType(std::string_view s);
 
 // Per-sequence state sizes (spec §5).

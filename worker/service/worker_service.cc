@@ -1,6 +1,8 @@
 #include "worker/service/worker_service.h"
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "worker/service/grpc_kv_store.h"
@@ -9,11 +11,28 @@ namespace rs {
 
 namespace pb = rigserve::v1;
 
+WorkerInventory HostInventory() {
+  WorkerInventory inv;
+  std::ifstream mi("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kb = 0;
+  while (mi >> key >> kb) {
+    std::getline(mi, unit);
+    if (key == "MemTotal:") inv.host_total = kb * 1024;
+    if (key == "MemAvailable:") inv.host_available = kb * 1024;
+  }
+  std::ifstream bi("/proc/sys/kernel/random/boot_id");
+  std::getline(bi, inv.host_id);
+  return inv;
+}
+
 WorkerServiceImpl::WorkerServiceImpl(std::shared_ptr<const gguf::File> file,
                                      std::unique_ptr<Model> model, int max_states,
                                      std::string device)
     : file_(std::move(file)), model_(std::move(model)), exec_(model_.get(), max_states),
-      device_(std::move(device)) {}
+      device_(std::move(device)), inv_(HostInventory()) {
+  inv_.device = device_;
+}
 
 void WorkerServiceImpl::DescribeTo(bool include_vocab, pb::DescribeResponse* r) const {
   const ModelConfig& c = model_->config();
@@ -36,6 +55,12 @@ void WorkerServiceImpl::DescribeTo(bool include_vocab, pb::DescribeResponse* r) 
   }
   if (auto tpl = file_->get_string("tokenizer.chat_template"); tpl.ok()) r->set_chat_template(*tpl);
   r->set_device(device_);
+  r->set_device_memory_free(inv_.device_free);
+  r->set_device_memory_total(inv_.device_total);
+  r->set_host_memory_total(inv_.host_total);
+  r->set_host_memory_available(inv_.host_available);
+  r->set_host_id(inv_.host_id);
+  r->set_kv_type(type_name(model_->kv_type()));
   if (!include_vocab) return;
   auto* v = r->mutable_vocab();
   if (auto s = file_->get_string("tokenizer.ggml.model"); s.ok()) v->set_model(*s);

@@ -15,6 +15,21 @@
 
 namespace rs {
 
+// What a worker has to hold the model with, as Describe (and a registration) reports it to the
+// coordinator's placement planner.
+struct WorkerInventory {
+  std::string device = "cpu";          // "cpu" or "cuda:N"
+  std::string device_name;             // the GPU's name (cuda)
+  uint64_t device_free = 0;            // GPU bytes free before the model loaded (cuda)
+  uint64_t device_total = 0;
+  uint64_t host_total = 0;             // host RAM (MemTotal)
+  uint64_t host_available = 0;         // MemAvailable when the worker started
+  std::string host_id;                 // boot id: workers with the same id share the host's RAM
+};
+
+// The host part of the inventory: /proc/meminfo and the boot id (zeros / "" when unreadable).
+WorkerInventory HostInventory();
+
 class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
  public:
   WorkerServiceImpl(std::shared_ptr<const gguf::File> file, std::unique_ptr<Model> model,
@@ -35,12 +50,16 @@ class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
   // Executes one plan (thread-safe; plans are executed one at a time).
   rigserve::v1::StepResult HandleStep(const rigserve::v1::StepPlan& plan);
   void DescribeTo(bool include_vocab, rigserve::v1::DescribeResponse* resp) const;
+  // Sets the inventory Describe reports (default: HostInventory() with the constructor's device).
+  void set_inventory(WorkerInventory inv) { inv_ = std::move(inv); }
+  const WorkerInventory& inventory() const { return inv_; }
 
  private:
   std::shared_ptr<const gguf::File> file_;
   std::unique_ptr<Model> model_;
   StepExecutor exec_;
   std::string device_;
+  WorkerInventory inv_;
   std::unique_ptr<par::KvStore> store_;
   std::mutex mu_;
 };
