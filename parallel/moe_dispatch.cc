@@ -33,8 +33,9 @@ absl::Status CheckRouting(const MoeLayer& l, int size) {
       return absl::InvalidArgumentError(absl::StrCat("MoE layer ", l.layer, ": expert ", e,
                                                      " is mapped to rank ", map[e],
                                                      ", outside the group of ", size));
+  // Per-slot mode needs slot_out (out is optional there); the summing mode needs out.
   if (l.num_tokens > 0 && (l.x == nullptr || l.experts == nullptr || l.weights == nullptr ||
-                           l.out == nullptr))
+                           (l.per_slot ? l.slot_out == nullptr : l.out == nullptr)))
     return absl::InvalidArgumentError(absl::StrCat(
         "MoE layer ", l.layer, ": owner has ", l.num_tokens, " tokens but a null buffer"));
   for (size_t t = 0; t < l.num_tokens; ++t)

@@ -14,6 +14,7 @@
 #include "absl/types/span.h"
 #include "kernels/matmul.h"
 #include "parallel/communicator.h"
+#include "parallel/moe_dispatch.h"
 #include "worker/gguf.h"
 #include "worker/model_config.h"
 
@@ -122,6 +123,15 @@ class Model {
   };
   absl::Status ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                   const Placement& placement, std::vector<float>* logits);
+  // This rank's traffic in ForwardDistributed, accumulated over its steps (decode: only the
+  // steps whose items are all single tokens). Bytes are payload to / from other ranks.
+  struct CommStats {
+    uint64_t steps = 0, tokens = 0;
+    par::MoeStats moe;  // expert dispatch + combine (all MoE layers)
+    uint64_t handoff_bytes_sent = 0, handoff_bytes_received = 0;
+    double handoff_seconds = 0;
+  };
+  CommStats comm_stats(bool decode_only) const;
 
   void set_expert_executor(ExpertExecutor* ex) { experts_ = ex; }
   ExpertExecutor* local_experts() { return local_experts_.get(); }
@@ -169,6 +179,7 @@ class Model {
   std::unique_ptr<ExpertExecutor> local_experts_;
   ExpertExecutor* experts_ = nullptr;
   std::unique_ptr<class CudaBackend> cuda_;
+  std::shared_ptr<struct DistributedState> dist_;  // ForwardDistributed (model_distributed.cc)
   friend class LocalExpertExecutor;
 };
 

@@ -1,5 +1,20 @@
 // The distributed forward step (pipeline + expert parallelism) of Model; docs/distributed.md.
+//
+// Every rank runs this loop over the layers in the same order and so issues the same
+// collectives in the same order:
+//   - the owner of layer l (placement.layer_owner[l]) runs the mixer, the norms and the router;
+//   - MoE layers: par::MoeDispatcher in per-slot mode sends each token's normed state only to
+//     the ranks that hold one of its selected experts (placement.expert_owner[l]), each rank
+//     computes its (token, slot) results, and the owner gets every slot back and sums the slots
+//     in slot order (SumExpertSlots), exactly like a single worker, so the result does not
+//     depend on the placement, bit for bit; the owner then adds the shared expert and the
+//     residual;
+//   - when layer l + 1 has another owner, SendHidden / RecvHidden hand the residual stream over.
+// The last layer's owner computes the logits.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +24,69 @@
 
 namespace rs {
 
+// Per-model state of ForwardDistributed: the dispatcher (its buffers are reused between layers
+// and steps; rebuilt when the communicator changes) and the counters.
+struct DistributedState {
+  par::Communicator* comm = nullptr;
+  std::unique_ptr<par::MoeDispatcher> dispatcher;
+  Model::CommStats all, decode;
+  std::vector<float> hidden, f, partial, ew, slots;
+  std::vector<int32_t> ids;
+  // RIGSERVE_COMM_STATS=N (N > 0): log this rank's counters to stderr every N steps.
+  int64_t log_every = 0;
+};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+void AddMoe(par::MoeStats* to, const par::MoeStats& s) {
+  to->calls += s.calls;
+  to->bytes_sent += s.bytes_sent;
+  to->bytes_received += s.bytes_received;
+  to->tokens_computed += s.tokens_computed;
+  to->comm_seconds += s.comm_seconds;
+  to->compute_seconds += s.compute_seconds;
+}
+
+void Add(Model::CommStats* to, const Model::CommStats& s) {
+  to->steps += s.steps;
+  to->tokens += s.tokens;
+  AddMoe(&to->moe, s.moe);
+  to->handoff_bytes_sent += s.handoff_bytes_sent;
+  to->handoff_bytes_received += s.handoff_bytes_received;
+  to->handoff_seconds += s.handoff_seconds;
+}
+
+void Log(int rank, int size, const char* what, const Model::CommStats& s) {
+  const double tok = s.tokens ? static_cast<double>(s.tokens) : 1.0;
+  std::fprintf(stderr,
+               "comm-stats rank %d/%d %s: steps %llu tokens %llu moe_sent %llu moe_recv %llu "
+               "handoff_sent %llu handoff_recv %llu bytes_per_token %.1f moe_comm_s %.4f "
+               "handoff_s %.4f expert_compute_s %.4f rows_computed %llu\n",
+               rank, size, what, static_cast<unsigned long long>(s.steps),
+               static_cast<unsigned long long>(s.tokens),
+               static_cast<unsigned long long>(s.moe.bytes_sent),
+               static_cast<unsigned long long>(s.moe.bytes_received),
+               static_cast<unsigned long long>(s.handoff_bytes_sent),
+               static_cast<unsigned long long>(s.handoff_bytes_received),
+               static_cast<double>(s.moe.bytes_sent + s.moe.bytes_received +
+                                   s.handoff_bytes_sent + s.handoff_bytes_received) / tok,
+               s.moe.comm_seconds, s.handoff_seconds, s.moe.compute_seconds,
+               static_cast<unsigned long long>(s.moe.tokens_computed));
+}
+
+}  // namespace
+
+Model::CommStats Model::comm_stats(bool decode_only) const {
+  if (!dist_) return CommStats{};
+  return decode_only ? dist_->decode : dist_->all;
+}
+
 absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                        const Placement& pl, std::vector<float>* logits) {
   if (cuda_)
@@ -16,10 +94,31 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
         "the cuda backend runs whole-model steps only; distributed workers use --backend cpu");
   const ModelConfig& c = cfg_;
   const int me = comm->rank();
+  const int world = comm->size();
   if (static_cast<int64_t>(pl.layer_owner.size()) != c.n_layer)
     return absl::InvalidArgumentError(absl::StrFormat("placement covers %d layers, the model has %d",
                                                       pl.layer_owner.size(), c.n_layer));
+  for (int64_t l = 0; l < c.n_layer; ++l)
+    if (pl.layer_owner[l] < 0 || pl.layer_owner[l] >= world)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "placement: layer %d is owned by rank %d, outside the group of %d", l, pl.layer_owner[l], world));
+  if (c.moe) {
+    if (static_cast<int64_t>(pl.expert_owner.size()) != c.n_layer)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "placement has expert owners for %d layers, the model has %d", pl.expert_owner.size(), c.n_layer));
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      if (static_cast<int64_t>(pl.expert_owner[l].size()) != c.n_expert)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "placement: layer %d maps %d experts, the model has %d", l, pl.expert_owner[l].size(), c.n_expert));
+      for (int64_t e = 0; e < c.n_expert; ++e)
+        if (pl.expert_owner[l][e] < 0 || pl.expert_owner[l][e] >= world)
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "placement: layer %d expert %d is on rank %d, outside the group of %d", l, e,
+              pl.expert_owner[l][e], world));
+    }
+  }
   int64_t N = 0;
+  bool decode = true;
   std::vector<int64_t> rows;
   for (const auto& it : batch) {
     if (!it.seq || it.n_tok <= 0) return absl::InvalidArgumentError("empty step item");
@@ -31,53 +130,99 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
     else
       rows.push_back(N + it.n_tok - 1);
     N += it.n_tok;
+    decode = decode && it.n_tok == 1;
   }
+  if (!dist_) {
+    dist_ = std::make_shared<DistributedState>();
+    if (const char* e = std::getenv("RIGSERVE_COMM_STATS")) dist_->log_every = std::atoll(e);
+  }
+  DistributedState& d = *dist_;
+  if (d.comm != comm || !d.dispatcher) {
+    d.comm = comm;
+    d.dispatcher = std::make_unique<par::MoeDispatcher>(comm);
+  }
+  d.dispatcher->reset_stats();
+  CommStats step;
+  step.steps = 1;
+  step.tokens = static_cast<uint64_t>(N);
+
   const int64_t H = c.n_embd, k = c.n_expert_used;
-  std::vector<float> hidden(N * H), f(N * H), partial, ew, slots;
-  std::vector<int32_t> ids, local_ids;
+  std::vector<float>& hidden = d.hidden;
+  hidden.assign(N * H, 0.0f);
+  d.f.assign(N * H, 0.0f);
+  float* f = d.f.data();
   if (pl.layer_owner[0] == me) Embed(batch, hidden.data());
+  const par::ExpertFn compute = [this](const par::ExpertWork& w) {
+    // Ids of experts held elsewhere arrive as -1 and leave their slot zero.
+    RunLocalExpertSlots(w.layer, w.x, static_cast<int64_t>(w.num_tokens), w.experts, w.weights, w.out);
+    return absl::OkStatus();
+  };
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
     const int owner = pl.layer_owner[l];
-    if (owner == me) Mixer(L, batch, hidden.data(), f.data());
+    const bool mine = owner == me;
+    if (mine) Mixer(L, batch, hidden.data(), f);
     if (c.moe) {
-      // Expert parallelism: the owner shares the normed states and the routing; each rank
-      // computes its experts' weighted sums; the sums come back to the owner.
-      ids.resize(N * k);
-      ew.resize(N * k);
-      if (owner == me) Route(L, f.data(), N, ids.data(), ew.data());
-      if (comm->size() > 1) {
-        if (auto st = comm->Broadcast(f.data(), N * H * 4, owner); !st.ok()) return st;
-        if (auto st = comm->Broadcast(ids.data(), N * k * 4, owner); !st.ok()) return st;
-        if (auto st = comm->Broadcast(ew.data(), N * k * 4, owner); !st.ok()) return st;
+      if (mine) {
+        d.ids.resize(N * k);
+        d.ew.resize(N * k);
+        d.slots.resize(N * k * H);
+        d.partial.resize(N * H);
+        Route(L, f, N, d.ids.data(), d.ew.data());
       }
-      // Each (token, slot) is computed on exactly one rank (zeros elsewhere), so the sum over
-      // ranks is exact and the owner adds the slots in the same order as a single worker.
-      slots.resize(N * k * H);
-      local_ids = ids;  // the experts held elsewhere: -1 (a zero slot here)
-      for (auto& e : local_ids)
-        if (pl.expert_owner[l][e] != me) e = -1;
-      RunLocalExpertSlots(l, f.data(), N, local_ids.data(), ew.data(), slots.data());
-      if (comm->size() > 1)
-        if (auto st = comm->ReduceSum(slots.data(), N * k * H, owner); !st.ok()) return st;
-      partial.resize(N * H);
-      if (owner == me) SumExpertSlots(slots.data(), N, k, H, partial.data());
-      if (owner == me) {
-        SharedExpertAdd(L, f.data(), N, partial.data());
-        for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
+      if (world == 1) {
+        RunLocalExpertSlots(l, f, N, d.ids.data(), d.ew.data(), d.slots.data());
+      } else {
+        par::MoeLayer ml;
+        ml.layer = static_cast<int>(l);
+        ml.owner = owner;
+        ml.hidden = static_cast<size_t>(H);
+        ml.top_k = static_cast<int>(k);
+        ml.expert_rank = &pl.expert_owner[l];
+        ml.per_slot = true;
+        if (mine) {
+          ml.num_tokens = static_cast<size_t>(N);
+          ml.x = f;
+          ml.experts = d.ids.data();
+          ml.weights = d.ew.data();
+          ml.out = nullptr;  // summed below, as the single worker does
+          ml.slot_out = d.slots.data();
+        }
+        absl::Status st = d.dispatcher->Run(ml, compute);
+        AddMoe(&step.moe, d.dispatcher->stats());
+        d.dispatcher->reset_stats();
+        if (!st.ok()) {
+          Add(&d.all, step);
+          return st;
+        }
       }
-    } else if (owner == me) {
-      partial.resize(N * H);
-      FfnLayer(L, l, f.data(), N, partial.data());
-      for (int64_t i = 0; i < N * H; ++i) hidden[i] += partial[i];
+      if (mine) {
+        SumExpertSlots(d.slots.data(), N, k, H, d.partial.data());
+        SharedExpertAdd(L, f, N, d.partial.data());
+        for (int64_t i = 0; i < N * H; ++i) hidden[i] += d.partial[i];
+      }
+    } else if (mine) {
+      d.partial.resize(N * H);
+      FfnLayer(L, l, f, N, d.partial.data());
+      for (int64_t i = 0; i < N * H; ++i) hidden[i] += d.partial[i];
     }
-    // Pipeline hand-off of the residual stream.
+    // Pipeline hand-off of the residual stream to the next layer's owner.
     const int next = l + 1 < c.n_layer ? pl.layer_owner[l + 1] : owner;
-    if (next != owner) {
-      if (me == owner)
-        if (auto st = comm->Send(next, hidden.data(), N * H * 4, static_cast<uint32_t>(l)); !st.ok()) return st;
-      if (me == next)
-        if (auto st = comm->Recv(owner, hidden.data(), N * H * 4, static_cast<uint32_t>(l)); !st.ok()) return st;
+    if (next != owner && (me == owner || me == next)) {
+      const auto t0 = Clock::now();
+      const size_t bytes = static_cast<size_t>(N * H) * sizeof(float);
+      absl::Status st =
+          me == owner
+              ? par::SendHidden(*comm, next, hidden.data(), N, H, static_cast<uint32_t>(l))
+              : par::RecvHidden(*comm, owner, hidden.data(), N, H, static_cast<uint32_t>(l));
+      step.handoff_seconds += Seconds(t0, Clock::now());
+      if (!st.ok()) {
+        Add(&d.all, step);
+        return absl::Status(st.code(),
+                            absl::StrCat("layer ", l, " -> ", l + 1, " hand-off (rank ", me, ", peer rank ",
+                                         me == owner ? next : owner, "): ", st.message()));
+      }
+      (me == owner ? step.handoff_bytes_sent : step.handoff_bytes_received) += bytes;
     }
   }
   for (const auto& it : batch) it.seq->n_past += it.n_tok;
@@ -85,6 +230,12 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
   if (pl.layer_owner.back() == me) {
     logits->resize(rows.size() * c.n_vocab);
     Logits(hidden.data(), rows, logits->data());
+  }
+  Add(&d.all, step);
+  if (decode) Add(&d.decode, step);
+  if (d.log_every > 0 && d.all.steps % d.log_every == 0) {
+    Log(me, world, "all", d.all);
+    Log(me, world, "decode", d.decode);
   }
   return absl::OkStatus();
 }
