@@ -2,7 +2,9 @@
 # Several worker processes on loopback (serve --local-workers N, Gloo between them): greedy
 # output equals the single-process output with requests in flight concurrently; killing a
 # worker fails the running request with UNAVAILABLE within 2 s, health goes NOT_SERVING, and a
-# restarted worker rejoins and the daemon serves the same output again.
+# restarted worker rejoins and the daemon serves the same output again. The same with workers
+# started by hand that register with `coordinator --expect-workers 3` (planned placement, --rank,
+# a restarted worker takes over its slot), a plan that cannot fit, and --device cuda:0 without a GPU.
 set -uo pipefail
 R=$1
 T=$(mktemp -d)
@@ -79,3 +81,89 @@ grep -q "serving again" "$T/serve-qwen35moe-3.log" || fail "the daemon did not r
 "$R" generate --model "$T/qwen35moe.gguf" --prompt-ids "${PROMPTS[0]}" --max-tokens 12 --temperature 0 --threads 1 --stop-at-eos >"$T/want-again" 2>/dev/null
 cmp -s "$T/again" "$T/want-again" || fail "after the rejoin: got '$(cat "$T/again")' want '$(cat "$T/want-again")'"
 echo "ok: restarted worker rejoined; output unchanged"
+
+# Workers started by hand register with `coordinator --expect-workers 3` (the placement planner
+# picks layer ranges and experts from the tensor table and the workers' memory). Two register in
+# order, the third asks for --rank 0: pipeline order third, first, second.
+MODEL="$T/qwen35moe.gguf"
+CPORT=$(free_port)
+"$R" coordinator --listen "127.0.0.1:$CPORT" --expect-workers 3 --metrics-port -1 >"$T/coord.log" 2>&1 &
+PIDS+=("$!")
+WCMD=(worker --coordinator "127.0.0.1:$CPORT" --model "$MODEL" --threads 1)
+WP=()
+start_worker() {  # index, extra args...
+  local i=$1; shift
+  "$R" "${WCMD[@]}" "$@" >"$T/worker$i.log" 2>&1 &
+  WP[$i]=$!
+  PIDS+=("$!")
+}
+worker_addr() { sed -n 's/.* as \([0-9.:]*\)$/\1/p' "$T/worker$1.log" | tail -1; }
+for i in 0 1 2; do
+  if [ "$i" = 2 ]; then start_worker 2 --rank 0; else start_worker "$i"; fi
+  for _ in $(seq 1 300); do grep -q "worker $((i + 1))/3 registered" "$T/coord.log" && break; sleep 0.1; done
+  grep -q "worker $((i + 1))/3 registered" "$T/coord.log" || fail "worker $i did not register"
+done
+wait_serving "$T/coord.log"
+ORDER="pipeline order 0: $(worker_addr 2), 1: $(worker_addr 0), 2: $(worker_addr 1)"
+grep -q "$ORDER" "$T/coord.log" || fail "expected '$ORDER' in the coordinator's log"
+grep -q "placement of 3 workers (layer ranges planned" "$T/coord.log" || fail "no plan table logged"
+# Every worker owns at least one layer (the table's "layers" column: A-B).
+[ "$(grep -cE '^127\.0\.0\.1:[0-9]+ +[0-9]+-[0-9]+ ' "$T/coord.log")" -ge 3 ] || fail "a worker has no layers in the plan"
+i=0; cps=()
+for p in "${PROMPTS[@]}"; do
+  "$R" client generate --server "127.0.0.1:$CPORT" --prompt-ids "$p" --max-tokens 12 --temperature 0 >"$T/reg$i" 2>"$T/regclient$i.log" &
+  cps+=($!); i=$((i + 1))
+done
+wait "${cps[@]}"
+for j in $(seq 0 $((i - 1))); do
+  cmp -s "$T/want$j" "$T/reg$j" || fail "registered workers, prompt $j: got '$(cat "$T/reg$j")' want '$(cat "$T/want$j")'"
+done
+echo "ok: 3 workers registered (--rank honoured: $ORDER); planned placement; ${#PROMPTS[@]} concurrent requests match the single process"
+
+# Kill one mid-request, then restart it with the same command: it registers again (a new
+# port), takes over its slot, the group re-forms, and the output is unchanged.
+"$R" client generate --server "127.0.0.1:$CPORT" --prompt-ids "1 2 3" --max-tokens 30000 --temperature 0 \
+  >"$T/reglong.out" 2>"$T/reglong.err" &
+CP=$!
+sleep 0.5
+kill -9 "${WP[0]}"
+T0=$(date +%s.%N)
+wait "$CP"; RC=$?
+T1=$(date +%s.%N)
+[ "$RC" -ne 0 ] || fail "the request survived its worker's death (registered workers)"
+grep -q UNAVAILABLE "$T/reglong.err" || fail "expected UNAVAILABLE, got: $(cat "$T/reglong.err")"
+python3 -c "import sys; d=$T1-$T0; print('registered: request failed %.3f s after the kill' % d); sys.exit(0 if d < 2.0 else 1)" || fail "too slow"
+for _ in $(seq 1 50); do grep -q "NOT_SERVING (a worker is down)" "$T/coord.log" && break; sleep 0.1; done
+grep -q "NOT_SERVING (a worker is down)" "$T/coord.log" || fail "health did not go NOT_SERVING (registered workers)"
+OLD=$(worker_addr 0)
+start_worker 0
+for _ in $(seq 1 300); do grep -q "serving again" "$T/coord.log" && break; sleep 0.1; done
+grep -q "serving again" "$T/coord.log" || fail "the coordinator did not recover after the worker registered again"
+grep -q "takes over slot 1 from $OLD" "$T/coord.log" || fail "the restarted worker did not take over slot 1"
+"$R" client generate --server "127.0.0.1:$CPORT" --prompt-ids "${PROMPTS[0]}" --max-tokens 12 --temperature 0 >"$T/regagain" 2>/dev/null
+cmp -s "$T/regagain" "$T/want0" || fail "after re-registration: got '$(cat "$T/regagain")' want '$(cat "$T/want0")'"
+echo "ok: registered worker killed -> UNAVAILABLE, NOT_SERVING; restarted, it took over slot 1 ($OLD -> $(worker_addr 0)); output unchanged"
+
+# A model that cannot fit is refused with the planner's numbers; a GPU device on a build or
+# machine without one is refused with the reason.
+RPORT=$(free_port)
+"$R" coordinator --listen "127.0.0.1:$RPORT" --expect-workers 2 --metrics-port -1 --context 100000000 >"$T/refuse.log" 2>&1 &
+RCP=$!
+PIDS+=("$RCP")
+for i in 3 4; do
+  "$R" worker --coordinator "127.0.0.1:$RPORT" --model "$MODEL" --threads 1 >"$T/worker$i.log" 2>&1 &
+  PIDS+=("$!")
+done
+for _ in $(seq 1 300); do kill -0 "$RCP" 2>/dev/null || break; sleep 0.1; done
+wait "$RCP"; RC=$?
+[ "$RC" -eq 1 ] || fail "the coordinator should refuse a plan that cannot fit (exit $RC)"
+grep -q "placement: plan refused: .*context 100000000 x 25 slots.* B .*short by" "$T/refuse.log" \
+  || fail "no planner refusal with numbers: $(tail -3 "$T/refuse.log")"
+echo "ok: a plan that cannot fit is refused: $(grep -o 'plan refused: [^;]*' "$T/refuse.log" | cut -c1-160)..."
+if "$R" worker --coordinator 127.0.0.1:1 --device cuda:0 --model "$MODEL" >"$T/nogpu.log" 2>&1; then
+  echo "note: this machine has a usable GPU; --device cuda:0 started"  # not reached on CPU hosts
+else
+  grep -qE "device cuda:0: (this rigserve was built without CUDA|no usable GPU|GPU 0 cannot be used)" "$T/nogpu.log" \
+    || fail "--device cuda:0 without a GPU: unclear error: $(cat "$T/nogpu.log")"
+  echo "ok: --device cuda:0 without a GPU: $(grep -o 'device cuda:0: .*' "$T/nogpu.log" | cut -c1-100)"
+fi
