@@ -1,5 +1,12 @@
-// The CUDA backend of the Qwen3.5 model. Built only with CUDA (RIGSERVE_HAVE_CUDA); without it
-// CreateCudaBackend says so.
+// The CUDA backend of the Qwen3.5 model (--backend cuda): the weights bound by Model::Bind are
+// uploaded once at load (one cudaMalloc per tensor, refused up front with the numbers when they
+// do not fit), each sequence keeps its KV cache and DeltaNet state on the device, and Forward
+// runs the same steps as the CPU forward pass in model.cc with the ops of kernels/cuda (every
+// one tested against its CPU reference). Steps of more than kMaxStepTokens tokens run as
+// several sub-steps; no allocation happens inside a step unless a sequence outgrows the
+// context it was sized for (then its cache doubles, and the log says so).
+//
+// Built only with CUDA (RIGSERVE_HAVE_CUDA); without it CreateCudaBackend says so.
 #include "worker/model_internal.h"
 
 #ifndef RIGSERVE_HAVE_CUDA
@@ -11,9 +18,687 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model&) {
 }
 }  // namespace rs
 #else
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/cuda_glue.h"
+#include "kernels/cuda/cuda_ops.h"
+
 namespace rs {
-absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model&) {
-  return absl::UnimplementedError("the cuda model backend is being written");
+
+#define RS_CU(expr)                               \
+  do {                                            \
+    if (absl::Status st_ = (expr); !st_.ok()) return st_; \
+  } while (0)
+
+namespace {
+
+constexpr int64_t kMaxStepTokens = 512;  // tokens per device sub-step
+constexpr int64_t kMaxLogitRows = 64;    // LM-head rows per launch
+
+size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// Device weights of one layer (same fields as Model::Layer, device pointers).
+struct DevLayer {
+  LayerKind kind = LayerKind::kDeltaNet;
+  const float* attn_norm = nullptr;
+  const float* post_norm = nullptr;
+  WeightView wq, wk, wv, wo;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  WeightView qkv, gate, beta, alpha, ssm_out;
+  const float* conv1d = nullptr;
+  const float* dt_bias = nullptr;
+  const float* ssm_a = nullptr;
+  const float* ssm_norm = nullptr;
+  WeightView ffn_gate, ffn_up, ffn_down;
+  WeightView router, gate_exps, up_exps, down_exps;
+  bool fused_gate_up = false;
+  WeightView shexp_gate_inp, shexp_gate, shexp_up, shexp_down;
+};
+
+}  // namespace
+
+class CudaModel;
+
+// One sequence's device state: [conv states][ssm states][K and V caches of `cap` positions].
+class CudaSeqState : public SeqState::DeviceState {
+ public:
+  CudaSeqState(CudaModel* m) : m_(m) {}
+  void reset() override;
+  std::unique_ptr<DeviceState> clone() const override;
+
+  CudaModel* m_;
+  cuda::DeviceBuffer buf;
+  int64_t cap = 0;
+};
+
+class CudaModel : public CudaBackend {
+ public:
+  explicit CudaModel(const Model& m) : m_(m), c_(m.cfg_) {}
+  ~CudaModel() override {
+    if (stream_) cuda::destroy_stream(stream_);
+  }
+
+  absl::Status Init();
+  std::unique_ptr<SeqState::DeviceState> NewState(int64_t reserve_ctx) override;
+  absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) override;
+
+  // Layout of a sequence's device buffer.
+  size_t state_bytes() const { return state_bytes_; }
+  size_t kv_row() const { return kv_row_; }
+  size_t seq_bytes(int64_t cap) const {
+    return state_bytes_ + 2 * n_attn_ * Align256(kv_row_ * static_cast<size_t>(cap));
+  }
+  float* conv(CudaSeqState* s, int64_t i) const {
+    return reinterpret_cast<float*>(static_cast<uint8_t*>(s->buf.get()) + i * conv_bytes_);
+  }
+  float* ssm(CudaSeqState* s, int64_t i) const {
+    return reinterpret_cast<float*>(static_cast<uint8_t*>(s->buf.get()) + n_dn_ * conv_bytes_ +
+                                    i * ssm_bytes_);
+  }
+  uint8_t* kv(void* base, int64_t cap, int64_t i, int which) const {
+    return static_cast<uint8_t*>(base) + state_bytes_ +
+           (2 * i + which) * Align256(kv_row_ * static_cast<size_t>(cap));
+  }
+  cuda::Stream stream() const { return stream_; }
+  absl::Status Grow(CudaSeqState* s, int64_t n_past, int64_t need);
+
+ private:
+  struct Piece {
+    SeqState* seq;
+    const int32_t* tokens;
+    int64_t n;
+    int rows;  // 0: no logits, 1: last token, 2: every token
+  };
+  absl::StatusOr<const void*> Upload(const void* host, size_t bytes);
+  absl::Status UploadMatrix(const WeightView& w, WeightView* out);
+  absl::Status UploadVec(const float* host, int64_t n, const float** out);
+  absl::Status Step(const std::vector<Piece>& pieces, std::vector<float>* logits);
+  // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
+  absl::Status Mm(const WeightView& w, const float* x, int64_t n, float* y);
+  // Several matrices reading the same activations (quantised once for decode).
+  absl::Status MmGroup(const float* x, int64_t n, int64_t cols,
+                       std::initializer_list<std::pair<const WeightView*, float*>> outs);
+  absl::Status Attention(const DevLayer& L, int64_t ai, const std::vector<Piece>& ps, int64_t N);
+  absl::Status DeltaNet(const DevLayer& L, int64_t di, const std::vector<Piece>& ps, int64_t N);
+  absl::Status Ffn(const DevLayer& L, int64_t N);
+  float* F(size_t off) const {
+    return reinterpret_cast<float*>(static_cast<uint8_t*>(ws_.get()) + off);
+  }
+
+  const Model& m_;
+  const ModelConfig& c_;
+  int device_ = 0;
+  cuda::Stream stream_ = nullptr;
+  std::map<const void*, cuda::DeviceBuffer> uploads_;  // host pointer -> device copy
+  size_t uploaded_bytes_ = 0;
+  std::vector<DevLayer> layers_;
+  WeightView token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  std::vector<int64_t> attn_slot_, dn_slot_;  // layer -> index (or -1)
+  int64_t n_attn_ = 0, n_dn_ = 0;
+  size_t conv_bytes_ = 0, ssm_bytes_ = 0, state_bytes_ = 0, kv_row_ = 0;
+  GgmlType kv_type_ = GgmlType::F16;
+
+  // Workspace (offsets into ws_), sized for kMaxStepTokens.
+  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_;
+  size_t o_hidden_ = 0, o_a_ = 0, o_m_ = 0, o_x1_ = 0, o_x2_ = 0, o_x3_ = 0, o_x4_ = 0,
+         o_x5_ = 0, o_x6_ = 0, o_x7_ = 0, o_x8_ = 0, o_x9_ = 0, o_logits_ = 0;
+  int32_t* d_tokens_ = nullptr;
+  int64_t* d_pos_ = nullptr;
+  int32_t* d_ids_ = nullptr;
+  float* d_w_ = nullptr;
+  std::vector<float> host_rows_;
+};
+
+void CudaSeqState::reset() {
+  // The recurrent states start at zero; the KV cache is overwritten as positions are appended.
+  (void)cuda::fill_bytes(buf.get(), 0, m_->state_bytes(), m_->stream());
+  (void)cuda::synchronize(m_->stream());
 }
+
+std::unique_ptr<SeqState::DeviceState> CudaSeqState::clone() const {
+  auto s = std::make_unique<CudaSeqState>(m_);
+  auto b = cuda::DeviceBuffer::alloc(buf.size());
+  if (!b.ok()) {
+    std::fprintf(stderr, "rigserve: cuda: cannot copy a sequence state: %s\n",
+                 std::string(b.status().message()).c_str());
+    return nullptr;
+  }
+  s->buf = std::move(*b);
+  s->cap = cap;
+  (void)cuda::copy_device(s->buf.get(), buf.get(), buf.size(), m_->stream());
+  (void)cuda::synchronize(m_->stream());
+  return s;
+}
+
+absl::StatusOr<const void*> CudaModel::Upload(const void* host, size_t bytes) {
+  auto it = uploads_.find(host);
+  if (it != uploads_.end()) {
+    if (it->second.size() < bytes)
+      return absl::InternalError("cuda upload: one host tensor bound with two sizes");
+    return it->second.get();
+  }
+  auto b = cuda::DeviceBuffer::alloc(std::max<size_t>(bytes, 16));
+  if (!b.ok())
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cuda: allocating %d bytes for weights failed after %.2f GB: %s", bytes,
+        uploaded_bytes_ / 1e9, b.status().message()));
+  RS_CU(cuda::copy_to_device(b->get(), host, bytes, stream_));
+  uploaded_bytes_ += bytes;
+  const void* d = b->get();
+  uploads_.emplace(host, std::move(*b));
+  return d;
+}
+
+absl::Status CudaModel::UploadMatrix(const WeightView& w, WeightView* out) {
+  *out = w;
+  if (!w.data) return absl::OkStatus();
+  if (!cuda::cuda_supports(w.type))
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda backend: weight type ", type_name(w.type), " has no CUDA kernel"));
+  auto d = Upload(w.data, w.row_stride * static_cast<size_t>(w.rows));
+  if (!d.ok()) return d.status();
+  out->data = *d;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::UploadVec(const float* host, int64_t n, const float** out) {
+  *out = nullptr;
+  if (!host) return absl::OkStatus();
+  auto d = Upload(host, static_cast<size_t>(n) * 4);
+  if (!d.ok()) return d.status();
+  *out = static_cast<const float*>(*d);
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Init() {
+  device_ = m_.opts_.cuda_device;
+  std::string why;
+  if (!cuda::cuda_available(&why))
+    return absl::FailedPreconditionError(
+        absl::StrCat("--backend cuda: no usable GPU on this machine (", why, ")"));
+  auto info = cuda::device_info(device_);  // also makes it the current device
+  if (!info.ok())
+    return absl::FailedPreconditionError(absl::StrCat("--backend cuda: device ", device_, ": ",
+                                                      info.status().message()));
+  auto s = cuda::create_stream();
+  if (!s.ok()) return s.status();
+  stream_ = *s;
+  kv_type_ = m_.kv_type_;
+  const int64_t H = c_.n_embd;
+
+  // Weight bytes first, so that a model that cannot fit is refused before any copy.
+  uint64_t need = 0;
+  auto mb = [](const WeightView& w) -> uint64_t { return w.data ? w.row_stride * w.rows : 0; };
+  need += mb(m_.token_embd_) + (m_.output_.data != m_.token_embd_.data ? mb(m_.output_) : 0);
+  for (const auto& L : m_.layers_)
+    need += mb(L.wq) + mb(L.wk) + mb(L.wv) + mb(L.wo) + mb(L.qkv) + mb(L.gate) + mb(L.beta) +
+            mb(L.alpha) + mb(L.ssm_out) + mb(L.ffn_gate) + mb(L.ffn_up) + mb(L.ffn_down) +
+            mb(L.router) + mb(L.gate_exps) + mb(L.up_exps) + mb(L.down_exps) +
+            mb(L.shexp_gate_inp) + mb(L.shexp_gate) + mb(L.shexp_up) + mb(L.shexp_down);
+  const uint64_t reserve = uint64_t{1} << 30;  // workspace, states, CUDA context
+  if (need + reserve > info->free_mem)
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "--backend cuda: the weights need %.2f GiB (+%.2f GiB workspace) but %s has %.2f GiB "
+        "free of %.2f GiB",
+        need / 1073741824.0, reserve / 1073741824.0, info->name, info->free_mem / 1073741824.0,
+        info->total_mem / 1073741824.0));
+  std::fprintf(stderr, "rigserve: cuda: %s (sm_%d%d, %.1f GiB free); uploading %.2f GiB of weights\n",
+               info->name.c_str(), info->cc_major, info->cc_minor,
+               info->free_mem / 1073741824.0, need / 1073741824.0);
+
+  RS_CU(UploadMatrix(m_.token_embd_, &token_embd_));
+  RS_CU(UploadMatrix(m_.output_, &output_));
+  RS_CU(UploadVec(m_.output_norm_, H, &output_norm_));
+  const int64_t hd = c_.head_dim, nh = c_.n_head, nkv = c_.n_head_kv;
+  const int64_t CD = c_.conv_dim(), VD = c_.value_dim(), KD = c_.key_dim();
+  layers_.resize(c_.n_layer);
+  for (int64_t i = 0; i < c_.n_layer; ++i) {
+    const Model::Layer& L = m_.layers_[i];
+    DevLayer& D = layers_[i];
+    D.kind = L.kind;
+    D.fused_gate_up = L.fused_gate_up;
+    RS_CU(UploadVec(L.attn_norm, H, &D.attn_norm));
+    RS_CU(UploadVec(L.post_norm, H, &D.post_norm));
+    if (L.kind == LayerKind::kAttention) {
+      if (hd != 32 && hd != 64 && hd != 128 && hd != 256)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--backend cuda: attention head_dim ", hd, " (the CUDA kernel supports 32, 64, 128, 256)"));
+      RS_CU(UploadMatrix(L.wq, &D.wq));
+      RS_CU(UploadMatrix(L.wk, &D.wk));
+      RS_CU(UploadMatrix(L.wv, &D.wv));
+      RS_CU(UploadMatrix(L.wo, &D.wo));
+      RS_CU(UploadVec(L.q_norm, hd, &D.q_norm));
+      RS_CU(UploadVec(L.k_norm, hd, &D.k_norm));
+    } else {
+      if ((c_.dk != 32 && c_.dk != 64 && c_.dk != 128) || c_.dv % 32 != 0)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--backend cuda: DeltaNet head sizes dk = ", c_.dk, ", dv = ", c_.dv,
+            " (the CUDA kernel supports dk 32, 64, 128 and dv a multiple of 32)"));
+      RS_CU(UploadMatrix(L.qkv, &D.qkv));
+      RS_CU(UploadMatrix(L.gate, &D.gate));
+      RS_CU(UploadMatrix(L.beta, &D.beta));
+      RS_CU(UploadMatrix(L.alpha, &D.alpha));
+      RS_CU(UploadMatrix(L.ssm_out, &D.ssm_out));
+      RS_CU(UploadVec(L.conv1d, CD * c_.conv_kernel, &D.conv1d));
+      RS_CU(UploadVec(L.dt_bias, c_.Hv, &D.dt_bias));
+      RS_CU(UploadVec(L.ssm_a, c_.Hv, &D.ssm_a));
+      RS_CU(UploadVec(L.ssm_norm, c_.dv, &D.ssm_norm));
+    }
+    RS_CU(UploadMatrix(L.ffn_gate, &D.ffn_gate));
+    RS_CU(UploadMatrix(L.ffn_up, &D.ffn_up));
+    RS_CU(UploadMatrix(L.ffn_down, &D.ffn_down));
+    RS_CU(UploadMatrix(L.router, &D.router));
+    RS_CU(UploadMatrix(L.gate_exps, &D.gate_exps));
+    RS_CU(UploadMatrix(L.up_exps, &D.up_exps));
+    RS_CU(UploadMatrix(L.down_exps, &D.down_exps));
+    RS_CU(UploadMatrix(L.shexp_gate_inp, &D.shexp_gate_inp));
+    RS_CU(UploadMatrix(L.shexp_gate, &D.shexp_gate));
+    RS_CU(UploadMatrix(L.shexp_up, &D.shexp_up));
+    RS_CU(UploadMatrix(L.shexp_down, &D.shexp_down));
+  }
+  if (c_.moe && (c_.n_expert > 1024 || c_.n_expert_used > 32))
+    return absl::InvalidArgumentError(absl::StrCat("--backend cuda: ", c_.n_expert, " experts, ",
+                                                   c_.n_expert_used,
+                                                   " used (the CUDA router supports 1024 / 32)"));
+  RS_CU(cuda::synchronize(stream_));
+
+  attn_slot_.assign(c_.n_layer, -1);
+  dn_slot_.assign(c_.n_layer, -1);
+  for (int64_t i = 0; i < c_.n_layer; ++i) {
+    if (c_.layers[i] == LayerKind::kAttention)
+      attn_slot_[i] = n_attn_++;
+    else
+      dn_slot_[i] = n_dn_++;
+  }
+  conv_bytes_ = Align256(static_cast<size_t>((c_.conv_kernel - 1) * CD) * 4);
+  ssm_bytes_ = Align256(static_cast<size_t>(c_.Hv * c_.dk * c_.dv) * 4);
+  state_bytes_ = n_dn_ * (conv_bytes_ + ssm_bytes_);
+  kv_row_ = row_bytes(kv_type_, nkv * hd);
+
+  // Workspace for kMaxStepTokens tokens.
+  const int64_t N = kMaxStepTokens, k = std::max<int64_t>(1, c_.n_expert_used);
+  const int64_t I = c_.n_ff_exp, Is = c_.n_ff_shexp;
+  const int64_t w_attn = std::max({2 * nh * hd, CD, 2 * k * I + k * I, 2 * c_.n_ff});
+  size_t off = 0;
+  auto take = [&](int64_t floats) {
+    const size_t o = off;
+    off += Align256(static_cast<size_t>(std::max<int64_t>(floats, 1)) * 4);
+    return o;
+  };
+  o_hidden_ = take(N * H);
+  o_a_ = take(N * H);
+  o_m_ = take(N * H);
+  o_x1_ = take(N * w_attn);                                            // qg | u | experts' gate/up
+  o_x2_ = take(N * std::max({nh * hd, KD, c_.n_expert, Is, c_.n_ff})); // q | router | g1
+  o_x3_ = take(N * std::max({nh * hd, VD, k * I, Is}));                // gate | z | swiglu out
+  o_x4_ = take(N * std::max({nkv * hd, KD, H}));                       // kk | k | shared down
+  o_x5_ = take(N * std::max({nkv * hd, VD, int64_t{1}}));              // vv | v | shared gate
+  o_x6_ = take(N * std::max({nh * hd, VD}));                           // y
+  o_x7_ = take(N * std::max({CD, c_.n_ff}));                           // cv | u1
+  o_x8_ = take(N * std::max<int64_t>(4 * c_.Hv, 1));                   // b, al, g, beta
+  o_x9_ = take(N * std::max({VD, Is}));                                // o | shared swiglu
+  o_logits_ = take(kMaxLogitRows * c_.n_vocab);
+  auto ws = cuda::DeviceBuffer::alloc(off);
+  if (!ws.ok()) return ws.status();
+  ws_ = std::move(*ws);
+  const int64_t max_cols = std::max({H, nh * hd, VD, I, Is, c_.n_ff});
+  auto act = cuda::DeviceBuffer::alloc(cuda::act_q8_bytes(max_cols, std::max<int64_t>(N * k, 8)));
+  if (!act.ok()) return act.status();
+  act_ws_ = std::move(*act);
+  auto tok = cuda::DeviceBuffer::alloc(Align256(N * 4) + Align256(N * 8) + 2 * Align256(N * k * 4));
+  if (!tok.ok()) return tok.status();
+  tok_ws_ = std::move(*tok);
+  uint8_t* t = static_cast<uint8_t*>(tok_ws_.get());
+  d_tokens_ = reinterpret_cast<int32_t*>(t);
+  d_pos_ = reinterpret_cast<int64_t*>(t + Align256(N * 4));
+  d_ids_ = reinterpret_cast<int32_t*>(t + Align256(N * 4) + Align256(N * 8));
+  d_w_ = reinterpret_cast<float*>(t + Align256(N * 4) + Align256(N * 8) + Align256(N * k * 4));
+  if (n_attn_ > 0) {
+    auto aw = cuda::DeviceBuffer::alloc(
+        cuda::attention_workspace_bytes(N, nh, hd, std::max<int64_t>(m_.opts_.cuda_ctx, N)));
+    if (!aw.ok()) return aw.status();
+    attn_ws_ = std::move(*aw);
+  }
+  std::fprintf(stderr,
+               "rigserve: cuda: %.2f GiB of weights on the device; workspace %.1f MiB; KV %s, "
+               "%zu bytes per position and layer\n",
+               uploaded_bytes_ / 1073741824.0,
+               (ws_.size() + act_ws_.size() + attn_ws_.size() + tok_ws_.size()) / 1048576.0,
+               type_name(kv_type_), 2 * kv_row_);
+  return absl::OkStatus();
+}
+
+std::unique_ptr<SeqState::DeviceState> CudaModel::NewState(int64_t reserve_ctx) {
+  cudaSetDevice(device_);
+  auto s = std::make_unique<CudaSeqState>(this);
+  const int64_t cap = std::max<int64_t>(reserve_ctx, m_.opts_.cuda_ctx > 0 ? m_.opts_.cuda_ctx : 4096);
+  auto b = cuda::DeviceBuffer::alloc(seq_bytes(cap));
+  if (!b.ok()) {
+    std::fprintf(stderr, "rigserve: cuda: a sequence state of %.1f MiB (%lld positions): %s\n",
+                 seq_bytes(cap) / 1048576.0, static_cast<long long>(cap),
+                 std::string(b.status().message()).c_str());
+    return nullptr;
+  }
+  s->buf = std::move(*b);
+  s->cap = cap;
+  s->reset();
+  return s;
+}
+
+absl::Status CudaModel::Grow(CudaSeqState* s, int64_t n_past, int64_t need) {
+  if (need <= s->cap) return absl::OkStatus();
+  int64_t cap = std::max<int64_t>(s->cap, 1);
+  while (cap < need) cap *= 2;
+  auto b = cuda::DeviceBuffer::alloc(seq_bytes(cap));
+  if (!b.ok())
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cuda: growing a sequence's KV cache to %d positions (%.1f MiB): %s", cap,
+        seq_bytes(cap) / 1048576.0, b.status().message()));
+  std::fprintf(stderr, "rigserve: cuda: a sequence outgrew %lld positions; KV cache now %lld\n",
+               static_cast<long long>(s->cap), static_cast<long long>(cap));
+  RS_CU(cuda::copy_device(b->get(), s->buf.get(), state_bytes_, stream_));
+  for (int64_t i = 0; i < n_attn_; ++i)
+    for (int which = 0; which < 2; ++which)
+      RS_CU(cuda::copy_device(kv(b->get(), cap, i, which), kv(s->buf.get(), s->cap, i, which),
+                              kv_row_ * static_cast<size_t>(n_past), stream_));
+  RS_CU(cuda::synchronize(stream_));
+  s->buf = std::move(*b);
+  s->cap = cap;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Mm(const WeightView& w, const float* x, int64_t n, float* y) {
+  if (n > cuda::kMaxMatvecTokens && w.rows < 16) {
+    // Thin matrices (the shared expert's gate: one row) run as matvecs of up to 8 tokens.
+    for (int64_t t0 = 0; t0 < n; t0 += cuda::kMaxMatvecTokens) {
+      const int64_t nt = std::min(cuda::kMaxMatvecTokens, n - t0);
+      RS_CU(cuda::matmul(w, x + t0 * w.cols, w.cols, nt, y + t0 * w.rows, w.rows, act_ws_.get(),
+                         act_ws_.size(), stream_));
+    }
+    return absl::OkStatus();
+  }
+  return cuda::matmul(w, x, w.cols, n, y, w.rows, act_ws_.get(), act_ws_.size(), stream_);
+}
+
+absl::Status CudaModel::MmGroup(const float* x, int64_t n, int64_t cols,
+                                std::initializer_list<std::pair<const WeightView*, float*>> outs) {
+  if (n > cuda::kMaxMatvecTokens) {
+    for (const auto& [w, y] : outs) RS_CU(Mm(*w, x, n, y));
+    return absl::OkStatus();
+  }
+  bool q8 = false;
+  for (const auto& [w, y] : outs) q8 = q8 || cuda::matvec_uses_q8(w->type);
+  cuda::DeviceAct a{x, cols, nullptr, nullptr, cols, n};
+  if (q8) RS_CU(cuda::quantize_act(x, cols, n, cols, act_ws_.get(), act_ws_.size(), &a, stream_));
+  for (const auto& [w, y] : outs) RS_CU(cuda::matvec(*w, a, y, w->rows, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vector<Piece>& ps,
+                                  int64_t N) {
+  const int64_t nh = c_.n_head, nkv = c_.n_head_kv, hd = c_.head_dim, H = c_.n_embd;
+  float* a = F(o_a_);
+  float* qg = F(o_x1_);
+  float* q = F(o_x2_);
+  float* gate = F(o_x3_);
+  float* kk = F(o_x4_);
+  float* vv = F(o_x5_);
+  float* y = F(o_x6_);
+  RS_CU(MmGroup(a, N, H, {{&L.wq, qg}, {&L.wk, kk}, {&L.wv, vv}}));
+  RS_CU(cuda::split_qgate(qg, N, nh, hd, q, gate, stream_));
+  RS_CU(cuda::rms_norm(q, L.q_norm, N * nh, hd, c_.eps, q, stream_));
+  RS_CU(cuda::rms_norm(kk, L.k_norm, N * nkv, hd, c_.eps, kk, stream_));
+  RS_CU(cuda::rope_neox(q, N, nh, hd, c_.rope_dims, d_pos_, c_.rope_theta, stream_));
+  RS_CU(cuda::rope_neox(kk, N, nkv, hd, c_.rope_dims, d_pos_, c_.rope_theta, stream_));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  int64_t r0 = 0;
+  for (const Piece& p : ps) {
+    auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+    const int64_t n_past = p.seq->n_past, T = p.n;
+    uint8_t* K = kv(st->buf.get(), st->cap, ai, 0);
+    uint8_t* V = kv(st->buf.get(), st->cap, ai, 1);
+    RS_CU(cuda::kv_store(kk + r0 * nkv * hd, T, nkv * hd, kv_type_, K + n_past * kv_row_, kv_row_,
+                         stream_));
+    RS_CU(cuda::kv_store(vv + r0 * nkv * hd, T, nkv * hd, kv_type_, V + n_past * kv_row_, kv_row_,
+                         stream_));
+    const size_t need = cuda::attention_workspace_bytes(T, nh, hd, n_past);
+    if (need > attn_ws_.size()) {
+      RS_CU(cuda::synchronize(stream_));
+      auto b = cuda::DeviceBuffer::alloc(need);
+      if (!b.ok()) return b.status();
+      attn_ws_ = std::move(*b);
+    }
+    const KvView kview{kv_type_, K, nkv, hd, kv_row_};
+    const KvView vview{kv_type_, V, nkv, hd, kv_row_};
+    RS_CU(cuda::attention(q + r0 * nh * hd, T, nh, hd, kview, vview, n_past, scale,
+                          y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_));
+    r0 += T;
+  }
+  RS_CU(cuda::mul_sigmoid(y, gate, N * nh * hd, stream_));
+  return Mm(L.wo, y, N, F(o_m_));
+}
+
+absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vector<Piece>& ps,
+                                 int64_t N) {
+  const int64_t H = c_.n_embd, CD = c_.conv_dim(), KD = c_.key_dim(), VD = c_.value_dim();
+  const int64_t Hk = c_.Hk, Hv = c_.Hv, dk = c_.dk, dv = c_.dv;
+  float* a = F(o_a_);
+  float* u = F(o_x1_);
+  float* q = F(o_x2_);
+  float* z = F(o_x3_);
+  float* k = F(o_x4_);
+  float* v = F(o_x5_);
+  float* y = F(o_x6_);
+  float* cv = F(o_x7_);
+  float* b = F(o_x8_);
+  float* al = b + N * Hv;
+  float* g = al + N * Hv;
+  float* beta = g + N * Hv;
+  float* o = F(o_x9_);
+  RS_CU(MmGroup(a, N, H, {{&L.qkv, u}, {&L.gate, z}, {&L.beta, b}, {&L.alpha, al}}));
+  RS_CU(cuda::dn_gates(b, al, L.ssm_a, L.dt_bias, N, Hv, g, beta, stream_));
+  int64_t r0 = 0;
+  for (const Piece& p : ps) {
+    auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+    RS_CU(cuda::conv1d_silu(u + r0 * CD, p.n, CD, L.conv1d, c_.conv_kernel, conv(st, di),
+                            cv + r0 * CD, stream_));
+    r0 += p.n;
+  }
+  RS_CU(cuda::copy_rows(cv, CD, N, KD, q, KD, stream_));
+  RS_CU(cuda::copy_rows(cv + KD, CD, N, KD, k, KD, stream_));
+  RS_CU(cuda::copy_rows(cv + 2 * KD, CD, N, VD, v, VD, stream_));
+  RS_CU(cuda::l2_norm(q, N * Hk, dk, 1e-6f, stream_));
+  RS_CU(cuda::l2_norm(k, N * Hk, dk, 1e-6f, stream_));
+  RS_CU(cuda::scale_inplace(q, N * KD, 1.0f / std::sqrt(static_cast<float>(dk)), stream_));
+  r0 = 0;
+  for (const Piece& p : ps) {
+    auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+    const DeltaNetDims dims{p.n, Hk, Hv, dk, dv};
+    RS_CU(cuda::delta_rule(dims, q + r0 * KD, k + r0 * KD, v + r0 * VD, g + r0 * Hv,
+                           beta + r0 * Hv, ssm(st, di), o + r0 * VD, stream_));
+    r0 += p.n;
+  }
+  RS_CU(cuda::rms_norm_gated(o, L.ssm_norm, z, N * Hv, dv, c_.eps, y, stream_));
+  return Mm(L.ssm_out, y, N, F(o_m_));
+}
+
+absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
+  const int64_t H = c_.n_embd;
+  float* f = F(o_a_);
+  float* out = F(o_m_);
+  if (!c_.moe) {
+    float* g = F(o_x2_);
+    float* u = F(o_x7_);
+    RS_CU(MmGroup(f, N, H, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
+    RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
+    return Mm(L.ffn_down, g, N, out);
+  }
+  const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp, Is = c_.n_ff_shexp;
+  float* logits = F(o_x2_);
+  RS_CU(Mm(L.router, f, N, logits));
+  RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
+  // Routed experts, token by token: gate/up of the k selected experts in one launch each, then
+  // down with the routing weights summed in a fixed order.
+  float* eg = F(o_x1_);            // [N][k][2I] fused, else gate [N][k][I]
+  float* eu = eg + N * k * I;      // up [N][k][I] (separate tensors)
+  float* eh = F(o_x3_);            // swiglu [N][k][I]
+  const bool up_q8 = cuda::matvec_uses_q8(L.gate_exps.type);
+  cuda::DeviceAct fa{f, H, nullptr, nullptr, H, N};
+  if (up_q8) RS_CU(cuda::quantize_act(f, H, N, H, act_ws_.get(), act_ws_.size(), &fa, stream_));
+  for (int64_t t = 0; t < N; ++t) {
+    cuda::DeviceAct at = fa;
+    at.x = f + t * H;
+    if (fa.q) {
+      at.q = fa.q + t * H;
+      at.ds = fa.ds + t * (H / 32) * 2;
+    }
+    at.n_tok = 1;
+    if (L.fused_gate_up) {
+      RS_CU(cuda::moe_matvec_up(L.gate_exps, 2 * I, d_ids_ + t * k, k, at, eg + t * k * 2 * I,
+                                stream_));
+    } else {
+      RS_CU(cuda::moe_matvec_up(L.gate_exps, I, d_ids_ + t * k, k, at, eg + t * k * I, stream_));
+      RS_CU(cuda::moe_matvec_up(L.up_exps, I, d_ids_ + t * k, k, at, eu + t * k * I, stream_));
+    }
+  }
+  if (L.fused_gate_up)
+    RS_CU(cuda::swiglu_rows(eg, 2 * I, eg + I, 2 * I, N * k, I, eh, stream_));
+  else
+    RS_CU(cuda::swiglu_rows(eg, I, eu, I, N * k, I, eh, stream_));
+  cuda::DeviceAct ha{eh, I, nullptr, nullptr, I, N * k};
+  if (cuda::matvec_uses_q8(L.down_exps.type))
+    RS_CU(cuda::quantize_act(eh, I, N * k, I, act_ws_.get(), act_ws_.size(), &ha, stream_));
+  for (int64_t t = 0; t < N; ++t) {
+    cuda::DeviceAct at = ha;
+    at.x = eh + t * k * I;
+    if (ha.q) {
+      at.q = ha.q + t * k * I;
+      at.ds = ha.ds + t * k * (I / 32) * 2;
+    }
+    at.n_tok = k;
+    RS_CU(cuda::moe_matvec_down(L.down_exps, H, d_ids_ + t * k, d_w_ + t * k, k, at, out + t * H,
+                                /*accumulate=*/false, stream_));
+  }
+  // Shared expert, gated by sigmoid(w . f).
+  float* sg = F(o_x5_);
+  float* sgu = F(o_x2_);  // the router logits are consumed
+  float* suu = F(o_x9_);
+  float* sd = F(o_x4_);
+  RS_CU(Mm(L.shexp_gate_inp, f, N, sg));
+  RS_CU(MmGroup(f, N, H, {{&L.shexp_gate, sgu}, {&L.shexp_up, suu}}));
+  RS_CU(cuda::swiglu(sgu, suu, N * Is, sgu, stream_));
+  RS_CU(Mm(L.shexp_down, sgu, N, sd));
+  return cuda::add_sigmoid_scaled(out, sd, sg, N, H, stream_);
+}
+
+absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* logits) {
+  const int64_t H = c_.n_embd, V = c_.n_vocab;
+  int64_t N = 0;
+  std::vector<int32_t> toks;
+  std::vector<int64_t> pos;
+  for (const Piece& p : ps) {
+    auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+    RS_CU(Grow(st, p.seq->n_past, p.seq->n_past + p.n));
+    for (int64_t t = 0; t < p.n; ++t) {
+      toks.push_back(p.tokens[t]);
+      pos.push_back(p.seq->n_past + t);
+    }
+    N += p.n;
+  }
+  RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
+  RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
+  float* hidden = F(o_hidden_);
+  float* a = F(o_a_);
+  float* m = F(o_m_);
+  RS_CU(cuda::embedding_lookup(token_embd_, d_tokens_, N, hidden, stream_));
+  for (int64_t l = 0; l < c_.n_layer; ++l) {
+    const DevLayer& L = layers_[l];
+    RS_CU(cuda::rms_norm(hidden, L.attn_norm, N, H, c_.eps, a, stream_));
+    if (L.kind == LayerKind::kAttention)
+      RS_CU(Attention(L, attn_slot_[l], ps, N));
+    else
+      RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
+    RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
+    RS_CU(cuda::rms_norm(hidden, L.post_norm, N, H, c_.eps, a, stream_));
+    RS_CU(Ffn(L, N));
+    RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
+  }
+  // Logits of the wanted rows, at most kMaxLogitRows per LM-head launch.
+  std::vector<int64_t> rows;
+  int64_t r0 = 0;
+  for (const Piece& p : ps) {
+    if (p.rows == 2)
+      for (int64_t t = 0; t < p.n; ++t) rows.push_back(r0 + t);
+    else if (p.rows == 1)
+      rows.push_back(r0 + p.n - 1);
+    r0 += p.n;
+  }
+  for (size_t i0 = 0; i0 < rows.size(); i0 += kMaxLogitRows) {
+    const int64_t n = std::min<int64_t>(kMaxLogitRows, static_cast<int64_t>(rows.size() - i0));
+    for (int64_t i = 0; i < n; ++i)
+      RS_CU(cuda::copy_device(a + i * H, hidden + rows[i0 + i] * H, H * 4, stream_));
+    RS_CU(cuda::rms_norm(a, output_norm_, n, H, c_.eps, a, stream_));
+    RS_CU(Mm(output_, a, n, F(o_logits_)));
+    const size_t old = logits->size();
+    logits->resize(old + n * V);
+    RS_CU(cuda::copy_to_host(logits->data() + old, F(o_logits_), n * V * 4, stream_));
+  }
+  for (const Piece& p : ps) p.seq->n_past += p.n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
+  cudaSetDevice(device_);
+  logits->clear();
+  std::vector<Piece> step;
+  int64_t in_step = 0;
+  for (const StepItem& it : batch) {
+    if (!it.seq->device)
+      return absl::FailedPreconditionError(
+          "cuda: sequence has no device state (its allocation failed; see the log)");
+    for (int64_t t0 = 0; t0 < it.n_tok;) {
+      if (in_step == kMaxStepTokens) {
+        RS_CU(Step(step, logits));
+        step.clear();
+        in_step = 0;
+      }
+      const int64_t n = std::min(it.n_tok - t0, kMaxStepTokens - in_step);
+      const bool last = t0 + n == it.n_tok;
+      step.push_back(Piece{it.seq, it.tokens + t0, n, it.all_logits ? 2 : (last ? 1 : 0)});
+      in_step += n;
+      t0 += n;
+      // A sequence appears once per sub-step: its next piece starts a new one.
+      if (!last) {
+        RS_CU(Step(step, logits));
+        step.clear();
+        in_step = 0;
+      }
+    }
+  }
+  if (!step.empty()) RS_CU(Step(step, logits));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m) {
+  auto b = std::make_unique<CudaModel>(m);
+  if (absl::Status st = b->Init(); !st.ok()) return st;
+  return std::unique_ptr<CudaBackend>(std::move(b));
+}
+
+#undef RS_CU
+
 }  // namespace rs
 #endif

@@ -1,0 +1,231 @@
+// The whole model on the GPU (--backend cuda), for bench/gpu_check.sh: batch-1 decode tokens/s at
+// a given context with the achieved fraction of the measured read bandwidth, prefill tokens/s
+// (512 and 8K prompts), and aggregate decode throughput with 8 and 32 concurrent sequences.
+// Weights are --synthetic models (valid random blocks; timing only, the numerics are
+// meaningless). Plain main() so that it runs on a bare GPU host with the carried libraries.
+//
+//   gpu_model_main [--models 35b-a3b:Q4_K_M,27b:Q4_K_M] [--ctx 4096] [--decode 32]
+//                  [--no-8k] [--batches 8,32]
+//
+// Times are wall-clock around Model::Forward, which returns once the logits are on the host
+// (so every step includes its device-to-host copy of the logits and the launch overheads: no
+// CUDA graph yet).
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "worker/model.h"
+#include "worker/synthetic.h"
+
+namespace rs {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+[[noreturn]] void Die(const std::string& what, const absl::Status& st) {
+  std::fprintf(stderr, "gpu_model_main: %s: %s\n", what.c_str(), st.ToString().c_str());
+  std::exit(1);
+}
+
+double ReadBandwidth() {
+  const size_t n = size_t{1} << 30;
+  auto a = cuda::DeviceBuffer::alloc(n);
+  auto b = cuda::DeviceBuffer::alloc(n);
+  auto sink = cuda::DeviceBuffer::alloc(4096 * 4);
+  if (!a.ok() || !b.ok() || !sink.ok()) Die("bandwidth buffers", a.status());
+  (void)cuda::fill_random(a->get(), n, 1);
+  (void)cuda::fill_random(b->get(), n, 2);
+  cuda::EventTimer t;
+  (void)cuda::read_sweep(a->get(), n, sink->as<float>());
+  (void)t.start();
+  const int reps = 10;
+  for (int i = 0; i < reps; ++i) (void)cuda::read_sweep(i % 2 ? a->get() : b->get(), n, sink->as<float>());
+  (void)t.stop();
+  auto ms = t.elapsed_ms();
+  if (!ms.ok()) Die("bandwidth timer", ms.status());
+  return double(n) * reps / (*ms * 1e-3) / 1e9;
+}
+
+std::vector<int32_t> Ids(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> v(n);
+  for (auto& t : v) t = static_cast<int32_t>(rng() % std::min<int64_t>(vocab, 100000));
+  return v;
+}
+
+int32_t Argmax(const float* x, int64_t n) {
+  int64_t b = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[b]) b = i;
+  return static_cast<int32_t>(b);
+}
+
+struct Row {
+  std::string model;
+  double weights_gb = 0, mb_per_tok = 0, load_s = 0;
+  double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, frac = 0;
+  std::vector<std::pair<int, double>> batch;
+};
+
+// Feeds `ids` in one Forward (the model splits it into device sub-steps); returns seconds.
+double Prefill(Model& m, SeqState* s, const std::vector<int32_t>& ids) {
+  std::vector<float> logits;
+  StepItem it{s, ids.data(), static_cast<int64_t>(ids.size()), false};
+  const double t0 = Now();
+  if (auto st = m.Forward({&it, 1}, &logits); !st.ok()) Die("prefill", st);
+  return Now() - t0;
+}
+
+Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
+        const std::vector<int>& batches, double bw) {
+  Row r;
+  r.model = spec;
+  double t0 = Now();
+  auto f = MakeSyntheticModel(spec, 1);
+  if (!f.ok()) Die("synthetic " + spec, f.status());
+  ModelOptions o;
+  o.backend = Backend::kCuda;
+  o.cuda_ctx = ctx + n_decode + 16;
+  auto m = Model::Load(std::shared_ptr<const gguf::File>(std::move(*f)), o);
+  if (!m.ok()) Die("load " + spec, m.status());
+  r.load_s = Now() - t0;
+  Model& model = **m;
+  const int64_t V = model.config().n_vocab;
+  r.mb_per_tok = model.active_weight_bytes_per_token() / 1e6;
+  std::printf("[%s] loaded in %.1f s; %.1f MB of weights read per decoded token\n", spec.c_str(),
+              r.load_s, r.mb_per_tok);
+  std::fflush(stdout);
+
+  {  // warm-up + prefill 512
+    auto s = model.NewSequence(600);
+    Prefill(model, s.get(), Ids(64, V, 9));
+    s->reset();
+    const double sec = Prefill(model, s.get(), Ids(512, V, 3));
+    r.prefill512 = 512 / sec;
+  }
+  auto s = model.NewSequence(ctx + n_decode + 16);
+  {
+    const double sec = Prefill(model, s.get(), Ids(ctx, V, 4));
+    r.prefill_ctx = ctx / sec;
+  }
+  {  // batch-1 decode at `ctx` tokens of context
+    std::vector<float> logits;
+    int32_t tok = 1;
+    for (int i = 0; i < 3; ++i) {  // warm-up
+      StepItem it{s.get(), &tok, 1, false};
+      if (auto st = model.Forward({&it, 1}, &logits); !st.ok()) Die("decode", st);
+      tok = Argmax(logits.data(), V);
+    }
+    const double t1 = Now();
+    for (int i = 0; i < n_decode; ++i) {
+      StepItem it{s.get(), &tok, 1, false};
+      if (auto st = model.Forward({&it, 1}, &logits); !st.ok()) Die("decode", st);
+      tok = Argmax(logits.data(), V);
+    }
+    const double sec = (Now() - t1) / n_decode;
+    r.decode = 1.0 / sec;
+    r.frac = r.mb_per_tok * 1e6 / sec / (bw * 1e9);
+  }
+  s.reset();
+  std::printf("[%s] prefill 512: %.0f tok/s; prefill %lld: %.0f tok/s; decode at %lld: %.1f tok/s "
+              "(%.0f GB/s, %.1f%% of %.0f GB/s)\n",
+              spec.c_str(), r.prefill512, static_cast<long long>(ctx), r.prefill_ctx,
+              static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
+              bw);
+  std::fflush(stdout);
+  if (do8k) {
+    auto s8 = model.NewSequence(8192);
+    const double sec = Prefill(model, s8.get(), Ids(8192, V, 5));
+    r.prefill8k = 8192 / sec;
+    std::printf("[%s] prefill 8192: %.0f tok/s\n", spec.c_str(), r.prefill8k);
+    std::fflush(stdout);
+  }
+  for (int nb : batches) {
+    std::vector<std::unique_ptr<SeqState>> seqs;
+    for (int i = 0; i < nb; ++i) {
+      seqs.push_back(model.NewSequence(256));
+      Prefill(model, seqs.back().get(), Ids(128, V, 100 + i));
+    }
+    std::vector<int32_t> toks(nb, 1);
+    std::vector<float> logits;
+    const int steps = 16;
+    double t1 = 0;
+    for (int step = -2; step < steps; ++step) {
+      if (step == 0) t1 = Now();
+      std::vector<StepItem> items;
+      for (int i = 0; i < nb; ++i) items.push_back(StepItem{seqs[i].get(), &toks[i], 1, false});
+      if (auto st = model.Forward(items, &logits); !st.ok()) Die("batch decode", st);
+      for (int i = 0; i < nb; ++i) toks[i] = Argmax(logits.data() + i * V, V);
+    }
+    const double tps = nb * steps / (Now() - t1);
+    r.batch.push_back({nb, tps});
+    std::printf("[%s] %d concurrent sequences: %.0f tok/s aggregate\n", spec.c_str(), nb, tps);
+    std::fflush(stdout);
+  }
+  return r;
+}
+
+}  // namespace
+}  // namespace rs
+
+int main(int argc, char** argv) {
+  using namespace rs;
+  std::string models = "35b-a3b:Q4_K_M,27b:Q4_K_M";
+  int64_t ctx = 4096;
+  int n_decode = 32;
+  bool do8k = true;
+  std::vector<int> batches = {8, 32};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "gpu_model_main: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--models") models = next();
+    else if (a == "--ctx") ctx = std::atoll(next().c_str());
+    else if (a == "--decode") n_decode = std::atoi(next().c_str());
+    else if (a == "--no-8k") do8k = false;
+    else if (a == "--batches") {
+      batches.clear();
+      for (auto p : absl::StrSplit(next(), ',')) batches.push_back(std::atoi(std::string(p).c_str()));
+    } else if (a == "-h" || a == "--help") {
+      std::printf("gpu_model_main [--models SPEC,...] [--ctx N] [--decode N] [--no-8k] "
+                  "[--batches 8,32]\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "gpu_model_main: unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  std::string why;
+  if (!cuda::cuda_available(&why)) {
+    std::printf("gpu_model_main: no CUDA device (%s); nothing measured\n", why.c_str());
+    return 0;
+  }
+  const double bw = ReadBandwidth();
+  std::printf("read bandwidth (read-only kernel): %.0f GB/s\n", bw);
+  std::vector<Row> rows;
+  for (auto spec : absl::StrSplit(models, ',')) rows.push_back(Run(std::string(spec), ctx, n_decode, do8k, batches, bw));
+  std::printf("\n==== model on GPU (wall clock per Forward, logits copied to host) ====\n");
+  std::printf("%-16s %8s %9s %9s %9s %10s %7s %s\n", "model", "MB/tok", "pf512", "pf-ctx", "pf8k",
+              "decode", "%BW", "batch tok/s");
+  for (const Row& r : rows) {
+    std::string b;
+    for (auto [n, t] : r.batch) b += std::to_string(n) + ":" + std::to_string(static_cast<int>(t)) + " ";
+    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %s\n", r.model.c_str(), r.mb_per_tok,
+                r.prefill512, r.prefill_ctx, r.prefill8k, r.decode, 100 * r.frac, b.c_str());
+  }
+  return 0;
+}

@@ -1,0 +1,96 @@
+// Checked entry points of cuda_glue.h.
+#include "kernels/cuda/cuda_glue.h"
+
+#include <cuda_runtime.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_glue_launch.h"
+
+namespace rs::cuda {
+namespace {
+
+using detail::as_stream;
+
+absl::Status st(const char* what, cudaError_t e) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  (void)cudaGetLastError();
+  return absl::InternalError(detail::cuda_error_text(what, e));
+}
+
+absl::Status bad(const char* what, int64_t a, int64_t b) {
+  return absl::InvalidArgumentError(absl::StrCat(what, ": bad sizes (", a, ", ", b, ")"));
+}
+
+}  // namespace
+
+absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s) {
+  if (n < 0) return bad("add_inplace", n, 0);
+  return st("add_inplace", glue::launch_add(y, x, n, as_stream(s)));
+}
+absl::Status scale_inplace(float* x, int64_t n, float scale, Stream s) {
+  if (n < 0) return bad("scale_inplace", n, 0);
+  return st("scale_inplace", glue::launch_scale(x, n, scale, as_stream(s)));
+}
+absl::Status split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
+                         float* gate, Stream s) {
+  if (n_tok < 0 || nh < 1 || hd < 1) return bad("split_qgate", nh, hd);
+  return st("split_qgate", glue::launch_split_qgate(qg, n_tok, nh, hd, q, gate, as_stream(s)));
+}
+absl::Status mul_sigmoid(float* o, const float* gate, int64_t n, Stream s) {
+  if (n < 0) return bad("mul_sigmoid", n, 0);
+  return st("mul_sigmoid", glue::launch_mul_sigmoid(o, gate, n, as_stream(s)));
+}
+absl::Status copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+                       int64_t ld_dst, Stream s) {
+  if (rows < 0 || cols < 0 || ld_src < cols || ld_dst < cols)
+    return absl::InvalidArgumentError(absl::StrCat("copy_rows: rows ", rows, ", cols ", cols,
+                                                   ", ld_src ", ld_src, ", ld_dst ", ld_dst));
+  return st("copy_rows",
+            glue::launch_copy_rows(src, ld_src, rows, cols, dst, ld_dst, as_stream(s)));
+}
+absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const float* dt_bias,
+                      int64_t n_tok, int64_t Hv, float* g, float* beta, Stream s) {
+  if (n_tok < 0 || Hv < 1) return bad("dn_gates", n_tok, Hv);
+  return st("dn_gates",
+            glue::launch_dn_gates(b, al, ssm_a, dt_bias, n_tok, Hv, g, beta, as_stream(s)));
+}
+absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
+                      size_t row_bytes, Stream s) {
+  int kind = 0;
+  size_t need = static_cast<size_t>(n) * 4;
+  if (type == GgmlType::F16) {
+    kind = 1;
+    need = static_cast<size_t>(n) * 2;
+  } else if (type == GgmlType::Q8_0) {
+    kind = 2;
+    if (n % 32 != 0)
+      return absl::InvalidArgumentError(absl::StrCat("kv_store: q8_0 needs n % 32 == 0, n = ", n));
+    need = static_cast<size_t>(n / 32) * 34;
+  } else if (type != GgmlType::F32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_store: KV type ", type_name(type), " (F32, F16 or Q8_0)"));
+  }
+  if (row_bytes < need)
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_store: row_bytes ", row_bytes, " < ", need, " for ", n, " values"));
+  return st("kv_store", glue::launch_kv_store(src, n_tok, n, kind, dst, row_bytes, as_stream(s)));
+}
+absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
+                         int64_t rows, int64_t n, float* out, Stream s) {
+  if (rows < 0 || n < 0 || ldg < n || ldu < n) return bad("swiglu_rows", rows, n);
+  return st("swiglu_rows",
+            glue::launch_swiglu_rows(gate, ldg, up, ldu, rows, n, out, as_stream(s)));
+}
+absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
+                                int64_t H, Stream s) {
+  if (n_tok < 0 || H < 1) return bad("add_sigmoid_scaled", n_tok, H);
+  return st("add_sigmoid_scaled",
+            glue::launch_add_sigmoid_scaled(out, d, sg, n_tok, H, as_stream(s)));
+}
+absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids, Stream s) {
+  if (rows < 0 || n < 1) return bad("argmax_rows", rows, n);
+  return st("argmax_rows", glue::launch_argmax_rows(x, rows, n, ids, as_stream(s)));
+}
+
+}  // namespace rs::cuda

@@ -1,0 +1,218 @@
+// Kernels of cuda_glue.h (launchers; argument checks are in cuda_glue.cc).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_glue_launch.h"
+
+namespace rs::cuda::glue {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+__device__ __forceinline__ float sigmoid_d(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float silu_d(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float softplus_d(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+__global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] += x[i];
+}
+
+__global__ void scale_kernel(float* __restrict__ x, int64_t n, float s) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+
+__global__ void split_qgate_kernel(const float* __restrict__ qg, int64_t n_heads_total,
+                                   int64_t hd, float* __restrict__ q, float* __restrict__ gate) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_heads_total * hd) return;
+  const int64_t th = i / hd, c = i % hd;  // th = token * nh + head
+  q[i] = qg[th * 2 * hd + c];
+  gate[i] = qg[th * 2 * hd + hd + c];
+}
+
+__global__ void mul_sigmoid_kernel(float* __restrict__ o, const float* __restrict__ g, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) o[i] *= sigmoid_d(g[i]);
+}
+
+__global__ void copy_rows_kernel(const float* __restrict__ src, int64_t ld_src, int64_t rows,
+                                 int64_t cols, float* __restrict__ dst, int64_t ld_dst) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  dst[r * ld_dst + c] = src[r * ld_src + c];
+}
+
+__global__ void dn_gates_kernel(const float* __restrict__ b, const float* __restrict__ al,
+                                const float* __restrict__ ssm_a, const float* __restrict__ dt_bias,
+                                int64_t n, int64_t Hv, float* __restrict__ g,
+                                float* __restrict__ beta) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t h = i % Hv;
+  beta[i] = sigmoid_d(b[i]);
+  g[i] = ssm_a[h] * softplus_d(al[i] + dt_bias[h]);
+}
+
+__global__ void kv_store_f32_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
+                                    uint8_t* __restrict__ dst, size_t row_bytes) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_tok * n) return;
+  const int64_t r = i / n, c = i % n;
+  reinterpret_cast<float*>(dst + r * row_bytes)[c] = src[i];
+}
+
+__global__ void kv_store_f16_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
+                                    uint8_t* __restrict__ dst, size_t row_bytes) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_tok * n) return;
+  const int64_t r = i / n, c = i % n;
+  reinterpret_cast<__half*>(dst + r * row_bytes)[c] = __float2half_rn(src[i]);
+}
+
+// One warp per block of 32 values: d = fp16(amax / 127), q = clamp(rint(x / d)).
+__global__ void kv_store_q8_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
+                                   uint8_t* __restrict__ dst, size_t row_bytes) {
+  const int64_t nb = n / 32;
+  const int64_t blk = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  if (blk >= n_tok * nb) return;
+  const int64_t r = blk / nb, b = blk % nb;
+  const float x = src[r * n + b * 32 + lane];
+  float amax = fabsf(x);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+  const __half dh = __float2half_rn(amax / 127.0f);
+  const float d = __half2float(dh);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  int q = __float2int_rn(x * id);
+  q = q < -127 ? -127 : (q > 127 ? 127 : q);
+  uint8_t* block = dst + r * row_bytes + b * 34;  // {fp16 d, int8 qs[32]}
+  if (lane == 0) {
+    const unsigned short bits = __half_as_ushort(dh);
+    block[0] = static_cast<uint8_t>(bits & 0xFF);
+    block[1] = static_cast<uint8_t>(bits >> 8);
+  }
+  block[2 + lane] = static_cast<uint8_t>(static_cast<int8_t>(q));
+}
+
+__global__ void swiglu_rows_kernel(const float* __restrict__ gate, int64_t ldg,
+                                   const float* __restrict__ up, int64_t ldu, int64_t rows,
+                                   int64_t n, float* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * n) return;
+  const int64_t r = i / n, c = i % n;
+  out[i] = silu_d(gate[r * ldg + c]) * up[r * ldu + c];
+}
+
+__global__ void add_sigmoid_scaled_kernel(float* __restrict__ out, const float* __restrict__ d,
+                                          const float* __restrict__ sg, int64_t n_tok,
+                                          int64_t H) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_tok * H) return;
+  out[i] += sigmoid_d(sg[i / H]) * d[i];
+}
+
+// One block per row.
+__global__ void __launch_bounds__(kThreads)
+    argmax_kernel(const float* __restrict__ x, int64_t n, int32_t* __restrict__ ids) {
+  const float* row = x + static_cast<int64_t>(blockIdx.x) * n;
+  float best = -FLT_MAX;
+  int64_t best_i = n;  // n: "none yet" (a row of -inf/NaN falls back to 0 below)
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = row[i];
+    if (v > best || (v == best && i < best_i)) { best = v; best_i = i; }
+  }
+  __shared__ float sv[kThreads];
+  __shared__ int64_t si[kThreads];
+  sv[threadIdx.x] = best;
+  si[threadIdx.x] = best_i;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) {
+      const float ov = sv[threadIdx.x + s];
+      const int64_t oi = si[threadIdx.x + s];
+      if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x])) {
+        sv[threadIdx.x] = ov;
+        si[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) ids[blockIdx.x] = static_cast<int32_t>(si[0] < n ? si[0] : 0);
+}
+
+}  // namespace
+
+cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s) {
+  if (n > 0) add_kernel<<<grid_for(n), kThreads, 0, s>>>(y, x, n);
+  return cudaGetLastError();
+}
+cudaError_t launch_scale(float* x, int64_t n, float scale, cudaStream_t s) {
+  if (n > 0) scale_kernel<<<grid_for(n), kThreads, 0, s>>>(x, n, scale);
+  return cudaGetLastError();
+}
+cudaError_t launch_split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
+                               float* gate, cudaStream_t s) {
+  const int64_t n = n_tok * nh * hd;
+  if (n > 0) split_qgate_kernel<<<grid_for(n), kThreads, 0, s>>>(qg, n_tok * nh, hd, q, gate);
+  return cudaGetLastError();
+}
+cudaError_t launch_mul_sigmoid(float* o, const float* g, int64_t n, cudaStream_t s) {
+  if (n > 0) mul_sigmoid_kernel<<<grid_for(n), kThreads, 0, s>>>(o, g, n);
+  return cudaGetLastError();
+}
+cudaError_t launch_copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
+                             float* dst, int64_t ld_dst, cudaStream_t s) {
+  const int64_t n = rows * cols;
+  if (n > 0) copy_rows_kernel<<<grid_for(n), kThreads, 0, s>>>(src, ld_src, rows, cols, dst, ld_dst);
+  return cudaGetLastError();
+}
+cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
+                            const float* dt_bias, int64_t n_tok, int64_t Hv, float* g,
+                            float* beta, cudaStream_t s) {
+  const int64_t n = n_tok * Hv;
+  if (n > 0) dn_gates_kernel<<<grid_for(n), kThreads, 0, s>>>(b, al, ssm_a, dt_bias, n, Hv, g, beta);
+  return cudaGetLastError();
+}
+cudaError_t launch_kv_store(const float* src, int64_t n_tok, int64_t n, int kind, void* dst,
+                            size_t row_bytes, cudaStream_t s) {
+  uint8_t* d = static_cast<uint8_t*>(dst);
+  const int64_t total = n_tok * n;
+  if (total <= 0) return cudaGetLastError();
+  if (kind == 0)
+    kv_store_f32_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes);
+  else if (kind == 1)
+    kv_store_f16_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes);
+  else
+    kv_store_q8_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes);
+  return cudaGetLastError();
+}
+cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
+                               int64_t rows, int64_t n, float* out, cudaStream_t s) {
+  const int64_t total = rows * n;
+  if (total > 0)
+    swiglu_rows_kernel<<<grid_for(total), kThreads, 0, s>>>(gate, ldg, up, ldu, rows, n, out);
+  return cudaGetLastError();
+}
+cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
+                                      int64_t H, cudaStream_t s) {
+  const int64_t total = n_tok * H;
+  if (total > 0)
+    add_sigmoid_scaled_kernel<<<grid_for(total), kThreads, 0, s>>>(out, d, sg, n_tok, H);
+  return cudaGetLastError();
+}
+cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
+                               cudaStream_t s) {
+  if (rows > 0) argmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, n, ids);
+  return cudaGetLastError();
+}
+
+}  // namespace rs::cuda::glue

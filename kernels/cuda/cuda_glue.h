@@ -1,0 +1,48 @@
+// Small element-wise steps of the Qwen3.5 forward pass on the GPU that sit between the ops of
+// cuda_ops.h (the CUDA model, worker/model_cuda.cc, strings them together): residual adds, the
+// interleaved q/gate split, the sigmoid output gate, the DeltaNet gates, KV-cache stores,
+// strided SwiGLU and the shared-expert gate. Plain C++ API like cuda_ops.h; every pointer is a
+// device pointer; everything is enqueued on `s`. The CPU definitions they follow are in
+// worker/model.cc and kernels/ops.h (silu, sigmoidf, softplusf) and kernels/quant_ref.cc (q8_0).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/formats.h"
+
+namespace rs::cuda {
+
+// y[i] += x[i], i < n.
+absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s = nullptr);
+// x[i] *= scale.
+absl::Status scale_inplace(float* x, int64_t n, float scale, Stream s = nullptr);
+// qg: [n_tok][nh][2][hd] (per head q then gate) -> q, gate: [n_tok][nh][hd].
+absl::Status split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
+                         float* gate, Stream s = nullptr);
+// o[i] *= sigmoid(gate[i]).
+absl::Status mul_sigmoid(float* o, const float* gate, int64_t n, Stream s = nullptr);
+// Rows of width `cols` floats: dst[r][c] = src[r][c] (leading dimensions in floats).
+absl::Status copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+                       int64_t ld_dst, Stream s = nullptr);
+// DeltaNet gates, per token t and value head h (b, al: [n_tok][Hv]):
+//   beta[t][h] = sigmoid(b[t][h]),  g[t][h] = ssm_a[h] * softplus(al[t][h] + dt_bias[h]).
+absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const float* dt_bias,
+                      int64_t n_tok, int64_t Hv, float* g, float* beta, Stream s = nullptr);
+// Stores n_tok rows of n floats into a KV cache of type F32, F16 (round to nearest even) or
+// Q8_0 (blocks of 32, as quantize_row_ref), row r at dst + r * row_bytes.
+absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
+                      size_t row_bytes, Stream s = nullptr);
+// out[r][i] = silu(gate[r * ldg + i]) * up[r * ldu + i], out is [rows][n].
+absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
+                         int64_t rows, int64_t n, float* out, Stream s = nullptr);
+// out[t][h] += sigmoid(sg[t]) * d[t][h] (the shared expert's gate), t < n_tok, h < H.
+absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
+                                int64_t H, Stream s = nullptr);
+// ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
+absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
+                         Stream s = nullptr);
+
+}  // namespace rs::cuda
