@@ -65,8 +65,8 @@ T1=$(date +%s.%N)
 [ "$RC" -ne 0 ] || fail "the request survived its worker's death"
 grep -q UNAVAILABLE "$T/long.err" || fail "expected UNAVAILABLE, got: $(cat "$T/long.err")"
 python3 -c "import sys; d=$T1-$T0; print('request failed %.3f s after the kill' % d); sys.exit(0 if d < 2.0 else 1)" || fail "too slow"
-for _ in $(seq 1 50); do grep -q "NOT_SERVING" "$T/serve-qwen35moe-3.log" && break; sleep 0.1; done
-grep -q "NOT_SERVING" "$T/serve-qwen35moe-3.log" || fail "health did not go NOT_SERVING"
+for _ in $(seq 1 50); do grep -q "NOT_SERVING (a worker is down)" "$T/serve-qwen35moe-3.log" && break; sleep 0.1; done
+grep -q "NOT_SERVING (a worker is down)" "$T/serve-qwen35moe-3.log" || fail "health did not go NOT_SERVING"
 "$R" client generate --server "127.0.0.1:$PORT" --prompt-ids "1 2" --max-tokens 2 >"$T/during.out" 2>&1; grep -q UNAVAILABLE "$T/during.out" \
   || fail "new requests should get UNAVAILABLE while a worker is down: $(cat "$T/during.out")"
 echo "ok: dead worker -> UNAVAILABLE, health NOT_SERVING"
@@ -135,6 +135,8 @@ grep -q UNAVAILABLE "$T/reglong.err" || fail "expected UNAVAILABLE, got: $(cat "
 python3 -c "import sys; d=$T1-$T0; print('registered: request failed %.3f s after the kill' % d); sys.exit(0 if d < 2.0 else 1)" || fail "too slow"
 for _ in $(seq 1 50); do grep -q "NOT_SERVING (a worker is down)" "$T/coord.log" && break; sleep 0.1; done
 grep -q "NOT_SERVING (a worker is down)" "$T/coord.log" || fail "health did not go NOT_SERVING (registered workers)"
+"$R" client generate --server "127.0.0.1:$CPORT" --prompt-ids "1 2" --max-tokens 2 >"$T/regduring.out" 2>&1; grep -q UNAVAILABLE "$T/regduring.out" \
+  || fail "new requests should get UNAVAILABLE while a registered worker is down: $(cat "$T/regduring.out")"
 OLD=$(worker_addr 0)
 start_worker 0
 for _ in $(seq 1 300); do grep -q "serving again" "$T/coord.log" && break; sleep 0.1; done
