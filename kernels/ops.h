@@ -80,6 +80,10 @@ void delta_rule_chunked_ref(const DeltaNetDims& d, const float* q, const float* 
 // Fast CPU: recurrence for small T, chunked for long T; heads over threads.
 void delta_rule_cpu(const DeltaNetDims& d, const float* q, const float* k, const float* v,
                     const float* g, const float* beta, float* S, float* out, int n_threads);
+// The fast chunked form alone, at any T (tests; delta_rule_cpu picks it for long inputs).
+void delta_rule_chunked_cpu(const DeltaNetDims& d, const float* q, const float* k,
+                            const float* v, const float* g, const float* beta, float* S,
+                            float* out, int n_threads);
 
 // ---- FFN / MoE pieces --------------------------------------------------------------------------
 // out[i] = silu(gate[i]) * up[i]

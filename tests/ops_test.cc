@@ -149,6 +149,43 @@ TEST_P(DeltaRule, CpuEqualsRecurrence) {
   EXPECT_LT(RelErr(S2, S1), 1e-4) << "T=" << d.T;
 }
 
+// The fast chunked form (forced at every T) and the dispatching delta_rule_cpu against the
+// recurrence, with tiled key heads (Hv = 6 reads key head h % 3), dk != dv and a nonzero
+// initial state. Tolerance: 1e-4 of the largest magnitude (fp32 chunk algebra vs the
+// recurrence's fp64 accumulation; measured errors are ~1e-6).
+TEST_P(DeltaRule, ChunkedCpuEqualsRecurrenceTiledHeads) {
+  const DeltaNetDims d{GetParam(), 3, 6, 48, 80};
+  auto in = MakeDn(d, 500 + static_cast<uint32_t>(d.T));
+  auto S1 = in.S, S2 = in.S, S3 = in.S;
+  std::vector<float> o1(d.T * d.Hv * d.dv), o2(o1.size()), o3(o1.size());
+  delta_rule_recurrent_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                           S1.data(), o1.data());
+  delta_rule_chunked_cpu(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                         S2.data(), o2.data(), 2);
+  delta_rule_cpu(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(), S3.data(),
+                 o3.data(), 3);
+  EXPECT_LT(RelErr(o2, o1), 1e-4) << "chunked T=" << d.T;
+  EXPECT_LT(RelErr(S2, S1), 1e-4) << "chunked T=" << d.T;
+  EXPECT_LT(RelErr(o3, o1), 1e-4) << "cpu T=" << d.T;
+  EXPECT_LT(RelErr(S3, S1), 1e-4) << "cpu T=" << d.T;
+}
+
+// Mild decay (g near 0, as trained models mostly have) keeps the state large across chunks:
+// errors must not grow with the number of chunks.
+TEST_P(DeltaRule, ChunkedCpuMildDecay) {
+  const DeltaNetDims d{GetParam(), 2, 4, 64, 64};
+  auto in = MakeDn(d, 600 + static_cast<uint32_t>(d.T));
+  in.g = Rand(d.T * d.Hv, 601, -0.1f, 0.0f);
+  auto S1 = in.S, S2 = in.S;
+  std::vector<float> o1(d.T * d.Hv * d.dv), o2(o1.size());
+  delta_rule_recurrent_ref(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                           S1.data(), o1.data());
+  delta_rule_chunked_cpu(d, in.q.data(), in.k.data(), in.v.data(), in.g.data(), in.beta.data(),
+                         S2.data(), o2.data(), 1);
+  EXPECT_LT(RelErr(o2, o1), 1e-4) << "T=" << d.T;
+  EXPECT_LT(RelErr(S2, S1), 1e-4) << "T=" << d.T;
+}
+
 INSTANTIATE_TEST_SUITE_P(Lengths, DeltaRule, ::testing::Values(1, 63, 64, 65, 300));
 
 TEST(Ops, DeltaRuleUsesTiledKeyHeads) {
