@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -47,6 +48,14 @@ absl::Status CheckRouting(const MoeLayer& l, int size) {
                                                        map.size(), " experts"));
     }
   return absl::OkStatus();
+}
+
+// "1,2" for rank 0 of 3: the peers of a collective.
+std::string OtherRanks(int size, int me) {
+  std::string s;
+  for (int r = 0; r < size; ++r)
+    if (r != me) absl::StrAppend(&s, s.empty() ? "" : ",", r);
+  return s;
 }
 
 }  // namespace
@@ -99,7 +108,8 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
   auto t0 = Clock::now();
   if (absl::Status s = comm.Broadcast(counts_.data(), counts_.size() * sizeof(int64_t), l.owner);
       !s.ok())
-    return absl::Status(s.code(), absl::StrCat(where, ", token counts: ", s.message()));
+    return absl::Status(s.code(), absl::StrCat(where, ", token counts broadcast (peer ranks ",
+                                               OtherRanks(size, me), "): ", s.message()));
   stats_.comm_seconds += Seconds(t0, Clock::now());
   if (owner && !result.ok()) return result;
   if (counts_[0] != kRoutingOk)
