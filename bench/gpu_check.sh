@@ -8,7 +8,10 @@
 #
 # Prints the GPU (nvidia-smi), runs every tests/cuda test binary, then gpu_bench_main: device
 # copy and read bandwidth, the decode matvec per format on the 35b-a3b / 27b shapes (GB/s and
-# fraction of the measured bandwidth), and the matvec-only estimate of batch-1 decode tok/s.
+# fraction of the measured bandwidth), and the matvec-only estimate of batch-1 decode tok/s;
+# then gpu_model_main: the whole model with --backend cuda on synthetic 35b-a3b / 27b Q4_K_M
+# (decode tok/s at 4K context and its fraction of the read bandwidth, prefill 512 / 4K / 8K,
+# aggregate decode with 8 and 32 sequences).
 # Without a GPU it says so and exits 0 (after building or locating the binaries).
 # Logs go to $GPU_CHECK_LOG_DIR, else $OUT when set (the device machine's return folder).
 set -uo pipefail
@@ -20,7 +23,7 @@ while (($#)); do
   case "$1" in
     --prebuilt) PREBUILT=${2:?--prebuilt needs a folder}; shift 2 ;;
     --quick) QUICK=(--quick); shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +48,7 @@ if [[ -n "$PREBUILT" ]]; then
   PREBUILT=$(cd "$PREBUILT" && pwd) || { echo "gpu_check: no folder $PREBUILT" >&2; exit 1; }
   BIN=$PREBUILT/bin
   export LD_LIBRARY_PATH="$PREBUILT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  [[ -d "$PREBUILT/golden" ]] && export RS_GOLDEN_DIR="$PREBUILT/golden"
   [[ -f "$PREBUILT/MANIFEST" ]] && sed -n '1,3p' "$PREBUILT/MANIFEST"
   if [[ "$gpu_line" != none && -f "$PREBUILT/MANIFEST" ]] &&
      ! grep -q "arch: sm_$arch" "$PREBUILT/MANIFEST"; then
@@ -61,12 +65,12 @@ else
     tail -5 "${LOG:-/tmp}/gpu_check_cmake.log"
     exit 1
   fi
-  targets=(gpu_bench_main)
+  targets=(gpu_bench_main gpu_model_main)
   for src in "$ROOT"/tests/cuda/*_test.cc; do targets+=("$(basename "$src" .cc)"); done
   ninja -C "$BUILD" -j"${JOBS:-$(nproc)}" "${targets[@]}" || { echo "gpu_check: build failed"; exit 1; }
   BIN=$(mktemp -d)
-  cp "$BUILD/bench/gpu_bench_main" "$BIN/"
-  for t in "${targets[@]:1}"; do cp "$BUILD/tests/$t" "$BIN/"; done
+  cp "$BUILD/bench/gpu_bench_main" "$BUILD/bench/gpu_model_main" "$BIN/"
+  for t in "${targets[@]:2}"; do cp "$BUILD/tests/$t" "$BIN/"; done
 fi
 missing=$(for b in "$BIN"/*; do ldd "$b" 2>/dev/null | grep "not found"; done | sort -u)
 if [[ -n "$missing" ]]; then
@@ -100,6 +104,20 @@ done
 bench_out=$("$BIN/gpu_bench_main" "${QUICK[@]}" 2>&1)
 bench_rc=$?
 [[ -n "$LOG" ]] && printf '%s\n' "$bench_out" >"$LOG/gpu_bench.log"
+# The whole model (--backend cuda) on synthetic 35b-a3b / 27b Q4_K_M: decode at 4K context,
+# prefill 512 / 4K / 8K, 8 and 32 concurrent sequences. GPU_MODEL_ARGS overrides the defaults.
+model_out=""
+model_rc=0
+if [[ "$gpu_line" != none ]]; then
+  if ((${#QUICK[@]})); then model_args=(--models 35b-a3b:Q4_K_M --no-8k --batches 8); else model_args=(); fi
+  # shellcheck disable=SC2206
+  [[ -n "${GPU_MODEL_ARGS:-}" ]] && model_args=($GPU_MODEL_ARGS)
+  model_out=$(timeout "${GPU_MODEL_TIMEOUT:-300}" "$BIN/gpu_model_main" "${model_args[@]}" 2>&1)
+  model_rc=$?
+  [[ -n "$LOG" ]] && printf '%s\n' "$model_out" >"$LOG/gpu_model.log"
+  echo "---- gpu_model_main (rc $model_rc)"
+  sed '/^==== model on GPU/,$d' <<<"$model_out" | tail -30
+fi
 # Details first, the summary table (from the "====" line) last, with the test results in it.
 sed '/^==== rigserve GPU check/,$d' <<<"$bench_out"
 echo
@@ -110,10 +128,11 @@ else
 fi
 for r in "${test_rows[@]}"; do echo "test $r"; done
 sed -n '/^==== rigserve GPU check/,$p' <<<"$bench_out" | sed '1d'
+[[ -n "$model_out" ]] && sed -n '/^==== model on GPU/,$p' <<<"$model_out"
 echo "(gpu_check: $(( $(date +%s) - t_start )) s; tests $([[ $all_ok == 1 ]] && echo ok || echo FAILED), bench rc $bench_rc)"
 if [[ "$gpu_line" == none ]]; then
   echo "no GPU on this machine: built/located the binaries, tests skipped, nothing measured"
   exit 0
 fi
-((all_ok == 1 && bench_rc == 0)) || exit 1
+((all_ok == 1 && bench_rc == 0 && model_rc == 0)) || exit 1
 exit 0
