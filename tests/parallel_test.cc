@@ -555,6 +555,57 @@ TEST(MoeDispatch, BadExpertIdFailsEveryRankWithoutHanging) {
   });
 }
 
+// Per-slot mode needs only slot_out on the owner (out may be null: the model sums the slots
+// itself); a missing slot_out is refused on every rank without hanging.
+TEST(MoeDispatch, PerSlotModeNeedsOnlySlotOut) {
+  std::vector<int> map = {0, 1, 1, 0};
+  RunRanks(2, Ms(3000), [&](Communicator& c) {
+    MoeDispatcher d(&c);
+    std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8}, w = {0.5f, 0.25f, 2.f, 4.f};
+    std::vector<float> slot_out(2 * 2 * 4, -1.f);
+    std::vector<int32_t> e = {0, 1, 2, 3};  // token 0: ranks 0 and 1; token 1: ranks 1 and 0
+    MoeLayer l;
+    l.layer = 4;
+    l.owner = 1;
+    l.hidden = 4;
+    l.top_k = 2;
+    l.expert_rank = &map;
+    l.per_slot = true;
+    if (c.rank() == 1) {
+      l.num_tokens = 2;
+      l.x = x.data();
+      l.experts = e.data();
+      l.weights = w.data();
+    }
+    // Expert e multiplies by (e + 1).
+    const auto fn = [](const ExpertWork& wk) {
+      for (size_t i = 0; i < wk.num_tokens; ++i)
+        for (int j = 0; j < wk.top_k; ++j) {
+          const int32_t ex = wk.experts[i * wk.top_k + j];
+          if (ex < 0) continue;
+          for (size_t h = 0; h < wk.hidden; ++h)
+            wk.out[(i * wk.top_k + j) * wk.hidden + h] =
+                wk.weights[i * wk.top_k + j] * (ex + 1) * wk.x[i * wk.hidden + h];
+        }
+      return absl::OkStatus();
+    };
+    auto t0 = Clock::now();
+    absl::Status s = d.Run(l, fn);  // the owner has no slot_out yet
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("layer 4"), std::string::npos) << s;
+    EXPECT_LT(ElapsedMs(t0), 1000);
+    if (c.rank() == 1) l.slot_out = slot_out.data();
+    s = d.Run(l, fn);
+    ASSERT_TRUE(s.ok()) << s;
+    if (c.rank() != 1) return;
+    for (size_t t = 0; t < 2; ++t)
+      for (size_t j = 0; j < 2; ++j)
+        for (size_t h = 0; h < 4; ++h)
+          EXPECT_EQ(slot_out[(t * 2 + j) * 4 + h], w[t * 2 + j] * (e[t * 2 + j] + 1) * x[t * 4 + h])
+              << "token " << t << " slot " << j << " h " << h;
+  });
+}
+
 // --- stage hand-off ---
 
 TEST(HandOff, SendRecvHiddenAndShapeMismatch) {
