@@ -37,6 +37,27 @@ void matmul_ref(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok,
 void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
                 int64_t ldy, int n_threads);
 
+// One product of a batch: Y[t][r] = sum_c W[r][c] X[row(t)][c] for t < n_tok, r < w.rows,
+// where row(t) = x_rows ? x_rows[t] : t (a gather of token rows, e.g. the tokens routed to one
+// expert). X has x_n rows of stride ldx; Y rows have stride ldy.
+struct MatmulTask {
+  WeightView w;
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  int64_t x_n = 0;                  // rows of X that exist (converted once each)
+  const int32_t* x_rows = nullptr;  // optional gather, n_tok entries in [0, x_n)
+  int64_t n_tok = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+
+// Runs a batch of independent products in one OpenMP region: activations are converted once
+// per distinct (x, ldx, cols, format kind) and token row, however many tasks read them (q, k, v
+// and gate of one layer; the gate and up of every selected expert), then every task's rows are
+// split over the threads. Each (row, token) value is bit-identical to what matmul_cpu gives for
+// the same row and activation row, whatever the batch, thread count or gather.
+void matmul_cpu_batch(const MatmulTask* tasks, int64_t n_tasks, int n_threads);
+
 // Dot product of one quantised row (n elements) with an f32 vector, fast path (for tests).
 float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n);
 

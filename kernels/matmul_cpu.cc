@@ -662,8 +662,9 @@ const Kernels* kernels_for(GgmlType t, bool avx2) {
 // Activations as the row kernels want them: a pointer per token.
 struct Acts {
   const uint8_t* base;
-  size_t stride;  // bytes between tokens
-  const void* tok(int64_t t) const { return base + t * stride; }
+  size_t stride;                 // bytes between tokens
+  const int32_t* idx = nullptr;  // optional gather: token t is row idx[t]
+  const void* tok(int64_t t) const { return base + (idx ? idx[t] : t) * stride; }
 };
 
 // thread_local buffer that only grows (64-byte aligned storage).
@@ -769,6 +770,116 @@ void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok,
     const int64_t r0 = w.rows * id / nt, r1 = w.rows * (id + 1) / nt;
     run_rows(*k, w, a, n_tok, y, ldy, r0, r1);
   }
+}
+
+namespace {
+
+// Bytes of one converted activation row of `cols` values for weights of type t (0: used as f32).
+size_t act_row_bytes(GgmlType t, int64_t cols) {
+  switch (matmul_internal::act_kind(t)) {
+    case ActKind::kQ8x32: return static_cast<size_t>(cols / kQK) * sizeof(ActQ8x32);
+    case ActKind::kQ8x256: return static_cast<size_t>(cols / kQKK) * sizeof(ActQ8x256);
+    default: return 0;
+  }
+}
+
+void convert_act_row(ActKind kind, const float* x, int64_t cols, uint8_t* dst) {
+  if (kind == ActKind::kQ8x32)
+    matmul_internal::quantize_act_q8x32(x, reinterpret_cast<ActQ8x32*>(dst), cols);
+  else
+    matmul_internal::quantize_act_q8x256(x, reinterpret_cast<ActQ8x256*>(dst), cols);
+}
+
+struct ActSource {
+  const float* x;
+  int64_t ldx, cols, x_n;
+  ActKind kind;
+  size_t offset, row_bytes;  // in the batch's activation buffer
+};
+
+}  // namespace
+
+void matmul_cpu_batch(const MatmulTask* tasks, int64_t n_tasks, int n_threads) {
+  using matmul_internal::act_kind;
+  thread_local std::vector<ActSource> sources;
+  thread_local std::vector<int32_t> task_source;
+  thread_local std::vector<const Kernels*> task_kernels;
+  thread_local std::vector<uint8_t> buf;
+  sources.clear();
+  task_source.assign(n_tasks, -1);
+  task_kernels.assign(n_tasks, nullptr);
+  size_t bytes = 0;
+  int64_t work = 0, max_rows = 0, n_convert = 0;
+  for (int64_t i = 0; i < n_tasks; ++i) {
+    const MatmulTask& tk = tasks[i];
+    if (tk.n_tok <= 0 || tk.w.rows <= 0) continue;
+    task_kernels[i] = &checked_kernels(tk.w.type, tk.w.cols);
+    work += tk.w.rows * tk.w.cols * tk.n_tok;
+    max_rows = std::max(max_rows, tk.w.rows);
+    const ActKind kind = act_kind(tk.w.type);
+    if (kind == ActKind::kF32) continue;
+    int32_t found = -1;
+    for (size_t s = 0; s < sources.size(); ++s)
+      if (sources[s].x == tk.x && sources[s].ldx == tk.ldx && sources[s].cols == tk.w.cols &&
+          sources[s].kind == kind && sources[s].x_n >= tk.x_n) {
+        found = static_cast<int32_t>(s);
+        break;
+      }
+    if (found < 0) {
+      const size_t rb = act_row_bytes(tk.w.type, tk.w.cols);
+      sources.push_back({tk.x, tk.ldx, tk.w.cols, tk.x_n, kind, bytes, rb});
+      bytes += (rb * tk.x_n + 63) / 64 * 64;
+      n_convert += tk.x_n;
+      found = static_cast<int32_t>(sources.size() - 1);
+    }
+    task_source[i] = found;
+  }
+  if (work == 0) return;
+  uint8_t* base = scratch<uint8_t>(buf, bytes);
+  // The lambdas below run on other threads: they must see this thread's buffers, not their own
+  // thread_local instances.
+  const ActSource* src_begin = sources.data();
+  const ActSource* src_end = src_begin + sources.size();
+  const int32_t* tsrc = task_source.data();
+  const Kernels* const* tkern = task_kernels.data();
+  n_threads = std::max(1, n_threads);
+  n_threads = static_cast<int>(std::min<int64_t>(n_threads, std::max<int64_t>(1, work >> 16)));
+  auto acts_of = [&](int64_t i) -> Acts {
+    const MatmulTask& tk = tasks[i];
+    if (tsrc[i] < 0)
+      return {reinterpret_cast<const uint8_t*>(tk.x), static_cast<size_t>(tk.ldx) * sizeof(float),
+              tk.x_rows};
+    const ActSource& src = src_begin[tsrc[i]];
+    return {base + src.offset, src.row_bytes, tk.x_rows};
+  };
+  auto body = [&](int id, int nt) {
+    // 1. Each source row converted once (rows dealt round-robin over the threads).
+    int64_t seen = 0;
+    for (const ActSource* sp = src_begin; sp != src_end; ++sp) {
+      const ActSource& src = *sp;
+      for (int64_t r = 0; r < src.x_n; ++r)
+        if ((seen + r) % nt == id)
+          convert_act_row(src.kind, src.x + r * src.ldx, src.cols,
+                          base + src.offset + r * src.row_bytes);
+      seen += src.x_n;
+    }
+    if (nt > 1 && n_convert > 0) {
+#pragma omp barrier
+    }
+    // 2. Every task's rows split into one contiguous range per thread.
+    for (int64_t i = 0; i < n_tasks; ++i) {
+      if (!tkern[i]) continue;
+      const MatmulTask& tk = tasks[i];
+      const int64_t r0 = tk.w.rows * id / nt, r1 = tk.w.rows * (id + 1) / nt;
+      if (r0 < r1) run_rows(*tkern[i], tk.w, acts_of(i), tk.n_tok, tk.y, tk.ldy, r0, r1);
+    }
+  };
+  if (n_threads == 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(n_threads)
+  body(omp_get_thread_num(), omp_get_num_threads());
 }
 
 float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n) {

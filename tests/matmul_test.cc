@@ -273,6 +273,60 @@ TEST_P(PathTest, SliceRowsOfStackedTensor) {
   for (int i = 0; i < 16; ++i) EXPECT_EQ(part[i], all[32 + i]);
 }
 
+TEST_P(PathTest, BatchEqualsSeparateCallsBitwise) {
+  // matmul_cpu_batch: tasks of several types sharing one X (converted once), gathered token
+  // rows in any order and with repeats, a task with its own X, a task with no tokens; every
+  // value equals matmul_cpu on the same rows, for 1, 2 and 3 threads.
+  const int64_t cols = 512, x_n = 7;
+  const std::vector<float> x = random_acts(cols * x_n, 31), x2 = random_acts(cols * 3, 32);
+  const Matrix m0 = random_matrix(GgmlType::Q4_K, 40, cols, 33);
+  const Matrix m1 = random_matrix(GgmlType::Q6_K, 17, cols, 34);
+  const Matrix m2 = random_matrix(GgmlType::Q8_0, 9, cols, 35);
+  const Matrix m3 = random_matrix(GgmlType::F32, 5, cols, 36);
+  const Matrix m4 = random_matrix(GgmlType::Q4_K, 23, cols, 37);
+  const std::vector<int32_t> gather = {6, 0, 3, 3, 1};
+  struct Case {
+    const Matrix* m;
+    const float* x;
+    int64_t x_n;
+    const int32_t* rows;
+    int64_t n_tok;
+  };
+  const Case cases[] = {{&m0, x.data(), x_n, nullptr, x_n},
+                        {&m1, x.data(), x_n, gather.data(), 5},
+                        {&m2, x.data(), x_n, gather.data() + 1, 3},
+                        {&m3, x.data(), x_n, gather.data(), 5},
+                        {&m4, x2.data(), 3, nullptr, 3},
+                        {&m4, x.data(), x_n, nullptr, 0},
+                        {&m0, x.data(), x_n, gather.data() + 2, 1}};
+  const int n_cases = sizeof(cases) / sizeof(cases[0]);
+  for (int threads = 1; threads <= 3; ++threads) {
+    std::vector<std::vector<float>> got(n_cases), want(n_cases);
+    std::vector<MatmulTask> tasks(n_cases);
+    for (int i = 0; i < n_cases; ++i) {
+      const Case& c = cases[i];
+      got[i].assign(c.m->rows * std::max<int64_t>(c.n_tok, 1), -1.0f);
+      want[i].assign(got[i].size(), -1.0f);
+      MatmulTask& t = tasks[i];
+      t.w = c.m->view();
+      t.x = c.x;
+      t.ldx = cols;
+      t.x_n = c.x_n;
+      t.x_rows = c.rows;
+      t.n_tok = c.n_tok;
+      t.y = got[i].data();
+      t.ldy = c.m->rows;
+      for (int64_t k = 0; k < c.n_tok; ++k)
+        matmul_cpu(c.m->view(), c.x + (c.rows ? c.rows[k] : k) * cols, cols, 1,
+                   want[i].data() + k * c.m->rows, c.m->rows, 1);
+    }
+    matmul_cpu_batch(tasks.data(), n_cases, threads);
+    for (int i = 0; i < n_cases; ++i)
+      EXPECT_EQ(0, std::memcmp(got[i].data(), want[i].data(), got[i].size() * 4))
+          << "task " << i << " (" << type_name(cases[i].m->type) << "), " << threads << " threads";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Paths, PathTest, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& i) {
                            return std::string(i.param ? "Avx2" : "Scalar");

@@ -61,6 +61,38 @@ namespace {
 
 std::string Shape(const std::vector<int64_t>& ne) { return "{" + absl::StrJoin(ne, ", ") + "}"; }
 
+// A batch of products: the fast path runs them in one parallel region with each activation
+// row converted once (matmul_cpu_batch); the reference runs each token through matmul_ref.
+void RunTasks(bool ref, const MatmulTask* tasks, int64_t n, int n_threads) {
+  if (!ref) {
+    matmul_cpu_batch(tasks, n, n_threads);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const MatmulTask& t = tasks[i];
+    if (!t.x_rows) {
+      matmul_ref(t.w, t.x, t.ldx, t.n_tok, t.y, t.ldy);
+      continue;
+    }
+    for (int64_t j = 0; j < t.n_tok; ++j)
+      matmul_ref(t.w, t.x + static_cast<int64_t>(t.x_rows[j]) * t.ldx, t.ldx, 1, t.y + j * t.ldy,
+                 t.ldy);
+  }
+}
+
+// Task of a dense product Y[n][w.rows] = X[n][w.cols] W^T.
+MatmulTask Task(const WeightView& w, const float* x, int64_t n, float* y) {
+  MatmulTask t;
+  t.w = w;
+  t.x = x;
+  t.ldx = w.cols;
+  t.x_n = n;
+  t.n_tok = n;
+  t.y = y;
+  t.ldy = w.rows;
+  return t;
+}
+
 }  // namespace
 
 // Routed experts computed on this process: tokens grouped by expert so that each selected
@@ -96,47 +128,80 @@ class LocalExpertExecutor : public ExpertExecutor {
   }
 
   // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for the experts held here, else 0.
+  // Two batches for all the selected experts: gate and up (each token row of x converted once
+  // for every expert that reads it), then down; each one parallel region.
   void RunSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
                 const float* weights, float* slots) {
     const auto& L = m_->layers_[layer];
     const auto& c = m_->cfg_;
     const int64_t H = c.n_embd, I = c.n_ff_exp, k = c.n_expert_used;
+    const bool ref = m_->opts_.backend == Backend::kReference;
     std::fill(slots, slots + n_tok * k * H, 0.0f);
+    // (t, slot) pairs grouped by expert: tok_[begin_[j] .. begin_[j + 1]) go to expert sel_[j].
+    tok_.clear();
+    sel_.clear();
+    begin_.clear();
     for (int64_t e = 0; e < c.n_expert; ++e) {
       if (layer < static_cast<int64_t>(mask.size()) && !mask[layer].empty() && !mask[layer][e]) continue;
-      tok_.clear();
+      const size_t b = tok_.size();
       for (int64_t t = 0; t < n_tok; ++t)
         for (int64_t i = 0; i < k; ++i)
           if (ids[t * k + i] == e) tok_.push_back(t * k + i);
-      if (tok_.empty()) continue;
-      const int64_t n = static_cast<int64_t>(tok_.size());
-      float* xe = Model::Workspace::get(xe_, n * H);
-      for (int64_t j = 0; j < n; ++j) std::memcpy(xe + j * H, x + (tok_[j] / k) * H, H * 4);
-      float* g = Model::Workspace::get(g_, n * I);
-      float* u = Model::Workspace::get(u_, n * I);
-      float* d = Model::Workspace::get(d_, n * H);
-      if (L.fused_gate_up) {
-        m_->Matmul(L.gate_exps.slice_rows(e * 2 * I, I), xe, n, g);
-        m_->Matmul(L.gate_exps.slice_rows(e * 2 * I + I, I), xe, n, u);
-      } else {
-        m_->Matmul(L.gate_exps.slice_rows(e * I, I), xe, n, g);
-        m_->Matmul(L.up_exps.slice_rows(e * I, I), xe, n, u);
+      if (tok_.size() == b) continue;
+      sel_.push_back(e);
+      begin_.push_back(static_cast<int64_t>(b));
+    }
+    if (sel_.empty()) return;
+    const int64_t n_all = static_cast<int64_t>(tok_.size()), n_sel = static_cast<int64_t>(sel_.size());
+    begin_.push_back(n_all);
+    rows_.resize(n_all);
+    for (int64_t j = 0; j < n_all; ++j) rows_[j] = static_cast<int32_t>(tok_[j] / k);
+    float* g = Model::Workspace::get(g_, n_all * I);
+    float* u = Model::Workspace::get(u_, n_all * I);
+    float* d = Model::Workspace::get(d_, n_all * H);
+    tasks_.clear();
+    for (int64_t j = 0; j < n_sel; ++j) {
+      const int64_t e = sel_[j], b = begin_[j], n = begin_[j + 1] - b;
+      const WeightView wg = L.fused_gate_up ? L.gate_exps.slice_rows(e * 2 * I, I)
+                                            : L.gate_exps.slice_rows(e * I, I);
+      const WeightView wu = L.fused_gate_up ? L.gate_exps.slice_rows(e * 2 * I + I, I)
+                                            : L.up_exps.slice_rows(e * I, I);
+      for (int which = 0; which < 2; ++which) {
+        MatmulTask t;
+        t.w = which == 0 ? wg : wu;
+        t.x = x;
+        t.ldx = H;
+        t.x_n = n_tok;
+        t.x_rows = rows_.data() + b;
+        t.n_tok = n;
+        t.y = (which == 0 ? g : u) + b * I;
+        t.ldy = I;
+        tasks_.push_back(t);
       }
-      for (int64_t i = 0; i < n * I; ++i) g[i] = silu(g[i]) * u[i];
-      m_->Matmul(L.down_exps.slice_rows(e * H, H), g, n, d);
-      for (int64_t j = 0; j < n; ++j) {
-        float* o = slots + tok_[j] * H;  // row (t, slot)
-        const float w = weights[tok_[j]];
-        const float* dj = d + j * H;
-        for (int64_t h = 0; h < H; ++h) o[h] = w * dj[h];
-      }
+    }
+    RunTasks(ref, tasks_.data(), static_cast<int64_t>(tasks_.size()), m_->n_threads_);
+    for (int64_t i = 0; i < n_all * I; ++i) g[i] = silu(g[i]) * u[i];
+    tasks_.clear();
+    for (int64_t j = 0; j < n_sel; ++j) {
+      const int64_t e = sel_[j], b = begin_[j], n = begin_[j + 1] - b;
+      tasks_.push_back(Task(L.down_exps.slice_rows(e * H, H), g + b * I, n, d + b * H));
+    }
+    RunTasks(ref, tasks_.data(), static_cast<int64_t>(tasks_.size()), m_->n_threads_);
+    for (int64_t j = 0; j < n_all; ++j) {
+      float* o = slots + tok_[j] * H;  // row (t, slot)
+      const float w = weights[tok_[j]];
+      const float* dj = d + j * H;
+      for (int64_t h = 0; h < H; ++h) o[h] = w * dj[h];
     }
   }
 
  private:
   Model* m_;
-  std::vector<int64_t> tok_;  // t * k + slot
-  std::vector<float> xe_, g_, u_, d_, slots_;
+  std::vector<int64_t> tok_;  // t * k + slot, grouped by expert
+  std::vector<int64_t> sel_, begin_;
+  std::vector<int32_t> rows_;  // tok_ / k
+  std::vector<MatmulTask> tasks_;
+  std::vector<float> g_, u_, d_, slots_;
 };
 
 void Model::RunLocalExpertSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
@@ -450,10 +515,11 @@ void Model::DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, cons
   float* b = Workspace::get(w.b, N * Hv);
   float* al = Workspace::get(w.al, N * Hv);
   float* y = Workspace::get(w.y, N * VD);
-  Matmul(L.qkv, a, N, u);
-  Matmul(L.gate, a, N, z);
-  Matmul(L.beta, a, N, b);
-  Matmul(L.alpha, a, N, al);
+  {
+    const MatmulTask t[4] = {Task(L.qkv, a, N, u), Task(L.gate, a, N, z), Task(L.beta, a, N, b),
+                             Task(L.alpha, a, N, al)};
+    RunTasks(ref, t, 4, n_threads_);
+  }
   const int64_t layer_idx = &L - layers_.data();
   const int64_t slot = std::find(dn_index_.begin(), dn_index_.end(), layer_idx) - dn_index_.begin();
   const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
@@ -508,9 +574,10 @@ void Model::AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, con
   float* kk = Workspace::get(w.kk, N * nkv * hd);
   float* vv = Workspace::get(w.vv, N * nkv * hd);
   float* y = Workspace::get(w.y, N * nh * hd);
-  Matmul(L.wq, a, N, qg);
-  Matmul(L.wk, a, N, kk);
-  Matmul(L.wv, a, N, vv);
+  {
+    const MatmulTask t[3] = {Task(L.wq, a, N, qg), Task(L.wk, a, N, kk), Task(L.wv, a, N, vv)};
+    RunTasks(ref, t, 3, n_threads_);
+  }
   const int64_t layer_idx = &L - layers_.data();
   const int64_t slot = std::find(attn_index_.begin(), attn_index_.end(), layer_idx) - attn_index_.begin();
   const size_t kv_row = row_bytes(kv_type_, nkv * hd);
@@ -583,21 +650,40 @@ void Model::FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_to
   const ModelConfig& c = cfg_;
   Workspace& w = *ws_;
   const int64_t H = c.n_embd;
+  const bool ref = opts_.backend == Backend::kReference;
   if (!c.moe) {
     float* g = Workspace::get(w.ffn1, n_tok * c.n_ff);
     float* u = Workspace::get(w.ffn2, n_tok * c.n_ff);
-    Matmul(L.ffn_gate, f, n_tok, g);
-    Matmul(L.ffn_up, f, n_tok, u);
+    const MatmulTask t[2] = {Task(L.ffn_gate, f, n_tok, g), Task(L.ffn_up, f, n_tok, u)};
+    RunTasks(ref, t, 2, n_threads_);
     for (int64_t i = 0; i < n_tok * c.n_ff; ++i) g[i] = silu(g[i]) * u[i];
     Matmul(L.ffn_down, g, n_tok, out);
     return;
   }
-  const int64_t k = c.n_expert_used;
+  // Router and the shared expert's gate, up and gate input in one batch over f; the routed
+  // experts; then the shared expert's down projection, added.
+  const int64_t E = c.n_expert, k = c.n_expert_used, Is = c.n_ff_shexp;
+  float* logits = Workspace::get(w.router, n_tok * E);
+  float* sg = Workspace::get(w.sh, n_tok);
+  float* g = Workspace::get(w.ffn1, n_tok * Is);
+  float* u = Workspace::get(w.ffn2, n_tok * Is);
+  {
+    const MatmulTask t[4] = {Task(L.router, f, n_tok, logits), Task(L.shexp_gate_inp, f, n_tok, sg),
+                             Task(L.shexp_gate, f, n_tok, g), Task(L.shexp_up, f, n_tok, u)};
+    RunTasks(ref, t, 4, n_threads_);
+  }
   w.ids.resize(n_tok * k);
   float* ew = Workspace::get(w.ew, n_tok * k);
-  Route(L, f, n_tok, w.ids.data(), ew);
+  for (int64_t t = 0; t < n_tok; ++t)
+    router_topk_ref(logits + t * E, E, k, w.ids.data() + t * k, ew + t * k);
   experts_->Run(layer, f, n_tok, w.ids.data(), ew, out);
-  SharedExpertAdd(L, f, n_tok, out);
+  for (int64_t i = 0; i < n_tok * Is; ++i) g[i] = silu(g[i]) * u[i];
+  float* d = Workspace::get(w.ffn3, n_tok * H);
+  Matmul(L.shexp_down, g, n_tok, d);
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const float s = sigmoidf(sg[t]);
+    for (int64_t h = 0; h < H; ++h) out[t * H + h] += s * d[t * H + h];
+  }
 }
 
 void Model::Route(const Layer& L, const float* f, int64_t n_tok, int32_t* ids, float* weights) {
@@ -612,12 +698,14 @@ void Model::SharedExpertAdd(const Layer& L, const float* f, int64_t n_tok, float
   Workspace& w = *ws_;
   const int64_t H = cfg_.n_embd, Is = cfg_.n_ff_shexp;
   float* sg = Workspace::get(w.sh, n_tok);
-  Matmul(L.shexp_gate_inp, f, n_tok, sg);
   float* g = Workspace::get(w.ffn1, n_tok * Is);
   float* u = Workspace::get(w.ffn2, n_tok * Is);
   float* d = Workspace::get(w.ffn3, n_tok * H);
-  Matmul(L.shexp_gate, f, n_tok, g);
-  Matmul(L.shexp_up, f, n_tok, u);
+  {
+    const MatmulTask t[3] = {Task(L.shexp_gate_inp, f, n_tok, sg), Task(L.shexp_gate, f, n_tok, g),
+                             Task(L.shexp_up, f, n_tok, u)};
+    RunTasks(opts_.backend == Backend::kReference, t, 3, n_threads_);
+  }
   for (int64_t i = 0; i < n_tok * Is; ++i) g[i] = silu(g[i]) * u[i];
   Matmul(L.shexp_down, g, n_tok, d);
   for (int64_t t = 0; t < n_tok; ++t) {
