@@ -301,6 +301,7 @@ TEST(Distributed, DeadPeerFailsTheStepNamingTheLayer) {
         auto comm = par::CreateGlooCommunicator(r, 2, store.get(), prefix, "127.0.0.1",
                                                 std::chrono::milliseconds(3000));
         ASSERT_TRUE(comm.ok()) << comm.status();
+        ASSERT_TRUE((*comm)->Barrier().ok());  // both connected
         if (r == 1) return;  // leaves: its connections close
         auto m = Load(f);
         auto s1 = m->NewSequence();
@@ -321,6 +322,58 @@ TEST(Distributed, DeadPeerFailsTheStepNamingTheLayer) {
         << error;
     std::printf("%s: %s\n", spec, error.c_str());
   }
+}
+
+// A group of one (solo communicator): the distributed step is the single-worker step.
+TEST(Distributed, GroupOfOneEqualsForward) {
+  for (const char* spec : {"moe-tiny:Q8_0", "dense-tiny:Q8_0"}) {
+    auto f = Tiny(spec);
+    auto a = Load(f), b = Load(f);
+    const ModelConfig& cfg = a->config();
+    Model::Placement pl;
+    pl.layer_owner.assign(cfg.n_layer, 0);
+    if (cfg.moe) pl.expert_owner.assign(cfg.n_layer, std::vector<int>(cfg.n_expert, 0));
+    auto solo = par::MakeSoloCommunicator();
+    auto sa = a->NewSequence(), sb = b->NewSequence();
+    std::vector<int32_t> p = {3, 1, 4, 1, 5, 9, 2, 6}, d = {7};
+    std::vector<float> la, lb;
+    StepItem ia[1] = {{sa.get(), p.data(), 8, true}}, ib[1] = {{sb.get(), p.data(), 8, true}};
+    ASSERT_TRUE(a->Forward(ia, &la).ok());
+    ASSERT_TRUE(b->ForwardDistributed(ib, solo.get(), pl, &lb).ok());
+    EXPECT_EQ(la, lb) << spec;
+    StepItem da[1] = {{sa.get(), d.data(), 1, false}}, db[1] = {{sb.get(), d.data(), 1, false}};
+    ASSERT_TRUE(a->Forward(da, &la).ok());
+    ASSERT_TRUE(b->ForwardDistributed(db, solo.get(), pl, &lb).ok());
+    EXPECT_EQ(la, lb) << spec;
+    EXPECT_EQ(b->comm_stats(false).moe.bytes_sent + b->comm_stats(false).handoff_bytes_sent, 0u);
+    EXPECT_EQ(b->comm_stats(true).tokens, 1u);
+  }
+}
+
+// A placement that does not fit the group or the model is refused before any collective.
+TEST(Distributed, BadPlacementIsRefused) {
+  auto m = Load(Tiny("moe-tiny:Q8_0"));
+  const ModelConfig& cfg = m->config();
+  auto solo = par::MakeSoloCommunicator();
+  auto s = m->NewSequence();
+  std::vector<int32_t> p = {1, 2};
+  std::vector<float> lg;
+  StepItem it[1] = {{s.get(), p.data(), 2, false}};
+  Model::Placement pl;
+  pl.layer_owner.assign(cfg.n_layer, 0);
+  pl.expert_owner.assign(cfg.n_layer, std::vector<int>(cfg.n_expert, 0));
+  pl.expert_owner[5][3] = 1;
+  absl::Status st = m->ForwardDistributed(it, solo.get(), pl, &lg);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("layer 5 expert 3 is on rank 1"), std::string::npos) << st;
+  pl.expert_owner[5][3] = 0;
+  pl.layer_owner[2] = 2;
+  st = m->ForwardDistributed(it, solo.get(), pl, &lg);
+  EXPECT_NE(st.message().find("layer 2 is owned by rank 2"), std::string::npos) << st;
+  pl.layer_owner[2] = 0;
+  pl.expert_owner.pop_back();
+  st = m->ForwardDistributed(it, solo.get(), pl, &lg);
+  EXPECT_NE(st.message().find("expert owners for 7 layers"), std::string::npos) << st;
 }
 
 }  // namespace
