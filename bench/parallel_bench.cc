@@ -1,6 +1,7 @@
 // Gloo over loopback, two ranks as threads of this process: latency and bandwidth of
 // send/recv (ping-pong and one-way stream), all-reduce, and the MoE dispatch/combine of one
-// layer, for message sizes 4 KiB .. 16 MiB.
+// layer (summed, per-slot, and the old broadcast + reduce scheme), for message sizes 4 KiB ..
+// 16 MiB.
 //
 // Measured 2026-11-27, Gloo 20220518 (Debian), on the GPU host's 16 idle x86 cores (the 2-core
 // dev box under load gave 4 ms one-way latencies, scheduling-bound):
@@ -9,6 +10,12 @@
 //   all-reduce 4 KiB 133 us, 1 MiB 489 us, 16 MiB 6.3 ms (2.5 GB/s);
 //   MoE layer (hidden 3072, top-8 of 128 experts on 2 ranks, 24.6 KB moved per token):
 //   1 token 94 us, 8 tokens 170 us, 64 tokens 1.1 ms, 512 tokens 9.7 ms.
+// Per-slot mode (ForwardDistributed's, bit-exact: one H row back per remote (token, slot)) and the
+// broadcast + reduce scheme it replaced, 2026-11-27 on the 2-core dev box at load average 3.4-4
+// (scheduling-bound, compare within the run only), per layer:
+//   summed     64 tokens 10.7 ms, 512 tokens 30 ms; 24.6 KB per token
+//   per-slot   64 tokens 20.4 ms, 512 tokens 97 ms; 62 KB per token
+//   broadcast + reduce  64 tokens 16.4 ms, 512 tokens 114 ms; 110.7 KB per token (rank 0)
 //
 // Rank 0 runs the benchmark loop; rank 1 is a helper thread that receives a command
 // (op, bytes, iterations) over the communicator before each run and mirrors it.
@@ -27,7 +34,7 @@ namespace {
 
 using rs::par::Communicator;
 
-enum Op : int64_t { kStop = 0, kPingPong, kStream, kAllReduce, kMoe };
+enum Op : int64_t { kStop = 0, kPingPong, kStream, kAllReduce, kMoe, kMoePerSlot, kMoeOld };
 constexpr uint32_t kCmdTag = 999;
 
 std::unique_ptr<Communicator> g_comm[2];
@@ -35,7 +42,7 @@ std::unique_ptr<Communicator> g_comm[2];
 // The MoE layer used by both ranks: 128 experts over 2 ranks, top-8, hidden from the command.
 struct MoeSetup {
   std::vector<int> expert_rank;
-  std::vector<float> x, weights, out;
+  std::vector<float> x, weights, out, slot_out;
   std::vector<int32_t> experts;
   void Make(size_t tokens, size_t hidden) {
     std::mt19937 rng(7);
@@ -43,6 +50,7 @@ struct MoeSetup {
     for (int e = 0; e < 128; ++e) expert_rank[e] = e % 2;
     x.assign(tokens * hidden, 0.25f);
     out.resize(tokens * hidden);
+    slot_out.resize(tokens * 8 * hidden);
     experts.clear();
     weights.clear();
     for (size_t t = 0; t < tokens; ++t)
@@ -53,8 +61,10 @@ struct MoeSetup {
   }
 };
 
-rs::par::MoeLayer MoeLayerFor(MoeSetup& m, int rank, size_t tokens, size_t hidden) {
+rs::par::MoeLayer MoeLayerFor(MoeSetup& m, int rank, size_t tokens, size_t hidden,
+                              bool per_slot = false) {
   rs::par::MoeLayer l;
+  l.per_slot = per_slot;
   l.owner = 0;
   l.hidden = hidden;
   l.top_k = 8;
@@ -65,18 +75,44 @@ rs::par::MoeLayer MoeLayerFor(MoeSetup& m, int rank, size_t tokens, size_t hidde
     l.experts = m.experts.data();
     l.weights = m.weights.data();
     l.out = m.out.data();
+    if (per_slot) l.slot_out = m.slot_out.data();
   }
   return l;
 }
 
 // A stand-in for the experts: out = sum of weights * x (memory traffic only).
 absl::Status FakeExperts(const rs::par::ExpertWork& w) {
+  if (w.per_slot) {  // each local slot: weight * x
+    for (size_t i = 0; i < w.num_tokens; ++i)
+      for (int j = 0; j < w.top_k; ++j) {
+        if (w.experts[i * w.top_k + j] < 0) continue;
+        float* o = w.out + (i * w.top_k + j) * w.hidden;
+        for (size_t h = 0; h < w.hidden; ++h) o[h] = w.weights[i * w.top_k + j] * w.x[i * w.hidden + h];
+      }
+    return absl::OkStatus();
+  }
   for (size_t i = 0; i < w.num_tokens; ++i) {
     float s = 0;
     for (int j = 0; j < w.top_k; ++j) s += w.weights[i * w.top_k + j];
     for (size_t h = 0; h < w.hidden; ++h) w.out[i * w.hidden + h] = s * w.x[i * w.hidden + h];
   }
   return absl::OkStatus();
+}
+
+// The scheme ForwardDistributed used before the dispatcher (hidden 3072, top-8): the owner
+// (rank 0) broadcasts the normed states and the routing to every rank, every rank sum-reduces a
+// [tokens][8][hidden] slot buffer (its own slots, zeros elsewhere) to the owner.
+absl::Status OldSchemeLayer(Communicator& c, size_t tokens) {
+  constexpr size_t kHidden = 3072, kTopK = 8;
+  thread_local std::vector<float> x, routing, slots;
+  x.assign(tokens * kHidden, 0.25f);
+  routing.assign(tokens * kTopK * 2, 0.f);
+  slots.assign(tokens * kTopK * kHidden, 0.f);
+  if (absl::Status s = c.Broadcast(x.data(), x.size() * 4, 0); !s.ok()) return s;
+  if (absl::Status s = c.Broadcast(routing.data(), routing.size() * 4, 0); !s.ok()) return s;
+  for (size_t i = c.rank(); i < tokens * kTopK; i += 2)  // this rank's half of the slots
+    for (size_t h = 0; h < kHidden; ++h) slots[i * kHidden + h] = 0.125f * x[(i / kTopK) * kHidden + h];
+  return c.ReduceSum(slots.data(), slots.size(), 0);
 }
 
 void Peer() {
@@ -102,11 +138,15 @@ void Peer() {
         case kAllReduce:
           s = c.AllReduceSum(reinterpret_cast<float*>(buf.data()), bytes / 4);
           break;
-        case kMoe: {
+        case kMoe:
+        case kMoePerSlot: {
           if (i == 0) moe.Make(0, bytes);
-          s = moe_d.Run(MoeLayerFor(moe, 1, 0, bytes), FakeExperts);
+          s = moe_d.Run(MoeLayerFor(moe, 1, 0, bytes, cmd[0] == kMoePerSlot), FakeExperts);
           break;
         }
+        case kMoeOld:  // bytes = tokens here
+          s = OldSchemeLayer(c, bytes);
+          break;
       }
       if (!s.ok()) {
         std::fprintf(stderr, "peer: %s\n", s.ToString().c_str());
@@ -167,17 +207,18 @@ void BM_AllReduce(benchmark::State& state) {
   state.SetBytesProcessed(bytes * state.iterations());
 }
 
-// One MoE layer: `tokens` tokens of hidden 3072 (122B-A10B), top-8 of 128 experts split evenly.
-void BM_MoeLayer(benchmark::State& state) {
+// One MoE layer: `tokens` tokens of hidden 3072 (122B-A10B), top-8 of 128 experts split evenly;
+// summed (per-rank partial sums) or per-slot (what ForwardDistributed uses: bit-exact).
+void MoeLayer(benchmark::State& state, bool per_slot) {
   const size_t tokens = state.range(0);
   const size_t hidden = 3072;
   // The peer's command carries the hidden size; the token count only matters on the owner.
-  if (!Command(state, kMoe, hidden)) return;
+  if (!Command(state, per_slot ? kMoePerSlot : kMoe, hidden)) return;
   MoeSetup m;
   m.Make(tokens, hidden);
   rs::par::MoeDispatcher d(g_comm[0].get());
   for (auto _ : state) {
-    absl::Status s = d.Run(MoeLayerFor(m, 0, tokens, hidden), FakeExperts);
+    absl::Status s = d.Run(MoeLayerFor(m, 0, tokens, hidden, per_slot), FakeExperts);
     if (!s.ok()) {
       state.SkipWithError(s.ToString().c_str());
       break;
@@ -189,11 +230,30 @@ void BM_MoeLayer(benchmark::State& state) {
   state.counters["comm_frac"] =
       st.comm_seconds / std::max(1e-9, st.comm_seconds + st.compute_seconds);
 }
+void BM_MoeLayer(benchmark::State& state) { MoeLayer(state, false); }
+void BM_MoeLayerPerSlot(benchmark::State& state) { MoeLayer(state, true); }
+
+// The same layer the old way (broadcast + reduce of the whole slot buffer), for comparison.
+void BM_MoeLayerBroadcastReduce(benchmark::State& state) {
+  const size_t tokens = state.range(0);
+  if (!Command(state, kMoeOld, tokens)) return;
+  for (auto _ : state) {
+    absl::Status s = OldSchemeLayer(*g_comm[0], tokens);
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
+  }
+  // Payload per token on rank 0: x + routing out, the slot buffer in.
+  state.counters["bytes_per_token"] = 3072 * 4 + 8 * 8 + 8 * 3072 * 4;
+}
 
 BENCHMARK(BM_PingPong)->RangeMultiplier(4)->Range(4 << 10, 16 << 20)->UseRealTime();
 BENCHMARK(BM_Stream)->RangeMultiplier(4)->Range(4 << 10, 16 << 20)->UseRealTime();
 BENCHMARK(BM_AllReduce)->RangeMultiplier(4)->Range(4 << 10, 16 << 20)->UseRealTime();
 BENCHMARK(BM_MoeLayer)->Arg(1)->Arg(8)->Arg(64)->Arg(512)->UseRealTime();
+BENCHMARK(BM_MoeLayerPerSlot)->Arg(1)->Arg(8)->Arg(64)->Arg(512)->UseRealTime();
+BENCHMARK(BM_MoeLayerBroadcastReduce)->Arg(1)->Arg(8)->Arg(64)->Arg(512)->UseRealTime();
 
 }  // namespace
 
