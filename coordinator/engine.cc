@@ -247,7 +247,11 @@ absl::Status Engine::PlanPlacement(const std::vector<std::pair<int64_t, int64_t>
   req.layer_ranges = ranges;
   auto p = plan::MakePlan(req);
   if (!p.ok())
-    return absl::Status(p.status().code(), absl::StrCat("placement: ", p.status().message()));
+    return absl::Status(p.status().code(),
+                        absl::StrCat("placement: ", p.status().message(),
+                                     absl::IsResourceExhausted(p.status())
+                                         ? " (lower --context, --max-running or --max-kept, or add workers)"
+                                         : ""));
   const std::vector<int32_t> owners = plan::LayerOwners(*p);
   layer_owner_.assign(owners.begin(), owners.end());
   expert_owner_.clear();

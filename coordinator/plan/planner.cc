@@ -727,7 +727,12 @@ std::string PlanTable(const Plan& p) {
     for (const auto& wp : p.workers)
       absl::StrAppendFormat(&o, "  %s %d / %d", wp.name, wp.experts_on_gpu, wp.experts_on_cpu);
     o += "\n";
-    if (p.experts_spilled == 0)
+    bool any_gpu = false;
+    for (const auto& wp : p.workers)
+      for (const auto& d : wp.devices) any_gpu |= d.device >= 0;
+    if (!any_gpu)
+      o += "CPU workers: every expert in host RAM, run by its worker's CPU\n";
+    else if (p.experts_spilled == 0)
       o += "fits on GPUs alone: no expert spilled to host RAM\n";
     else
       absl::StrAppendFormat(&o, "spilled to host RAM: %d of %d experts (%s)\n", p.experts_spilled,
