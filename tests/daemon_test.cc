@@ -22,6 +22,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "coordinator/rendezvous_service.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -1642,6 +1644,55 @@ TEST(DaemonTest, ModelInfoServerInfoTokenize) {
   }
   EXPECT_EQ(Tokenize(*d, "<|im_end|>", true).size(), 1u);
   EXPECT_GT(Tokenize(*d, "<|im_end|>", false).size(), 1u);
+}
+
+// The registry of `coordinator --expect-workers`: pipeline order (ranks first, then
+// registration order), replacement before the order is fixed, heartbeats, and a worker that
+// registers again taking over a slot whose worker does not answer. Nothing listens on the
+// addresses (127.0.0.1 ports 1..5), so every slot's worker counts as down.
+TEST(WorkerRegistry, OrderReplacementHeartbeatAndTakeover) {
+  WorkerRegistry reg(3, 1.0);
+  std::vector<std::pair<int, std::string>> rebinds;
+  reg.set_on_rebind([&](int slot, const std::string& a) { rebinds.emplace_back(slot, a); });
+  auto req = [](int port, uint64_t instance, std::optional<int> rank = std::nullopt) {
+    rigserve::v1::RegisterRequest r;
+    r.set_address("127.0.0.1:" + std::to_string(port));
+    r.set_instance(instance);
+    r.set_device("cpu");
+    if (rank) r.set_rank(*rank);
+    return r;
+  };
+  EXPECT_EQ(*reg.Register(req(1, 10)), -1);
+  EXPECT_EQ(*reg.Register(req(2, 20, 0)), -1);
+  EXPECT_EQ(*reg.Register(req(1, 11)), -1);  // restarted before the order was fixed: replaces
+  EXPECT_EQ(reg.registered(), 2);
+  EXPECT_TRUE(absl::IsInvalidArgument(reg.Register(req(3, 30, 3)).status()));  // rank >= 3
+  EXPECT_TRUE(absl::IsInvalidArgument(reg.Register(rigserve::v1::RegisterRequest()).status()));
+  EXPECT_EQ(*reg.Register(req(3, 30)), 2);  // order: rank 0, then registration order
+  std::atomic<bool> stop{false};
+  auto slots = reg.WaitForAll(stop);
+  ASSERT_TRUE(slots.ok());
+  ASSERT_EQ(slots->size(), 3u);
+  EXPECT_EQ((*slots)[0]->address(), "127.0.0.1:2");
+  EXPECT_EQ((*slots)[1]->address(), "127.0.0.1:1");
+  EXPECT_EQ((*slots)[2]->address(), "127.0.0.1:3");
+  EXPECT_EQ(*reg.Register(req(1, 11)), 1);  // heartbeat: nothing changes
+  EXPECT_TRUE(rebinds.empty());
+  EXPECT_EQ(*reg.Register(req(4, 40)), 0);  // a new worker takes the first slot that is down
+  EXPECT_EQ((*slots)[0]->address(), "127.0.0.1:4");
+  EXPECT_EQ(*reg.Register(req(5, 50, 2)), 2);  // its rank's slot, down
+  EXPECT_EQ((*slots)[2]->address(), "127.0.0.1:5");
+  EXPECT_EQ(*reg.Register(req(1, 12)), 1);  // restarted at the same address
+  ASSERT_EQ(rebinds.size(), 3u);
+  EXPECT_EQ(rebinds[0], std::make_pair(0, std::string("127.0.0.1:4")));
+  EXPECT_EQ(rebinds[1], std::make_pair(2, std::string("127.0.0.1:5")));
+  EXPECT_EQ(rebinds[2], std::make_pair(1, std::string("127.0.0.1:1")));
+  // A slot link follows its slot.
+  auto link = MakeSlotLink((*slots)[0]);
+  EXPECT_EQ(link->name(), "127.0.0.1:4");
+  (*slots)[0]->Rebind("127.0.0.1:6");
+  EXPECT_EQ(link->name(), "127.0.0.1:6");
+  EXPECT_FALSE(link->Alive());
 }
 
 }  // namespace
