@@ -84,11 +84,10 @@ echo "ok: restarted worker rejoined; output unchanged"
 
 # Workers started by hand register with `coordinator --expect-workers 3` (the placement planner
 # picks layer ranges and experts from the tensor table and the workers' memory). Two register in
-# order, the third asks for --rank 0: pipeline order third, first, second.
+# order, the third asks for --rank 0: pipeline order third, first, second. The first starts
+# before the coordinator and retries until it answers.
 MODEL="$T/qwen35moe.gguf"
 CPORT=$(free_port)
-"$R" coordinator --listen "127.0.0.1:$CPORT" --expect-workers 3 --metrics-port -1 >"$T/coord.log" 2>&1 &
-PIDS+=("$!")
 WCMD=(worker --coordinator "127.0.0.1:$CPORT" --model "$MODEL" --threads 1)
 WP=()
 start_worker() {  # index, extra args...
@@ -98,8 +97,13 @@ start_worker() {  # index, extra args...
   PIDS+=("$!")
 }
 worker_addr() { sed -n 's/.* as \([0-9.:]*\)$/\1/p' "$T/worker$1.log" | tail -1; }
+start_worker 0
+for _ in $(seq 1 100); do grep -q "did not take the registration" "$T/worker0.log" && break; sleep 0.1; done
+grep -q "did not take the registration" "$T/worker0.log" || fail "worker 0 did not try to register before the coordinator was up"
+"$R" coordinator --listen "127.0.0.1:$CPORT" --expect-workers 3 --metrics-port -1 >"$T/coord.log" 2>&1 &
+PIDS+=("$!")
 for i in 0 1 2; do
-  if [ "$i" = 2 ]; then start_worker 2 --rank 0; else start_worker "$i"; fi
+  if [ "$i" = 2 ]; then start_worker 2 --rank 0; elif [ "$i" = 1 ]; then start_worker 1; fi
   for _ in $(seq 1 300); do grep -q "worker $((i + 1))/3 registered" "$T/coord.log" && break; sleep 0.1; done
   grep -q "worker $((i + 1))/3 registered" "$T/coord.log" || fail "worker $i did not register"
 done
@@ -118,7 +122,7 @@ wait "${cps[@]}"
 for j in $(seq 0 $((i - 1))); do
   cmp -s "$T/want$j" "$T/reg$j" || fail "registered workers, prompt $j: got '$(cat "$T/reg$j")' want '$(cat "$T/want$j")'"
 done
-echo "ok: 3 workers registered (--rank honoured: $ORDER); planned placement; ${#PROMPTS[@]} concurrent requests match the single process"
+echo "ok: 3 workers registered (one before the coordinator was up; --rank honoured: $ORDER); planned placement; ${#PROMPTS[@]} concurrent requests match the single process"
 
 # Kill one mid-request, then restart it with the same command: it registers again (a new
 # port), takes over its slot, the group re-forms, and the output is unchanged.
