@@ -421,8 +421,10 @@ absl::Status CudaModel::Grow(CudaSeqState* s, int64_t n_past, int64_t need) {
 }
 
 absl::Status CudaModel::Mm(const WeightView& w, const float* x, int64_t n, float* y) {
-  if (n > cuda::kMaxMatvecTokens && w.rows < 16) {
-    // Thin matrices (the shared expert's gate: one row) run as matvecs of up to 8 tokens.
+  if (n > cuda::kMaxMatvecTokens && (w.rows < 16 || w.type == GgmlType::F32)) {
+    // Thin matrices (the shared expert's gate: one row) and F32 weights (the router of real
+    // models; exact test models) run as f32 matvecs of up to 8 tokens: the tensor cores would
+    // round them to f16, and a rounded router logit can flip a near-tied expert choice.
     for (int64_t t0 = 0; t0 < n; t0 += cuda::kMaxMatvecTokens) {
       const int64_t nt = std::min(cuda::kMaxMatvecTokens, n - t0);
       RS_CU(cuda::matmul(w, x + t0 * w.cols, w.cols, nt, y + t0 * w.rows, w.rows, act_ws_.get(),

@@ -86,6 +86,19 @@ std::vector<int32_t> Prompt(int64_t n, int64_t vocab, uint32_t seed) {
   return ids;
 }
 
+// True when every matrix of the model is F32: the exact test models. There the GPU must match
+// the CPU to NMSE 1e-4 and pick the same greedy ids. Quantised models read q8-rounded
+// activations on both backends (rounded differently: blocks of 32 on the GPU's matvec, f16 on
+// its tensor cores), and these tiny random models amplify that rounding (the CPU fast path
+// alone is ~5e-3 from the reference on dense-tiny:Q6_K), so there the criterion is the
+// fidelity checker's: the GPU no further from the exact reference backend than twice the CPU
+// fast path is (mean NMSE over the rows).
+bool AllF32(const gguf::File& f) {
+  for (const auto& t : f.tensors())
+    if (t.ne.size() >= 2 && t.ne[1] > 1 && t.type != GgmlType::F32) return false;
+  return true;
+}
+
 class CudaModelTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -95,89 +108,127 @@ class CudaModelTest : public ::testing::TestWithParam<const char*> {
     file_ = Open(GetParam(), &skip);
     if (!skip.empty()) GTEST_SKIP() << skip;
     ASSERT_NE(file_, nullptr);
+    exact_ = AllF32(*file_);
     cpu_ = Load(file_, Backend::kCpu);
     gpu_ = Load(file_, Backend::kCuda);
     ASSERT_NE(cpu_, nullptr);
     ASSERT_NE(gpu_, nullptr);
+    if (!exact_) {
+      ref_ = Load(file_, Backend::kReference);
+      ASSERT_NE(ref_, nullptr);
+    }
     V_ = cpu_->config().n_vocab;
   }
+  // NMSE of a against b over the entries that are finite in b (masked ids are -inf).
+  double Err(const float* a, const float* b) const {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < V_; ++i)
+      if (std::isfinite(b[i])) {
+        const double d = double(a[i]) - b[i];
+        num += d * d;
+        den += double(b[i]) * b[i];
+      }
+    return den > 0 ? num / den : num;
+  }
   std::shared_ptr<const gguf::File> file_;
-  std::unique_ptr<Model> cpu_, gpu_;
+  std::unique_ptr<Model> cpu_, gpu_, ref_;
+  bool exact_ = true;
   int64_t V_ = 0;
 };
 
-// Prefill (tensor-core path) then greedy decode (matvec path). Both backends are fed the CPU's
-// greedy ids (teacher forcing), so one near-tie cannot derail the rest: every row's logits must
-// be within NMSE 1e-4, and the GPU must pick the CPU's id wherever the CPU's margin is clear.
+// Prefill then greedy decode (matvec path), fed the same ids on every backend (the CPU's greedy
+// choice: teacher forcing, so one near-tie cannot derail the rest).
 TEST_P(CudaModelTest, GreedyDecodeMatchesCpu) {
   const std::vector<int32_t> prompt = Prompt(37, V_, 1);
-  auto sc = cpu_->NewSequence(64);
-  auto sg = gpu_->NewSequence(64);
-  std::vector<float> lc, lg;
-  StepItem ic{sc.get(), prompt.data(), static_cast<int64_t>(prompt.size()), false};
-  StepItem ig{sg.get(), prompt.data(), static_cast<int64_t>(prompt.size()), false};
-  ASSERT_TRUE(cpu_->Forward({&ic, 1}, &lc).ok());
-  auto st = gpu_->Forward({&ig, 1}, &lg);
-  ASSERT_TRUE(st.ok()) << st;
-  int flips = 0;
-  double worst = 0;
-  for (int step = 0; step < 16; ++step) {
-    ASSERT_EQ(lc.size(), static_cast<size_t>(V_));
-    ASSERT_EQ(lg.size(), static_cast<size_t>(V_));
-    cpu_->MaskUnused(lc.data(), 1);
-    gpu_->MaskUnused(lg.data(), 1);
-    for (int64_t i = 0; i < V_; ++i) ASSERT_TRUE(std::isfinite(lg[i]) || std::isinf(lc[i])) << i;
-    // Unused (masked) ids are -inf in both; compare the rest.
-    std::vector<float> a, b;
-    for (int64_t i = 0; i < V_; ++i)
-      if (std::isfinite(lc[i])) {
-        a.push_back(lg[i]);
-        b.push_back(lc[i]);
-      }
-    const double e = Nmse(a.data(), b.data(), static_cast<int64_t>(a.size()));
-    worst = std::max(worst, e);
-    EXPECT_LE(e, 1e-4) << "step " << step;
-    const int32_t want = Argmax(lc.data(), V_);
-    const int32_t got = Argmax(lg.data(), V_);
-    if (got != want) {
-      ++flips;
-      EXPECT_LT(Margin(lc.data(), V_), 1e-3f * std::max(1.0f, std::fabs(lc[want])))
-          << "step " << step << ": GPU picked " << got << ", CPU " << want;
+  std::vector<Model*> ms = {cpu_.get(), gpu_.get()};
+  if (ref_) ms.push_back(ref_.get());
+  std::vector<std::unique_ptr<SeqState>> ss;
+  for (Model* m : ms) ss.push_back(m->NewSequence(64));
+  std::vector<std::vector<float>> l(ms.size());
+  double worst = 0, sum_gpu = 0, sum_cpu = 0;
+  int rows = 0, flips = 0;
+  const int32_t* toks = prompt.data();
+  int64_t n = static_cast<int64_t>(prompt.size());
+  int32_t next = 0;
+  for (int step = 0; step <= 16; ++step) {
+    for (size_t i = 0; i < ms.size(); ++i) {
+      StepItem it{ss[i].get(), toks, n, false};
+      auto st = ms[i]->Forward({&it, 1}, &l[i]);
+      ASSERT_TRUE(st.ok()) << BackendName(ms[i]->backend()) << ": " << st;
+      ASSERT_EQ(l[i].size(), static_cast<size_t>(V_));
+      ms[i]->MaskUnused(l[i].data(), 1);
     }
-    const int32_t next = want;
-    StepItem dc{sc.get(), &next, 1, false};
-    StepItem dg{sg.get(), &next, 1, false};
-    ASSERT_TRUE(cpu_->Forward({&dc, 1}, &lc).ok());
-    st = gpu_->Forward({&dg, 1}, &lg);
-    ASSERT_TRUE(st.ok()) << st;
+    const float* lc = l[0].data();
+    const float* lg = l[1].data();
+    for (int64_t i = 0; i < V_; ++i)
+      ASSERT_TRUE(std::isfinite(lg[i]) || !std::isfinite(lc[i])) << "step " << step << " id " << i;
+    const double e = Err(lg, lc);
+    worst = std::max(worst, e);
+    const int32_t want = Argmax(lc, V_), got = Argmax(lg, V_);
+    if (exact_) {
+      EXPECT_LE(e, 1e-4) << "step " << step;
+      if (got != want) {
+        ++flips;
+        EXPECT_LT(Margin(lc, V_), 1e-4f * std::max(1.0f, std::fabs(lc[want])))
+            << "step " << step << ": GPU picked " << got << ", CPU " << want;
+      }
+    } else {
+      sum_gpu += Err(lg, l[2].data());
+      sum_cpu += Err(lc, l[2].data());
+    }
+    ++rows;
+    next = want;
+    toks = &next;
+    n = 1;
   }
-  EXPECT_EQ(sg->n_past, sc->n_past);
-  std::printf("  %s: worst logits NMSE %.3g over 17 rows, %d near-tie flips\n", GetParam(), worst,
-              flips);
+  EXPECT_EQ(ss[1]->n_past, ss[0]->n_past);
+  if (exact_) {
+    std::printf("  %s: GPU vs CPU worst logits NMSE %.3g over %d rows, %d near-tie flips\n",
+                GetParam(), worst, rows, flips);
+  } else {
+    const double mg = sum_gpu / rows, mc = sum_cpu / rows;
+    std::printf("  %s: mean NMSE vs the reference: GPU %.3g, CPU fast %.3g (GPU vs CPU worst %.3g)\n",
+                GetParam(), mg, mc, worst);
+    EXPECT_LE(mg, 2 * mc + 1e-5) << "the GPU is further from the reference than twice the CPU";
+  }
 }
 
 // Every position's logits (score) for a prompt longer than one device sub-step (512 tokens):
-// exercises the sub-step split, the KV cache growth past cuda_ctx, and long attention.
+// the sub-step split, the KV cache growth past cuda_ctx, long attention, tensor-core prefill.
 TEST_P(CudaModelTest, LongPromptAllLogits) {
-  const int64_t T = 700;
+  const int64_t T = 600;
   const std::vector<int32_t> prompt = Prompt(T, V_, 2);
+  std::vector<float> lc, lg, lr;
   auto sc = cpu_->NewSequence(T);
   auto sg = gpu_->NewSequence(0);
-  std::vector<float> lc, lg;
   StepItem ic{sc.get(), prompt.data(), T, true};
   StepItem ig{sg.get(), prompt.data(), T, true};
   ASSERT_TRUE(cpu_->Forward({&ic, 1}, &lc).ok());
   auto st = gpu_->Forward({&ig, 1}, &lg);
   ASSERT_TRUE(st.ok()) << st;
   ASSERT_EQ(lg.size(), lc.size());
-  double worst = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    const double e = Nmse(lg.data() + t * V_, lc.data() + t * V_, V_);
-    worst = std::max(worst, e);
-    ASSERT_LE(e, 1e-4) << "position " << t;
+  if (exact_) {
+    double worst = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const double e = Err(lg.data() + t * V_, lc.data() + t * V_);
+      worst = std::max(worst, e);
+      ASSERT_LE(e, 1e-4) << "position " << t;
+    }
+    std::printf("  %s: %lld positions, GPU vs CPU worst logits NMSE %.3g\n", GetParam(),
+                static_cast<long long>(T), worst);
+    return;
   }
-  std::printf("  %s: %lld positions, worst logits NMSE %.3g\n", GetParam(),
-              static_cast<long long>(T), worst);
+  auto sr = ref_->NewSequence(T);
+  StepItem ir{sr.get(), prompt.data(), T, true};
+  ASSERT_TRUE(ref_->Forward({&ir, 1}, &lr).ok());
+  double sg_ = 0, sc_ = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    sg_ += Err(lg.data() + t * V_, lr.data() + t * V_);
+    sc_ += Err(lc.data() + t * V_, lr.data() + t * V_);
+  }
+  std::printf("  %s: %lld positions, mean NMSE vs the reference: GPU %.3g, CPU fast %.3g\n",
+              GetParam(), static_cast<long long>(T), sg_ / T, sc_ / T);
+  EXPECT_LE(sg_ / T, 2 * sc_ / T + 1e-5);
 }
 
 // Three sequences in one step (a prefill chunk and two decodes) equal each run alone on the GPU;
@@ -205,14 +256,18 @@ TEST_P(CudaModelTest, BatchCopyAndReset) {
   ASSERT_TRUE(gpu_->Forward({&i0, 1}, &l0).ok());
   ASSERT_TRUE(gpu_->Forward({&i1, 1}, &l1).ok());
   ASSERT_TRUE(gpu_->Forward({&i2, 1}, &l2).ok());
-  EXPECT_LE(Nmse(lb.data(), l0.data(), V_), 1e-4);
-  EXPECT_LE(Nmse(lb.data() + V_, l1.data(), V_), 1e-4);
-  EXPECT_LE(Nmse(lb.data() + 2 * V_, l2.data(), V_), 1e-4);
-  // Reset: the same prompt again gives the first result again.
+  // Exact models run f32 matvecs either way. In quantised ones a token computed inside a
+  // 22-token step goes through the tensor cores (f16), alone through the q8 matvec: they
+  // differ by the q8 rounding (see AllF32), far below what a wrong row or offset gives (~1).
+  const double tol = exact_ ? 1e-6 : 2e-2;
+  EXPECT_LE(Nmse(lb.data(), l0.data(), V_), tol);
+  EXPECT_LE(Nmse(lb.data() + V_, l1.data(), V_), tol);
+  EXPECT_LE(Nmse(lb.data() + 2 * V_, l2.data(), V_), tol);
+  // Reset: the same prompt again gives the first result again (deterministic kernels).
   c0->reset();
   std::vector<float> again;
   ASSERT_TRUE(gpu_->Forward({&i0, 1}, &again).ok());
-  EXPECT_LE(Nmse(again.data(), l0.data(), V_), 1e-10);
+  EXPECT_LE(Nmse(again.data(), l0.data(), V_), 1e-12);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaModelTest,
