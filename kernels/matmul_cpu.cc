@@ -15,12 +15,13 @@
 // Results do not depend on the thread count nor on how tokens are batched (each (row, token)
 // dot runs the same instruction sequence), so a prompt in one call equals token-by-token calls
 // bit for bit.
-// Threads: one OpenMP region per call. libgomp spins at the join; on a machine with more runnable
-// threads than cores that spin can cost a scheduler slice per call (measured: a 512 x 2048 Q4_K
-// matvec at load 10 on 2 cores took 12 ms mean with 2 threads, 0.17 ms with
-// OMP_WAIT_POLICY=passive). Quiet machines want the default (active) policy.
+// Threads: one job of the kernels' own pool per call (cpu_parallel). It replaced OpenMP, whose
+// workers spin at every join: on a machine with more runnable threads than cores that spin cost a
+// scheduler slice per call (measured: a 512 x 2048 Q4_K matvec at load 10 on 2 cores took 12 ms
+// mean with 2 threads, 0.17 ms with OMP_WAIT_POLICY=passive; bench-moe decode at load 5: 4 tok/s
+// with libgomp's default policy, 14-19 passive).
 #include <immintrin.h>
-#include <omp.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <array>
@@ -29,6 +30,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -37,6 +40,101 @@
 #include "kernels/quant_blocks.h"
 
 namespace rs {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Thread pool (replaces OpenMP: libgomp's workers spin for ~300k iterations at every join, which
+// on a 2-core machine shared with other work costs whole scheduler slices per region).
+// ---------------------------------------------------------------------------------------------
+
+// Returns once a != old: pause-spin (~10 us), then sched_yield for ~1 ms, then futex sleep.
+uint32_t wait_change(const std::atomic<uint32_t>& a, uint32_t old) {
+  for (int i = 0; i < 400; ++i) {
+    const uint32_t v = a.load(std::memory_order_acquire);
+    if (v != old) return v;
+    _mm_pause();
+  }
+  for (int i = 0; i < 1000; ++i) {
+    const uint32_t v = a.load(std::memory_order_acquire);
+    if (v != old) return v;
+    sched_yield();
+  }
+  for (;;) {
+    a.wait(old, std::memory_order_acquire);
+    const uint32_t v = a.load(std::memory_order_acquire);
+    if (v != old) return v;
+  }
+}
+
+class Pool {
+ public:
+  bool try_run(int nt, void (*fn)(void*, int, int), void* ctx) {
+    if (!mu_.try_lock()) return false;
+    while (static_cast<int>(workers_) < nt - 1) {
+      const int id = static_cast<int>(++workers_);
+      const uint32_t g0 = gen_.load(std::memory_order_relaxed);
+      std::thread([this, id, g0] { worker(id, g0); }).detach();
+    }
+    fn_ = fn;
+    ctx_ = ctx;
+    nt_ = nt;
+    // Every worker acknowledges every job (those with id >= nt without running it), so no worker
+    // can mistake the next job's fields for the one it woke up for.
+    pending_.store(workers_, std::memory_order_relaxed);
+    gen_.fetch_add(1, std::memory_order_release);
+    gen_.notify_all();
+    fn(ctx, 0, nt);
+    for (uint32_t p = pending_.load(std::memory_order_acquire); p != 0;
+         p = pending_.load(std::memory_order_acquire))
+      wait_change(pending_, p);
+    mu_.unlock();
+    return true;
+  }
+
+  void barrier(int nt) {
+    const uint32_t g = bar_gen_.load(std::memory_order_acquire);
+    if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == static_cast<uint32_t>(nt - 1)) {
+      bar_count_.store(0, std::memory_order_relaxed);
+      bar_gen_.fetch_add(1, std::memory_order_release);
+      bar_gen_.notify_all();
+    } else {
+      wait_change(bar_gen_, g);
+    }
+  }
+
+ private:
+  void worker(int id, uint32_t seen) {
+    for (;;) {
+      seen = wait_change(gen_, seen);
+      const int nt = nt_;
+      if (id < nt) fn_(ctx_, id, nt);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    }
+  }
+
+  std::mutex mu_;
+  std::atomic<uint32_t> workers_{0};
+  std::atomic<uint32_t> gen_{0}, pending_{0}, bar_count_{0}, bar_gen_{0};
+  void (*fn_)(void*, int, int) = nullptr;
+  void* ctx_ = nullptr;
+  int nt_ = 1;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: its detached workers outlive main
+  return *p;
+}
+
+}  // namespace
+
+void cpu_parallel_raw(int n_threads, void (*fn)(void*, int, int), void* ctx) {
+  if (n_threads <= 1 || !pool().try_run(n_threads, fn, ctx)) fn(ctx, 0, 1);
+}
+
+void cpu_barrier(int nt) {
+  if (nt > 1) pool().barrier(nt);
+}
+
 namespace matmul_internal {
 
 using namespace qblk;
@@ -687,15 +785,19 @@ Acts prepare_acts(GgmlType t, const float* x, int64_t ldx, int64_t n_tok, int64_
     case ActKind::kQ8x32: {
       const int64_t nb = cols / kQK;
       ActQ8x32* a = scratch<ActQ8x32>(buf, static_cast<size_t>(nb * n_tok));
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_tok >= 8 && n_threads > 1)
-      for (int64_t i = 0; i < n_tok; ++i) matmul_internal::quantize_act_q8x32(x + i * ldx, a + i * nb, cols);
+      cpu_parallel(n_tok >= 8 ? n_threads : 1, [&](int id, int nt) {
+        for (int64_t i = n_tok * id / nt; i < n_tok * (id + 1) / nt; ++i)
+          matmul_internal::quantize_act_q8x32(x + i * ldx, a + i * nb, cols);
+      });
       return {reinterpret_cast<const uint8_t*>(a), static_cast<size_t>(nb) * sizeof(ActQ8x32)};
     }
     case ActKind::kQ8x256: {
       const int64_t nb = cols / kQKK;
       ActQ8x256* a = scratch<ActQ8x256>(buf, static_cast<size_t>(nb * n_tok));
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_tok >= 8 && n_threads > 1)
-      for (int64_t i = 0; i < n_tok; ++i) matmul_internal::quantize_act_q8x256(x + i * ldx, a + i * nb, cols);
+      cpu_parallel(n_tok >= 8 ? n_threads : 1, [&](int id, int nt) {
+        for (int64_t i = n_tok * id / nt; i < n_tok * (id + 1) / nt; ++i)
+          matmul_internal::quantize_act_q8x256(x + i * ldx, a + i * nb, cols);
+      });
       return {reinterpret_cast<const uint8_t*>(a), static_cast<size_t>(nb) * sizeof(ActQ8x256)};
     }
   }
@@ -707,6 +809,18 @@ void run_rows(const Kernels& k, const WeightView& w, const Acts& a, int64_t n_to
               int64_t ldy, int64_t r0, int64_t r1) {
   if (n_tok == 1) {
     const void* act[1] = {a.tok(0)};
+    static const int pf = [] { const char* e = std::getenv("RS_PF"); return e ? std::atoi(e) : 0; }();
+    if (pf > 0) {
+      const size_t rs = w.row_stride;
+      const uint8_t* end = w.row(r1);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* p = w.row(r) + static_cast<size_t>(pf) * 64;
+        for (size_t o = 0; o < rs; o += 64)
+          if (p + o < end) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+        k.k[0](w.row(r), act, w.cols, y + r);
+      }
+      return;
+    }
     for (int64_t r = r0; r < r1; ++r) k.k[0](w.row(r), act, w.cols, y + r);
     return;
   }
@@ -764,12 +878,10 @@ void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok,
     run_rows(*k, w, a, n_tok, y, ldy, 0, w.rows);
     return;
   }
-#pragma omp parallel num_threads(n_threads)
-  {
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+  cpu_parallel(n_threads, [&](int id, int nt) {
     const int64_t r0 = w.rows * id / nt, r1 = w.rows * (id + 1) / nt;
     run_rows(*k, w, a, n_tok, y, ldy, r0, r1);
-  }
+  });
 }
 
 namespace {
@@ -863,9 +975,7 @@ void matmul_cpu_batch(const MatmulTask* tasks, int64_t n_tasks, int n_threads) {
                           base + src.offset + r * src.row_bytes);
       seen += src.x_n;
     }
-    if (nt > 1 && n_convert > 0) {
-#pragma omp barrier
-    }
+    if (n_convert > 0) cpu_barrier(nt);
     // 2. Every task's rows split into one contiguous range per thread.
     for (int64_t i = 0; i < n_tasks; ++i) {
       if (!tkern[i]) continue;
@@ -874,12 +984,7 @@ void matmul_cpu_batch(const MatmulTask* tasks, int64_t n_tasks, int n_threads) {
       if (r0 < r1) run_rows(*tkern[i], tk.w, acts_of(i), tk.n_tok, tk.y, tk.ldy, r0, r1);
     }
   };
-  if (n_threads == 1) {
-    body(0, 1);
-    return;
-  }
-#pragma omp parallel num_threads(n_threads)
-  body(omp_get_thread_num(), omp_get_num_threads());
+  cpu_parallel(n_threads, body);
 }
 
 float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n) {

@@ -1,13 +1,16 @@
 // Fast CPU versions of the ops in kernels/ops.h: loops laid out for the compiler's AVX2
-// vectoriser (-O3 -mavx2 -mfma), F16C for the f16 KV cache, OpenMP over heads / rows.
+// vectoriser (-O3 -mavx2 -mfma), F16C for the f16 KV cache, heads / rows over the kernels' thread
+// pool (cpu_parallel, kernels/matmul.h).
 // Each is tested against its *_ref twin (tests/ops_test.cc).
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "kernels/matmul.h"
 #include "kernels/ops.h"
 
 namespace rs {
@@ -95,21 +98,27 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
   const int64_t group = nh / nkv;
   const int64_t n_ctx_max = n_past + T;
   // One task per (token, kv head): K and V rows are converted once and used by the group's
-  // query heads.
-#pragma omp parallel num_threads(n_threads)
-  {
-    std::vector<float> scores(group * n_ctx_max), krow(hd), acc(group * hd);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < T * nkv; ++task) {
+  // query heads. Tasks are taken from a shared counter (later tokens have longer contexts).
+  std::atomic<int64_t> next{0};
+  const int64_t n_tasks = T * nkv;
+  const int nt_want = static_cast<int>(std::min<int64_t>(std::max(1, n_threads), n_tasks));
+  cpu_parallel(nt_want, [&](int, int) {
+    thread_local std::vector<float> scratch;
+    const size_t need = static_cast<size_t>(group * n_ctx_max + hd + group * hd);
+    if (scratch.size() < need) scratch.resize(need);
+    float* scores = scratch.data();
+    float* krow = scores + group * n_ctx_max;
+    float* acc = krow + hd;
+    for (int64_t task = next.fetch_add(1); task < n_tasks; task = next.fetch_add(1)) {
       const int64_t t = task / nkv, kvh = task % nkv;
       const int64_t n_ctx = n_past + t + 1;
       const float* qg = q + (t * nh + kvh * group) * hd;
       for (int64_t p = 0; p < n_ctx; ++p) {
-        load_kv_row(k, p, kvh * hd, hd, krow.data());
-        for (int64_t g = 0; g < group; ++g) scores[g * n_ctx_max + p] = dot(qg + g * hd, krow.data(), hd) * scale;
+        load_kv_row(k, p, kvh * hd, hd, krow);
+        for (int64_t g = 0; g < group; ++g) scores[g * n_ctx_max + p] = dot(qg + g * hd, krow, hd) * scale;
       }
       for (int64_t g = 0; g < group; ++g) {
-        float* s = scores.data() + g * n_ctx_max;
+        float* s = scores + g * n_ctx_max;
         float mx = -INFINITY;
         for (int64_t p = 0; p < n_ctx; ++p) mx = std::max(mx, s[p]);
         float sum = 0;
@@ -117,19 +126,19 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
         const float inv = 1.0f / sum;
         for (int64_t p = 0; p < n_ctx; ++p) s[p] *= inv;
       }
-      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(acc, acc + group * hd, 0.0f);
       for (int64_t p = 0; p < n_ctx; ++p) {
-        load_kv_row(v, p, kvh * hd, hd, krow.data());
+        load_kv_row(v, p, kvh * hd, hd, krow);
         for (int64_t g = 0; g < group; ++g) {
           const float w = scores[g * n_ctx_max + p];
-          float* a = acc.data() + g * hd;
+          float* a = acc + g * hd;
           for (int64_t d = 0; d < hd; ++d) a[d] += w * krow[d];
         }
       }
       for (int64_t g = 0; g < group; ++g)
-        std::memcpy(out + (t * nh + kvh * group + g) * hd, acc.data() + g * hd, hd * 4);
+        std::memcpy(out + (t * nh + kvh * group + g) * hd, acc + g * hd, hd * 4);
     }
-  }
+  });
 }
 
 void conv1d_silu_cpu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
@@ -386,17 +395,15 @@ void delta_rule_run(const DeltaNetDims& d, const float* q, const float* k, const
                     const float* g, const float* beta, float* S, float* out, int n_threads,
                     bool chunked) {
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, d.Hv)));
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  cpu_parallel(nt, [&](int id, int n) {
     float* scratch = dn_scratch(chunked ? delta_chunk_scratch(d) : static_cast<size_t>(d.dv));
-#pragma omp for schedule(static)
-    for (int64_t h = 0; h < d.Hv; ++h) {
+    for (int64_t h = d.Hv * id / n; h < d.Hv * (id + 1) / n; ++h) {
       if (chunked)
         delta_head_chunked(d, h, q, k, v, g, beta, S, out, scratch);
       else
         delta_head_recurrent(d, h, q, k, v, g, beta, S, out, scratch);
     }
-  }
+  });
 }
 }  // namespace
 
