@@ -267,6 +267,28 @@ TEST(ModelErrors, UnsupportedArchitecture) {
       << m.status();
 }
 
+// ForwardGreedy returns, per logits row of Forward, the argmax over the non-padding ids.
+TEST_P(ModelSpecs, ForwardGreedyIsArgmaxOfMaskedLogits) {
+  auto m = Load(Tiny(GetParam()), Backend::kCpu);
+  const int64_t V = m->config().n_vocab;
+  const std::vector<int32_t> p = Prompt(9, 3, static_cast<int>(V));
+  auto s1 = m->NewSequence(), s2 = m->NewSequence();
+  std::vector<float> logits;
+  std::vector<int32_t> ids;
+  StepItem a{s1.get(), p.data(), 9, true}, b{s2.get(), p.data(), 9, true};
+  ASSERT_TRUE(m->Forward({&a, 1}, &logits).ok());
+  ASSERT_TRUE(m->ForwardGreedy({&b, 1}, &ids).ok());
+  ASSERT_EQ(ids.size(), 9u);
+  m->MaskUnused(logits.data(), 9);
+  for (int64_t r = 0; r < 9; ++r) {
+    const float* x = logits.data() + r * V;
+    EXPECT_EQ(ids[r], std::max_element(x, x + V) - x) << r;
+    EXPECT_TRUE(std::find(m->unused_token_ids().begin(), m->unused_token_ids().end(), ids[r]) ==
+                m->unused_token_ids().end());
+  }
+  EXPECT_EQ(s2->n_past, 9);
+}
+
 }  // namespace
 }  // namespace rs
 

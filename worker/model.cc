@@ -461,6 +461,34 @@ absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>
   return absl::OkStatus();
 }
 
+absl::Status Model::ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids) {
+  if (cuda_) {
+    for (const auto& it : batch)
+      if (!it.seq || it.n_tok <= 0 || !it.seq->device)
+        return absl::InvalidArgumentError("empty step item or a sequence without device state");
+    for (const auto& it : batch)
+      for (int64_t t = 0; t < it.n_tok; ++t)
+        if (it.tokens[t] < 0 || it.tokens[t] >= cfg_.n_vocab)
+          return absl::InvalidArgumentError(
+              absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], cfg_.n_vocab));
+    return cuda_->ForwardGreedy(batch, ids);
+  }
+  std::vector<float> logits;
+  if (auto st = Forward(batch, &logits); !st.ok()) return st;
+  const int64_t V = cfg_.n_vocab, rows = static_cast<int64_t>(logits.size()) / V;
+  MaskUnused(logits.data(), rows);
+  ids->resize(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = logits.data() + r * V;
+    ids->at(r) = static_cast<int32_t>(std::max_element(x, x + V) - x);
+  }
+  return absl::OkStatus();
+}
+
+void Model::set_cuda_graphs(bool on) {
+  if (cuda_) cuda_->SetGraphs(on);
+}
+
 void Model::Logits(const float* hidden, const std::vector<int64_t>& rows, float* logits) {
   const int64_t H = cfg_.n_embd, n = static_cast<int64_t>(rows.size());
   float* x = Workspace::get(ws_->tmp, n * H);

@@ -78,6 +78,7 @@ struct ModelOptions {
   // up front (a sequence that outgrows it is reallocated, doubling).
   int cuda_device = 0;
   int64_t cuda_ctx = 4096;
+  bool cuda_graphs = true;  // decode steps captured as CUDA graphs and replayed
 };
 
 // One item of a step: `n_tok` tokens of one sequence, continuing its state.
@@ -105,6 +106,11 @@ class Model {
   // Runs all layers for the batch and writes logits: for each item, n_tok rows if all_logits
   // else 1 row, concatenated in item order, each n_vocab floats.
   absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits);
+  // Greedy: the argmax of each logits row of Forward (unused ids never chosen), and nothing
+  // else. On the CUDA backend the logits stay on the device.
+  absl::Status ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids);
+  // CUDA backend: capture decode steps as CUDA graphs (default) or launch every kernel.
+  void set_cuda_graphs(bool on);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
   void Embed(absl::Span<const StepItem> batch, float* hidden) const;

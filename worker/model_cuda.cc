@@ -87,12 +87,19 @@ class CudaModel : public CudaBackend {
  public:
   explicit CudaModel(const Model& m) : m_(m), c_(m.cfg_) {}
   ~CudaModel() override {
+    DropGraphs();
     if (stream_) cuda::destroy_stream(stream_);
   }
 
   absl::Status Init();
   std::unique_ptr<SeqState::DeviceState> NewState(int64_t reserve_ctx) override;
-  absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) override;
+  absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) override {
+    return Run(batch, logits, nullptr);
+  }
+  absl::Status ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids) override {
+    return Run(batch, nullptr, ids);
+  }
+  void SetGraphs(bool on) override { use_graphs_ = on; }
 
   // Layout of a sequence's device buffer.
   size_t state_bytes() const { return state_bytes_; }
@@ -124,13 +131,20 @@ class CudaModel : public CudaBackend {
   absl::StatusOr<const void*> Upload(const void* host, size_t bytes);
   absl::Status UploadMatrix(const WeightView& w, WeightView* out);
   absl::Status UploadVec(const float* host, int64_t n, const float** out);
-  absl::Status Step(const std::vector<Piece>& pieces, std::vector<float>* logits);
+  absl::Status Run(absl::Span<const StepItem> batch, std::vector<float>* logits,
+                   std::vector<int32_t>* ids);
+  absl::Status Step(const std::vector<Piece>& pieces, std::vector<float>* logits,
+                    std::vector<int32_t>* ids);
+  absl::Status Layers(const std::vector<Piece>& ps, int64_t N, bool graph);
+  absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, bool greedy);
+  void DropGraphs();
   // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
   absl::Status Mm(const WeightView& w, const float* x, int64_t n, float* y);
   // Several matrices reading the same activations (quantised once for decode).
   absl::Status MmGroup(const float* x, int64_t n, int64_t cols,
                        std::initializer_list<std::pair<const WeightView*, float*>> outs);
-  absl::Status Attention(const DevLayer& L, int64_t ai, const std::vector<Piece>& ps, int64_t N);
+  absl::Status Attention(const DevLayer& L, int64_t ai, const std::vector<Piece>& ps, int64_t N,
+                         bool graph);
   absl::Status DeltaNet(const DevLayer& L, int64_t di, const std::vector<Piece>& ps, int64_t N);
   absl::Status Ffn(const DevLayer& L, int64_t N);
   float* F(size_t off) const {
@@ -159,7 +173,12 @@ class CudaModel : public CudaBackend {
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
   float* d_w_ = nullptr;
-  std::vector<float> host_rows_;
+  cuda::DeviceBuffer misc_;        // unused ids, argmax output
+  int32_t* d_unused_ = nullptr;
+  int64_t n_unused_ = 0;
+  int32_t* d_argmax_ = nullptr;
+  bool use_graphs_ = true;
+  std::map<std::vector<uintptr_t>, void*> graphs_;  // batch shape -> cudaGraphExec_t
 };
 
 void CudaSeqState::reset() {
@@ -366,6 +385,18 @@ absl::Status CudaModel::Init() {
   d_pos_ = reinterpret_cast<int64_t*>(t + Align256(N * 4));
   d_ids_ = reinterpret_cast<int32_t*>(t + Align256(N * 4) + Align256(N * 8));
   d_w_ = reinterpret_cast<float*>(t + Align256(N * 4) + Align256(N * 8) + Align256(N * k * 4));
+  {
+    const auto& unused = m_.unused_token_ids();
+    n_unused_ = static_cast<int64_t>(unused.size());
+    auto mb2 = cuda::DeviceBuffer::alloc(Align256(kMaxLogitRows * 4) + Align256(n_unused_ * 4 + 4));
+    if (!mb2.ok()) return mb2.status();
+    misc_ = std::move(*mb2);
+    d_argmax_ = misc_.as<int32_t>();
+    d_unused_ = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(misc_.get()) +
+                                           Align256(kMaxLogitRows * 4));
+    RS_CU(cuda::copy_to_device(d_unused_, unused.data(), n_unused_ * 4, stream_));
+    use_graphs_ = m_.opts_.cuda_graphs;
+  }
   if (n_attn_ > 0) {
     auto aw = cuda::DeviceBuffer::alloc(
         cuda::attention_workspace_bytes(N, nh, hd, std::max<int64_t>(m_.opts_.cuda_ctx, N)));
@@ -450,7 +481,7 @@ absl::Status CudaModel::MmGroup(const float* x, int64_t n, int64_t cols,
 }
 
 absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vector<Piece>& ps,
-                                  int64_t N) {
+                                  int64_t N, bool graph) {
   const int64_t nh = c_.n_head, nkv = c_.n_head_kv, hd = c_.head_dim, H = c_.n_embd;
   float* a = F(o_a_);
   float* qg = F(o_x1_);
@@ -472,21 +503,24 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
     const int64_t n_past = p.seq->n_past, T = p.n;
     uint8_t* K = kv(st->buf.get(), st->cap, ai, 0);
     uint8_t* V = kv(st->buf.get(), st->cap, ai, 1);
-    RS_CU(cuda::kv_store(kk + r0 * nkv * hd, T, nkv * hd, kv_type_, K + n_past * kv_row_, kv_row_,
-                         stream_));
-    RS_CU(cuda::kv_store(vv + r0 * nkv * hd, T, nkv * hd, kv_type_, V + n_past * kv_row_, kv_row_,
-                         stream_));
-    const size_t need = cuda::attention_workspace_bytes(T, nh, hd, n_past);
-    if (need > attn_ws_.size()) {
+    // Positions come from d_pos_ (n_past + t): a graph replays these launches at any length.
+    RS_CU(cuda::kv_store_at(kk + r0 * nkv * hd, T, nkv * hd, kv_type_, K, kv_row_, d_pos_ + r0,
+                            stream_));
+    RS_CU(cuda::kv_store_at(vv + r0 * nkv * hd, T, nkv * hd, kv_type_, V, kv_row_, d_pos_ + r0,
+                            stream_));
+    const int64_t max_ctx = graph ? st->cap : n_past + T;
+    const size_t need = cuda::attention_workspace_bytes(T, nh, hd, max_ctx - T);
+    if (need > attn_ws_.size()) {  // never inside a capture: Step sized it first
       RS_CU(cuda::synchronize(stream_));
+      DropGraphs();
       auto b = cuda::DeviceBuffer::alloc(need);
       if (!b.ok()) return b.status();
       attn_ws_ = std::move(*b);
     }
     const KvView kview{kv_type_, K, nkv, hd, kv_row_};
     const KvView vview{kv_type_, V, nkv, hd, kv_row_};
-    RS_CU(cuda::attention(q + r0 * nh * hd, T, nh, hd, kview, vview, n_past, scale,
-                          y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_));
+    RS_CU(cuda::attention_at(q + r0 * nh * hd, T, nh, hd, kview, vview, d_pos_ + r0, max_ctx,
+                             scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_));
     r0 += T;
   }
   RS_CU(cuda::mul_sigmoid(y, gate, N * nh * hd, stream_));
@@ -519,12 +553,8 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
                             cv + r0 * CD, stream_));
     r0 += p.n;
   }
-  RS_CU(cuda::copy_rows(cv, CD, N, KD, q, KD, stream_));
-  RS_CU(cuda::copy_rows(cv + KD, CD, N, KD, k, KD, stream_));
-  RS_CU(cuda::copy_rows(cv + 2 * KD, CD, N, VD, v, VD, stream_));
-  RS_CU(cuda::l2_norm(q, N * Hk, dk, 1e-6f, stream_));
-  RS_CU(cuda::l2_norm(k, N * Hk, dk, 1e-6f, stream_));
-  RS_CU(cuda::scale_inplace(q, N * KD, 1.0f / std::sqrt(static_cast<float>(dk)), stream_));
+  RS_CU(cuda::dn_prep(cv, N, Hk, dk, VD, 1.0f / std::sqrt(static_cast<float>(dk)), q, k, v,
+                      stream_));
   r0 = 0;
   for (const Piece& p : ps) {
     auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
@@ -606,11 +636,61 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   return cuda::add_sigmoid_scaled(out, sd, sg, N, H, stream_);
 }
 
-absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* logits) {
-  const int64_t H = c_.n_embd, V = c_.n_vocab;
+absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool graph) {
+  const int64_t H = c_.n_embd;
+  float* hidden = F(o_hidden_);
+  float* a = F(o_a_);
+  float* m = F(o_m_);
+  RS_CU(cuda::embedding_lookup(token_embd_, d_tokens_, N, hidden, stream_));
+  // Each residual add is fused with the norm that follows it.
+  RS_CU(cuda::rms_norm(hidden, layers_[0].attn_norm, N, H, c_.eps, a, stream_));
+  for (int64_t l = 0; l < c_.n_layer; ++l) {
+    const DevLayer& L = layers_[l];
+    if (L.kind == LayerKind::kAttention)
+      RS_CU(Attention(L, attn_slot_[l], ps, N, graph));
+    else
+      RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
+    RS_CU(cuda::add_rms_norm(hidden, m, L.post_norm, N, H, c_.eps, a, stream_));
+    RS_CU(Ffn(L, N));
+    if (l + 1 < c_.n_layer)
+      RS_CU(cuda::add_rms_norm(hidden, m, layers_[l + 1].attn_norm, N, H, c_.eps, a, stream_));
+    else
+      RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
+  }
+  return absl::OkStatus();
+}
+
+// Final norm + LM head for rows[i0, i0 + n) of the hidden states into the logits buffer; with
+// `greedy` also the unused ids masked and each row's argmax into d_argmax_.
+absl::Status CudaModel::Head(const std::vector<int64_t>& rows, size_t i0, int64_t n,
+                             bool greedy) {
+  const int64_t H = c_.n_embd;
+  float* a = F(o_a_);
+  for (int64_t i = 0; i < n; ++i)
+    RS_CU(cuda::copy_device(a + i * H, F(o_hidden_) + rows[i0 + i] * H, H * 4, stream_));
+  RS_CU(cuda::rms_norm(a, output_norm_, n, H, c_.eps, a, stream_));
+  RS_CU(Mm(output_, a, n, F(o_logits_)));
+  if (greedy) {
+    if (n_unused_ > 0)
+      RS_CU(cuda::mask_ids(F(o_logits_), n, c_.n_vocab, d_unused_, n_unused_, stream_));
+    RS_CU(cuda::argmax_rows(F(o_logits_), n, c_.n_vocab, d_argmax_, stream_));
+  }
+  return absl::OkStatus();
+}
+
+void CudaModel::DropGraphs() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  graphs_.clear();
+}
+
+absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* logits,
+                             std::vector<int32_t>* ids) {
+  const int64_t V = c_.n_vocab;
   int64_t N = 0;
   std::vector<int32_t> toks;
   std::vector<int64_t> pos;
+  std::vector<int64_t> rows;
+  bool decode = true;
   for (const Piece& p : ps) {
     auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
     RS_CU(Grow(st, p.seq->n_past, p.seq->n_past + p.n));
@@ -618,53 +698,110 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
       toks.push_back(p.tokens[t]);
       pos.push_back(p.seq->n_past + t);
     }
+    if (p.rows == 2)
+      for (int64_t t = 0; t < p.n; ++t) rows.push_back(N + t);
+    else if (p.rows == 1)
+      rows.push_back(N + p.n - 1);
+    decode = decode && p.n == 1;
     N += p.n;
   }
   RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
-  float* hidden = F(o_hidden_);
-  float* a = F(o_a_);
-  float* m = F(o_m_);
-  RS_CU(cuda::embedding_lookup(token_embd_, d_tokens_, N, hidden, stream_));
-  for (int64_t l = 0; l < c_.n_layer; ++l) {
-    const DevLayer& L = layers_[l];
-    RS_CU(cuda::rms_norm(hidden, L.attn_norm, N, H, c_.eps, a, stream_));
-    if (L.kind == LayerKind::kAttention)
-      RS_CU(Attention(L, attn_slot_[l], ps, N));
-    else
-      RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
-    RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
-    RS_CU(cuda::rms_norm(hidden, L.post_norm, N, H, c_.eps, a, stream_));
-    RS_CU(Ffn(L, N));
-    RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
-  }
-  // Logits of the wanted rows, at most kMaxLogitRows per LM-head launch.
-  std::vector<int64_t> rows;
-  int64_t r0 = 0;
-  for (const Piece& p : ps) {
-    if (p.rows == 2)
-      for (int64_t t = 0; t < p.n; ++t) rows.push_back(r0 + t);
-    else if (p.rows == 1)
-      rows.push_back(r0 + p.n - 1);
-    r0 += p.n;
-  }
-  for (size_t i0 = 0; i0 < rows.size(); i0 += kMaxLogitRows) {
-    const int64_t n = std::min<int64_t>(kMaxLogitRows, static_cast<int64_t>(rows.size() - i0));
-    for (int64_t i = 0; i < n; ++i)
-      RS_CU(cuda::copy_device(a + i * H, hidden + rows[i0 + i] * H, H * 4, stream_));
-    RS_CU(cuda::rms_norm(a, output_norm_, n, H, c_.eps, a, stream_));
-    RS_CU(Mm(output_, a, n, F(o_logits_)));
-    const size_t old = logits->size();
-    logits->resize(old + n * V);
-    RS_CU(cuda::copy_to_host(logits->data() + old, F(o_logits_), n * V * 4, stream_));
+  const bool greedy = ids != nullptr;
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  if (use_graphs_ && decode && n_rows <= kMaxLogitRows) {
+    // Decode: the whole step (layers + LM head) as one CUDA graph per batch shape, i.e. per
+    // ordered set of sequence buffers. The launches depend on the positions only through
+    // d_pos_ (KV stores and attention read it on the device), and attention is split for each
+    // sequence's capacity, so the same graph replays at every length.
+    std::vector<uintptr_t> key = {static_cast<uintptr_t>(greedy),
+                                  reinterpret_cast<uintptr_t>(attn_ws_.get())};
+    size_t need = 0;
+    for (const Piece& p : ps) {
+      auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+      key.push_back(reinterpret_cast<uintptr_t>(st->buf.get()));
+      key.push_back(static_cast<uintptr_t>(st->cap));
+      key.push_back(static_cast<uintptr_t>(p.rows));
+      if (n_attn_ > 0)
+        need = std::max(need, cuda::attention_workspace_bytes(1, c_.n_head, c_.head_dim,
+                                                              st->cap - 1));
+    }
+    if (need > attn_ws_.size()) {
+      RS_CU(cuda::synchronize(stream_));
+      DropGraphs();
+      auto b = cuda::DeviceBuffer::alloc(need);
+      if (!b.ok()) return b.status();
+      attn_ws_ = std::move(*b);
+      key[1] = reinterpret_cast<uintptr_t>(attn_ws_.get());
+    }
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (graphs_.size() >= 64) DropGraphs();
+      cudaStream_t cs = static_cast<cudaStream_t>(stream_);
+      cudaError_t e = cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal);
+      if (e != cudaSuccess)
+        return absl::InternalError(absl::StrCat("cudaStreamBeginCapture: ", cudaGetErrorString(e)));
+      absl::Status st = Layers(ps, N, /*graph=*/true);
+      if (st.ok() && n_rows > 0) st = Head(rows, 0, n_rows, greedy);
+      cudaGraph_t g = nullptr;
+      e = cudaStreamEndCapture(cs, &g);
+      if (!st.ok()) {
+        if (g) cudaGraphDestroy(g);
+        return st;
+      }
+      if (e != cudaSuccess)
+        return absl::InternalError(absl::StrCat("cudaStreamEndCapture: ", cudaGetErrorString(e)));
+      cudaGraphExec_t exec = nullptr;
+      e = cudaGraphInstantiate(&exec, g, 0);
+      cudaGraphDestroy(g);
+      if (e != cudaSuccess)
+        return absl::InternalError(absl::StrCat("cudaGraphInstantiate: ", cudaGetErrorString(e)));
+      it = graphs_.emplace(key, exec).first;
+    }
+    const cudaError_t e =
+        cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), static_cast<cudaStream_t>(stream_));
+    if (e != cudaSuccess)
+      return absl::InternalError(absl::StrCat("cudaGraphLaunch: ", cudaGetErrorString(e)));
+    if (n_rows > 0) {
+      if (greedy) {
+        const size_t old = ids->size();
+        ids->resize(old + n_rows);
+        RS_CU(cuda::copy_to_host(ids->data() + old, d_argmax_, n_rows * 4, stream_));
+      } else {
+        const size_t old = logits->size();
+        logits->resize(old + n_rows * V);
+        RS_CU(cuda::copy_to_host(logits->data() + old, F(o_logits_), n_rows * V * 4, stream_));
+      }
+    } else {
+      RS_CU(cuda::synchronize(stream_));
+    }
+  } else {
+    RS_CU(Layers(ps, N, /*graph=*/false));
+    // Logits of the wanted rows, at most kMaxLogitRows per LM-head launch.
+    for (size_t i0 = 0; i0 < rows.size(); i0 += kMaxLogitRows) {
+      const int64_t n = std::min<int64_t>(kMaxLogitRows, static_cast<int64_t>(rows.size() - i0));
+      RS_CU(Head(rows, i0, n, greedy));
+      if (greedy) {
+        const size_t old = ids->size();
+        ids->resize(old + n);
+        RS_CU(cuda::copy_to_host(ids->data() + old, d_argmax_, n * 4, stream_));
+      } else {
+        const size_t old = logits->size();
+        logits->resize(old + n * V);
+        RS_CU(cuda::copy_to_host(logits->data() + old, F(o_logits_), n * V * 4, stream_));
+      }
+    }
+    if (rows.empty()) RS_CU(cuda::synchronize(stream_));
   }
   for (const Piece& p : ps) p.seq->n_past += p.n;
   return absl::OkStatus();
 }
 
-absl::Status CudaModel::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
+absl::Status CudaModel::Run(absl::Span<const StepItem> batch, std::vector<float>* logits,
+                            std::vector<int32_t>* ids) {
   cudaSetDevice(device_);
-  logits->clear();
+  if (logits) logits->clear();
+  if (ids) ids->clear();
   std::vector<Piece> step;
   int64_t in_step = 0;
   for (const StepItem& it : batch) {
@@ -673,7 +810,7 @@ absl::Status CudaModel::Forward(absl::Span<const StepItem> batch, std::vector<fl
           "cuda: sequence has no device state (its allocation failed; see the log)");
     for (int64_t t0 = 0; t0 < it.n_tok;) {
       if (in_step == kMaxStepTokens) {
-        RS_CU(Step(step, logits));
+        RS_CU(Step(step, logits, ids));
         step.clear();
         in_step = 0;
       }
@@ -684,13 +821,13 @@ absl::Status CudaModel::Forward(absl::Span<const StepItem> batch, std::vector<fl
       t0 += n;
       // A sequence appears once per sub-step: its next piece starts a new one.
       if (!last) {
-        RS_CU(Step(step, logits));
+        RS_CU(Step(step, logits, ids));
         step.clear();
         in_step = 0;
       }
     }
   }
-  if (!step.empty()) RS_CU(Step(step, logits));
+  if (!step.empty()) RS_CU(Step(step, logits, ids));
   return absl::OkStatus();
 }
 

@@ -53,6 +53,11 @@ class CudaBackend {
   virtual ~CudaBackend() = default;
   virtual std::unique_ptr<SeqState::DeviceState> NewState(int64_t reserve_ctx) = 0;
   virtual absl::Status Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) = 0;
+  // As Forward, but only each logits row's argmax (unused ids masked) comes back to the host.
+  virtual absl::Status ForwardGreedy(absl::Span<const StepItem> batch,
+                                     std::vector<int32_t>* ids) = 0;
+  // Decode steps as CUDA graphs (on by default; off: every kernel launched each step).
+  virtual void SetGraphs(bool on) = 0;
 };
 absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m);
 

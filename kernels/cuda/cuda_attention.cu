@@ -1,6 +1,8 @@
 // Causal GQA attention over a KV cache (F32 / F16 / Q8_0), split-K.
 //
-// Pass 1: one warp per (token t, query head h, chunk c of kAttnChunk cache positions). Lane i
+// Pass 1: one warp per (token t, query head h, chunk c of `chunk` cache positions; attn_chunk()
+// picks it: 256 for prefill, down to 32 for decode so that a long cache still spreads over
+// enough warps). Lane i
 // holds dims [i*DPL, (i+1)*DPL) of q and of the running output; each position costs one warp
 // reduction for the score and an online-softmax update. It writes {m, l, acc[hd]} for its chunk
 // (m = -inf, l = 0 for a chunk past the token's causal end).
@@ -51,15 +53,16 @@ __device__ __forceinline__ void load_kv(const AttnKv& kv, int64_t p, int64_t kvh
 template <int DPL>
 __global__ void __launch_bounds__(32)
     attn_partial_kernel(const float* __restrict__ q, int64_t nh, int64_t group, AttnKv k, AttnKv v,
-                        int64_t n_past, float scale, float* __restrict__ ws, int64_t n_chunks) {
+                        int64_t n_past, const int64_t* __restrict__ pos, float scale,
+                        float* __restrict__ ws, int64_t n_chunks, int64_t chunk) {
   constexpr int64_t hd = 32 * DPL;
   const int64_t th = blockIdx.x;  // t * nh + h
   const int64_t t = th / nh, h = th % nh, kvh = h / group;
   const int64_t c = blockIdx.y;
   const int lane = static_cast<int>(threadIdx.x);
-  const int64_t n_ctx = n_past + t + 1;
-  const int64_t p0 = c * kAttnChunk;
-  const int64_t p1 = min(n_ctx, p0 + kAttnChunk);
+  const int64_t n_ctx = (pos ? pos[t] : n_past + t) + 1;
+  const int64_t p0 = c * chunk;
+  const int64_t p1 = min(n_ctx, p0 + chunk);
   float qv[DPL], acc[DPL];
 #pragma unroll
   for (int i = 0; i < DPL; ++i) {
@@ -67,6 +70,7 @@ __global__ void __launch_bounds__(32)
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
+#pragma unroll 4
   for (int64_t p = p0; p < p1; ++p) {
     float kk[DPL], vv[DPL];
     load_kv<DPL>(k, p, kvh, hd, lane, kk);
@@ -101,10 +105,12 @@ __global__ void __launch_bounds__(32)
   const int lane = static_cast<int>(threadIdx.x);
   const float* part = ws + th * n_chunks * (hd + 2);
   float M = -INFINITY;
+#pragma unroll 8
   for (int64_t c = 0; c < n_chunks; ++c) M = fmaxf(M, part[c * (hd + 2)]);
   float L = 0.0f, acc[DPL];
 #pragma unroll
   for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
+#pragma unroll 4
   for (int64_t c = 0; c < n_chunks; ++c) {
     const float* pc = part + c * (hd + 2);
     if (pc[1] == 0.0f) continue;  // empty chunk
@@ -120,11 +126,12 @@ __global__ void __launch_bounds__(32)
 
 template <int DPL>
 cudaError_t launch_attn(const float* q, int64_t T, int64_t nh, const AttnKv& k, const AttnKv& v,
-                        int64_t n_past, float scale, float* out, float* ws, int64_t n_chunks,
-                        cudaStream_t s) {
+                        int64_t n_past, const int64_t* pos, float scale, float* out, float* ws,
+                        int64_t n_chunks, int64_t chunk, cudaStream_t s) {
   const int64_t group = nh / k.n_kv_heads;
   attn_partial_kernel<DPL><<<dim3(static_cast<unsigned>(T * nh), static_cast<unsigned>(n_chunks)),
-                             32, 0, s>>>(q, nh, group, k, v, n_past, scale, ws, n_chunks);
+                             32, 0, s>>>(q, nh, group, k, v, n_past, pos, scale, ws, n_chunks,
+                                                         chunk);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   attn_merge_kernel<DPL><<<static_cast<unsigned>(T * nh), 32, 0, s>>>(ws, n_chunks, out);
@@ -134,13 +141,14 @@ cudaError_t launch_attn(const float* q, int64_t T, int64_t nh, const AttnKv& k, 
 }  // namespace
 
 cudaError_t launch_attention(const float* q, int64_t T, int64_t nh, int64_t hd, const AttnKv& k,
-                             const AttnKv& v, int64_t n_past, float scale, float* out, float* ws,
-                             int64_t n_chunks, cudaStream_t s) {
+                             const AttnKv& v, int64_t n_past, const int64_t* pos, float scale,
+                             float* out, float* ws, int64_t n_chunks, int64_t chunk,
+                             cudaStream_t s) {
   switch (hd) {
-    case 32: return launch_attn<1>(q, T, nh, k, v, n_past, scale, out, ws, n_chunks, s);
-    case 64: return launch_attn<2>(q, T, nh, k, v, n_past, scale, out, ws, n_chunks, s);
-    case 128: return launch_attn<4>(q, T, nh, k, v, n_past, scale, out, ws, n_chunks, s);
-    case 256: return launch_attn<8>(q, T, nh, k, v, n_past, scale, out, ws, n_chunks, s);
+    case 32: return launch_attn<1>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
+    case 64: return launch_attn<2>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
+    case 128: return launch_attn<4>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
+    case 256: return launch_attn<8>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
     default: return cudaErrorInvalidValue;
   }
 }

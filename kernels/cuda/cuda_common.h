@@ -91,7 +91,15 @@ cudaError_t launch_router_topk(const float* logits, int64_t n_tok, int64_t E, in
                                int32_t* ids, float* weights, cudaStream_t s);
 
 // ---- attention ----------------------------------------------------------------------------------
-constexpr int64_t kAttnChunk = 256;  // kv positions per split-K chunk
+constexpr int64_t kAttnChunk = 256;  // kv positions per split-K chunk, at most
+// Chunk length for T query tokens of nh heads over n_ctx cache positions: the longest chunk (up
+// to kAttnChunk) that still gives ~2048 warps, halving down to 32 for decode (T = 1), where few
+// (token, head) pairs would otherwise leave each warp a long serial walk over the cache.
+inline int64_t attn_chunk(int64_t T, int64_t nh, int64_t n_ctx) {
+  int64_t chunk = kAttnChunk;
+  while (chunk > 32 && T * nh * ((n_ctx + chunk - 1) / chunk) < 2048) chunk /= 2;
+  return chunk;
+}
 struct AttnKv {
   GgmlType type;
   const uint8_t* data;
@@ -99,8 +107,9 @@ struct AttnKv {
   size_t pos_stride;
 };
 cudaError_t launch_attention(const float* q, int64_t T, int64_t nh, int64_t hd, const AttnKv& k,
-                             const AttnKv& v, int64_t n_past, float scale, float* out,
-                             float* ws, int64_t n_chunks, cudaStream_t s);
+                             const AttnKv& v, int64_t n_past, const int64_t* pos, float scale,
+                             float* out, float* ws, int64_t n_chunks, int64_t chunk,
+                             cudaStream_t s);
 
 }  // namespace detail
 }  // namespace rs::cuda

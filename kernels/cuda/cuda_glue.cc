@@ -55,8 +55,9 @@ absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const
   return st("dn_gates",
             glue::launch_dn_gates(b, al, ssm_a, dt_bias, n_tok, Hv, g, beta, as_stream(s)));
 }
-absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
-                      size_t row_bytes, Stream s) {
+namespace {
+absl::Status kv_store_impl(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
+                           size_t row_bytes, const int64_t* pos, Stream s) {
   int kind = 0;
   size_t need = static_cast<size_t>(n) * 4;
   if (type == GgmlType::F16) {
@@ -74,7 +75,24 @@ absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type,
   if (row_bytes < need)
     return absl::InvalidArgumentError(
         absl::StrCat("kv_store: row_bytes ", row_bytes, " < ", need, " for ", n, " values"));
-  return st("kv_store", glue::launch_kv_store(src, n_tok, n, kind, dst, row_bytes, as_stream(s)));
+  return st("kv_store",
+            glue::launch_kv_store(src, n_tok, n, kind, dst, row_bytes, pos, as_stream(s)));
+}
+}  // namespace
+
+absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
+                      size_t row_bytes, Stream s) {
+  return kv_store_impl(src, n_tok, n, type, dst, row_bytes, nullptr, s);
+}
+absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* base,
+                         size_t row_bytes, const int64_t* d_pos, Stream s) {
+  if (d_pos == nullptr) return absl::InvalidArgumentError("kv_store_at: positions are null");
+  return kv_store_impl(src, n_tok, n, type, base, row_bytes, d_pos, s);
+}
+absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
+                      Stream s) {
+  if (rows < 0 || n < 1 || n_ids < 0) return bad("mask_ids", rows, n_ids);
+  return st("mask_ids", glue::launch_mask_ids(x, rows, n, ids, n_ids, as_stream(s)));
 }
 absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
                          int64_t rows, int64_t n, float* out, Stream s) {
@@ -87,6 +105,20 @@ absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int
   if (n_tok < 0 || H < 1) return bad("add_sigmoid_scaled", n_tok, H);
   return st("add_sigmoid_scaled",
             glue::launch_add_sigmoid_scaled(out, d, sg, n_tok, H, as_stream(s)));
+}
+absl::Status add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows, int64_t n,
+                          float eps, float* y, Stream s) {
+  if (rows < 0 || n < 1) return bad("add_rms_norm", rows, n);
+  return st("add_rms_norm",
+            glue::launch_add_rms_norm(hidden, m, w, rows, n, eps, y, as_stream(s)));
+}
+absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
+                     float q_scale, float* q, float* k, float* v, Stream s) {
+  if (n_tok < 0 || Hk < 1 || dk < 1 || VD < 0 || VD % Hk != 0)
+    return absl::InvalidArgumentError(absl::StrCat("dn_prep: n_tok ", n_tok, ", Hk ", Hk, ", dk ",
+                                                   dk, ", VD ", VD, " (a multiple of Hk)"));
+  return st("dn_prep",
+            glue::launch_dn_prep(cv, n_tok, Hk, dk, VD, q_scale, q, k, v, as_stream(s)));
 }
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids, Stream s) {
   if (rows < 0 || n < 1) return bad("argmax_rows", rows, n);

@@ -62,24 +62,27 @@ __global__ void dn_gates_kernel(const float* __restrict__ b, const float* __rest
 }
 
 __global__ void kv_store_f32_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
-                                    uint8_t* __restrict__ dst, size_t row_bytes) {
+                                    uint8_t* __restrict__ dst, size_t row_bytes,
+                                    const int64_t* __restrict__ pos) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_tok * n) return;
   const int64_t r = i / n, c = i % n;
-  reinterpret_cast<float*>(dst + r * row_bytes)[c] = src[i];
+  reinterpret_cast<float*>(dst + (pos ? pos[r] : r) * row_bytes)[c] = src[i];
 }
 
 __global__ void kv_store_f16_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
-                                    uint8_t* __restrict__ dst, size_t row_bytes) {
+                                    uint8_t* __restrict__ dst, size_t row_bytes,
+                                    const int64_t* __restrict__ pos) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_tok * n) return;
   const int64_t r = i / n, c = i % n;
-  reinterpret_cast<__half*>(dst + r * row_bytes)[c] = __float2half_rn(src[i]);
+  reinterpret_cast<__half*>(dst + (pos ? pos[r] : r) * row_bytes)[c] = __float2half_rn(src[i]);
 }
 
 // One warp per block of 32 values: d = fp16(amax / 127), q = clamp(rint(x / d)).
 __global__ void kv_store_q8_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
-                                   uint8_t* __restrict__ dst, size_t row_bytes) {
+                                   uint8_t* __restrict__ dst, size_t row_bytes,
+                                   const int64_t* __restrict__ pos) {
   const int64_t nb = n / 32;
   const int64_t blk = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = static_cast<int>(threadIdx.x & 31);
@@ -94,7 +97,7 @@ __global__ void kv_store_q8_kernel(const float* __restrict__ src, int64_t n_tok,
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   int q = __float2int_rn(x * id);
   q = q < -127 ? -127 : (q > 127 ? 127 : q);
-  uint8_t* block = dst + r * row_bytes + b * 34;  // {fp16 d, int8 qs[32]}
+  uint8_t* block = dst + (pos ? pos[r] : r) * row_bytes + b * 34;  // {fp16 d, int8 qs[32]}
   if (lane == 0) {
     const unsigned short bits = __half_as_ushort(dh);
     block[0] = static_cast<uint8_t>(bits & 0xFF);
@@ -149,7 +152,89 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) ids[blockIdx.x] = static_cast<int32_t>(si[0] < n ? si[0] : 0);
 }
 
+// hidden[r] += m[r]; y[r] = hidden[r] * rsqrt(mean(hidden[r]^2) + eps) * w (the residual add of
+// one sub-layer fused with the next norm); one block per row.
+__global__ void __launch_bounds__(kThreads)
+    add_rms_norm_kernel(float* __restrict__ hidden, const float* __restrict__ m,
+                        const float* __restrict__ w, int64_t n, float eps, float* __restrict__ y) {
+  const int64_t r = blockIdx.x;
+  float* h = hidden + r * n;
+  const float* mr = m + r * n;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    const float v = h[i] + mr[i];
+    h[i] = v;
+    ss += v * v;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
+  __shared__ float part[kThreads / 32];
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  if (lane == 0) part[warp] = ss;
+  __syncthreads();
+  float tot = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kThreads / 32; ++i) tot += part[i];
+  const float scale = 1.0f / sqrtf(tot / static_cast<float>(n) + eps);
+  float* yr = y + r * n;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) yr[i] = h[i] * scale * w[i];
+}
+
+// DeltaNet: from the conv output cv [N][2*KD + VD] (q | k | v) to q, k (L2-normed per key head,
+// q also scaled) and v. One warp per (token, key head); it also copies its share of v.
+__global__ void __launch_bounds__(32)
+    dn_prep_kernel(const float* __restrict__ cv, int64_t Hk, int64_t dk, int64_t VD,
+                   float q_scale, float* __restrict__ q, float* __restrict__ k,
+                   float* __restrict__ v) {
+  const int64_t t = blockIdx.x / Hk, h = blockIdx.x % Hk;
+  const int lane = static_cast<int>(threadIdx.x);
+  const int64_t KD = Hk * dk, CD = 2 * KD + VD;
+  const float* src = cv + t * CD;
+  float sq = 0.0f, sk = 0.0f;
+  for (int64_t i = lane; i < dk; i += 32) {
+    const float a = src[h * dk + i], b = src[KD + h * dk + i];
+    sq += a * a;
+    sk += b * b;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    sq += __shfl_xor_sync(0xFFFFFFFFu, sq, o);
+    sk += __shfl_xor_sync(0xFFFFFFFFu, sk, o);
+  }
+  const float fq = 1.0f / sqrtf(sq + 1e-6f), fk = 1.0f / sqrtf(sk + 1e-6f);
+  for (int64_t i = lane; i < dk; i += 32) {
+    q[t * KD + h * dk + i] = src[h * dk + i] * fq * q_scale;
+    k[t * KD + h * dk + i] = src[KD + h * dk + i] * fk;
+  }
+  const int64_t share = VD / Hk;
+  for (int64_t i = lane; i < share; i += 32) v[t * VD + h * share + i] = src[2 * KD + h * share + i];
+}
+
+__global__ void mask_ids_kernel(float* __restrict__ x, int64_t rows, int64_t n,
+                                const int32_t* __restrict__ ids, int64_t n_ids) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * n_ids) return;
+  x[(i / n_ids) * n + ids[i % n_ids]] = -INFINITY;
+}
+
 }  // namespace
+
+cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
+                            cudaStream_t s) {
+  if (rows * n_ids > 0) mask_ids_kernel<<<grid_for(rows * n_ids), kThreads, 0, s>>>(x, rows, n, ids, n_ids);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
+                                int64_t n, float eps, float* y, cudaStream_t s) {
+  if (rows > 0) add_rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(hidden, m, w, n, eps, y);
+  return cudaGetLastError();
+}
+cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
+                           float q_scale, float* q, float* k, float* v, cudaStream_t s) {
+  if (n_tok > 0) dn_prep_kernel<<<static_cast<unsigned>(n_tok * Hk), 32, 0, s>>>(cv, Hk, dk, VD, q_scale, q, k, v);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s) {
   if (n > 0) add_kernel<<<grid_for(n), kThreads, 0, s>>>(y, x, n);
@@ -183,16 +268,16 @@ cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
   return cudaGetLastError();
 }
 cudaError_t launch_kv_store(const float* src, int64_t n_tok, int64_t n, int kind, void* dst,
-                            size_t row_bytes, cudaStream_t s) {
+                            size_t row_bytes, const int64_t* pos, cudaStream_t s) {
   uint8_t* d = static_cast<uint8_t*>(dst);
   const int64_t total = n_tok * n;
   if (total <= 0) return cudaGetLastError();
   if (kind == 0)
-    kv_store_f32_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes);
+    kv_store_f32_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes, pos);
   else if (kind == 1)
-    kv_store_f16_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes);
+    kv_store_f16_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes, pos);
   else
-    kv_store_q8_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes);
+    kv_store_q8_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes, pos);
   return cudaGetLastError();
 }
 cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,

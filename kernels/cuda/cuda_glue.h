@@ -35,12 +35,27 @@ absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const
 // Q8_0 (blocks of 32, as quantize_row_ref), row r at dst + r * row_bytes.
 absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
                       size_t row_bytes, Stream s = nullptr);
+// As kv_store, but token t goes to row d_pos[t] of the cache at `base` (a device array of
+// positions: the launch does not depend on the sequence's length).
+absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* base,
+                         size_t row_bytes, const int64_t* d_pos, Stream s = nullptr);
+// rows x n logits: x[r][ids[i]] = -inf for the n_ids ids (the vocabulary's unused ids).
+absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
+                      Stream s = nullptr);
 // out[r][i] = silu(gate[r * ldg + i]) * up[r * ldu + i], out is [rows][n].
 absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
                          int64_t rows, int64_t n, float* out, Stream s = nullptr);
 // out[t][h] += sigmoid(sg[t]) * d[t][h] (the shared expert's gate), t < n_tok, h < H.
 absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                 int64_t H, Stream s = nullptr);
+// hidden[r] += m[r], then y[r] = rms_norm(hidden[r]) * w (as rms_norm in cuda_ops.h).
+absl::Status add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows, int64_t n,
+                          float eps, float* y, Stream s = nullptr);
+// DeltaNet, per token: cv = [q (Hk*dk) | k (Hk*dk) | v (VD)] -> q = l2_norm(q_h) * q_scale and
+// k = l2_norm(k_h) per key head (eps 1e-6, as l2_norm), v copied; q, k: [n_tok][Hk*dk], v:
+// [n_tok][VD]. VD must be a multiple of Hk.
+absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
+                     float q_scale, float* q, float* k, float* v, Stream s = nullptr);
 // ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                          Stream s = nullptr);

@@ -19,12 +19,19 @@ cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
                             const float* dt_bias, int64_t n_tok, int64_t Hv, float* g,
                             float* beta, cudaStream_t s);
 // kind: 0 = F32, 1 = F16, 2 = Q8_0.
+// pos: destination row of each token (nullptr: row t).
 cudaError_t launch_kv_store(const float* src, int64_t n_tok, int64_t n, int kind, void* dst,
-                            size_t row_bytes, cudaStream_t s);
+                            size_t row_bytes, const int64_t* pos, cudaStream_t s);
 cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
                                int64_t rows, int64_t n, float* out, cudaStream_t s);
 cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                       int64_t H, cudaStream_t s);
+cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
+                                int64_t n, float eps, float* y, cudaStream_t s);
+cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
+                           float q_scale, float* q, float* k, float* v, cudaStream_t s);
+cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
+                            cudaStream_t s);
 cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                                cudaStream_t s);
 

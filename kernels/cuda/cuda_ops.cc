@@ -421,17 +421,21 @@ absl::Status rope_neox(float* x, int64_t n_tok, int64_t n_heads, int64_t head_di
 }
 
 size_t attention_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t n_past) {
-  const int64_t n_chunks = (n_past + T + detail::kAttnChunk - 1) / detail::kAttnChunk;
+  const int64_t chunk = detail::attn_chunk(T, nh, n_past + T);
+  const int64_t n_chunks = (n_past + T + chunk - 1) / chunk;
   return static_cast<size_t>(T * nh * n_chunks * (hd + 2)) * sizeof(float);
 }
 
-absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
-                       const KvView& v, int64_t n_past, float scale, float* out, void* ws,
-                       size_t ws_bytes, Stream s) {
+namespace {
+absl::Status attention_impl(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                            const KvView& v, int64_t n_past, const int64_t* d_pos,
+                            int64_t n_ctx, float scale, float* out, void* ws, size_t ws_bytes,
+                            Stream s) {
   if (hd != 32 && hd != 64 && hd != 128 && hd != 256)
     return bad(absl::StrCat("attention: head_dim ", hd, " (CUDA supports 32, 64, 128, 256)"));
-  if (T < 1 || n_past < 0 || nh < 1)
-    return bad(absl::StrCat("attention: T = ", T, ", n_past = ", n_past, ", nh = ", nh));
+  if (T < 1 || n_past < 0 || nh < 1 || n_ctx < T)
+    return bad(absl::StrCat("attention: T = ", T, ", n_past = ", n_past, ", nh = ", nh,
+                            ", context = ", n_ctx));
   for (const KvView* kv : {&k, &v}) {
     if (kv->type != GgmlType::F32 && kv->type != GgmlType::F16 && kv->type != GgmlType::Q8_0)
       return bad(absl::StrCat("attention: KV type ", type_name(kv->type),
@@ -446,17 +450,34 @@ absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const 
   }
   if (k.n_kv_heads != v.n_kv_heads)
     return bad(absl::StrCat("attention: K has ", k.n_kv_heads, " heads, V ", v.n_kv_heads));
-  const size_t need = attention_workspace_bytes(T, nh, hd, n_past);
+  const size_t need = attention_workspace_bytes(T, nh, hd, n_ctx - T);
   if (ws == nullptr || ws_bytes < need || !aligned(ws, 16))
     return bad(absl::StrCat("attention: workspace of ", ws_bytes, " bytes; need ", need));
-  const int64_t n_chunks = (n_past + T + detail::kAttnChunk - 1) / detail::kAttnChunk;
+  const int64_t chunk = detail::attn_chunk(T, nh, n_ctx);
+  const int64_t n_chunks = (n_ctx + chunk - 1) / chunk;
   const detail::AttnKv kk{k.type, static_cast<const uint8_t*>(k.data), k.n_kv_heads,
                           k.pos_stride_bytes};
   const detail::AttnKv vv{v.type, static_cast<const uint8_t*>(v.data), v.n_kv_heads,
                           v.pos_stride_bytes};
   return cuda_status("attention",
-                     detail::launch_attention(q, T, nh, hd, kk, vv, n_past, scale, out,
-                                              static_cast<float*>(ws), n_chunks, as_stream(s)));
+                     detail::launch_attention(q, T, nh, hd, kk, vv, n_past, d_pos, scale, out,
+                                              static_cast<float*>(ws), n_chunks, chunk,
+                                              as_stream(s)));
+}
+}  // namespace
+
+absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                       const KvView& v, int64_t n_past, float scale, float* out, void* ws,
+                       size_t ws_bytes, Stream s) {
+  return attention_impl(q, T, nh, hd, k, v, n_past, nullptr, n_past + T, scale, out, ws,
+                        ws_bytes, s);
+}
+
+absl::Status attention_at(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                          const KvView& v, const int64_t* d_pos, int64_t max_ctx, float scale,
+                          float* out, void* ws, size_t ws_bytes, Stream s) {
+  if (d_pos == nullptr) return bad("attention_at: positions are null");
+  return attention_impl(q, T, nh, hd, k, v, 0, d_pos, max_ctx, scale, out, ws, ws_bytes, s);
 }
 
 absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,

@@ -270,6 +270,38 @@ TEST_P(CudaModelTest, BatchCopyAndReset) {
   EXPECT_LE(Nmse(again.data(), l0.data(), V_), 1e-12);
 }
 
+// Decode steps replayed from CUDA graphs equal the same steps launched kernel by kernel, and
+// ForwardGreedy (argmax on the device, unused ids masked) picks the argmax of Forward's logits.
+TEST_P(CudaModelTest, GraphsAndGreedy) {
+  const std::vector<int32_t> prompt = Prompt(23, V_, 6);
+  auto s1 = gpu_->NewSequence(), s2 = gpu_->NewSequence(), s3 = gpu_->NewSequence();
+  std::vector<float> l1, l2;
+  std::vector<int32_t> g;
+  for (SeqState* s : {s1.get(), s2.get(), s3.get()}) {
+    StepItem it{s, prompt.data(), 23, false};
+    ASSERT_TRUE(gpu_->Forward({&it, 1}, &l1).ok());
+  }
+  int32_t tok = 5;
+  for (int step = 0; step < 6; ++step) {
+    StepItem a{s1.get(), &tok, 1, false}, b{s2.get(), &tok, 1, false}, c{s3.get(), &tok, 1, false};
+    gpu_->set_cuda_graphs(true);
+    auto st = gpu_->Forward({&a, 1}, &l1);
+    ASSERT_TRUE(st.ok()) << st;
+    gpu_->set_cuda_graphs(false);
+    ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
+    gpu_->set_cuda_graphs(true);
+    st = gpu_->ForwardGreedy({&c, 1}, &g);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(g.size(), 1u);
+    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), 1e-9) << "step " << step;
+    gpu_->MaskUnused(l1.data(), 1);
+    EXPECT_EQ(g[0], Argmax(l1.data(), V_)) << "step " << step;
+    tok = g[0];
+  }
+  EXPECT_EQ(s1->n_past, 29);
+  EXPECT_EQ(s3->n_past, 29);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaModelTest,
                          ::testing::Values("dense-tiny:F32", "moe-tiny:F32", "dense-tiny:Q4_K_M",
                                            "moe-tiny:Q4_K_M", "moe-tiny:Q8_0", "dense-tiny:Q6_K",

@@ -241,6 +241,16 @@ TEST_P(CudaAttentionTest, MatchesReference) {
   RS_ASSERT_OK(attention(dq.as<float>(), T, nh, hd, k, v, n_past, scale, dout.as<float>(),
                          ws.get(), ws.size()));
   EXPECT_LT(max_rel_err(download<float>(dout, ref.size()), ref, 1e-3), 2e-5);
+
+  // attention_at: the positions from the device, the split sized for a longer context.
+  std::vector<int64_t> pos(T);
+  for (int64_t t = 0; t < T; ++t) pos[t] = n_past + t;
+  const int64_t max_ctx = n + 777;
+  DeviceBuffer dpos = upload(pos), dout2 = poisoned<float>(ref.size());
+  DeviceBuffer ws2 = poisoned<uint8_t>(attention_workspace_bytes(T, nh, hd, max_ctx - T));
+  RS_ASSERT_OK(attention_at(dq.as<float>(), T, nh, hd, k, v, dpos.as<int64_t>(), max_ctx, scale,
+                            dout2.as<float>(), ws2.get(), ws2.size()));
+  EXPECT_LT(max_rel_err(download<float>(dout2, ref.size()), ref, 1e-3), 2e-5);
 }
 
 std::string attn_name(const ::testing::TestParamInfo<AttnParam>& info) {
