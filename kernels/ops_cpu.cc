@@ -96,47 +96,65 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
                    const KvView& v, int64_t n_past, float scale, float* out, int n_threads) {
   const int64_t nkv = k.n_kv_heads;
   const int64_t group = nh / nkv;
-  const int64_t n_ctx_max = n_past + T;
-  // One task per (token, kv head): K and V rows are converted once and used by the group's
-  // query heads. Tasks are taken from a shared counter (later tokens have longer contexts).
+  // One task per (block of up to kTb tokens, kv head): each K and V row is converted to f32
+  // once per block and used by the block's tokens x the group's query heads (prefill at long
+  // context was dominated by converting the cache once per token). Every (token, head) result
+  // is computed in the same order as token by token. Tasks come from a shared counter, the
+  // blocks with the longest contexts first.
+  constexpr int64_t kTb = 16;
+  const int64_t n_blocks = (T + kTb - 1) / kTb;
+  const int64_t n_tasks = n_blocks * nkv;
   std::atomic<int64_t> next{0};
-  const int64_t n_tasks = T * nkv;
   const int nt_want = static_cast<int>(std::min<int64_t>(std::max(1, n_threads), n_tasks));
   cpu_parallel(nt_want, [&](int, int) {
     thread_local std::vector<float> scratch;
-    const size_t need = static_cast<size_t>(group * n_ctx_max + hd + group * hd);
+    const int64_t rows_max = std::min(kTb, T) * group;
+    const int64_t ctx_cap = n_past + T;
+    const size_t need = static_cast<size_t>(rows_max * ctx_cap + hd + rows_max * hd);
     if (scratch.size() < need) scratch.resize(need);
-    float* scores = scratch.data();
-    float* krow = scores + group * n_ctx_max;
-    float* acc = krow + hd;
     for (int64_t task = next.fetch_add(1); task < n_tasks; task = next.fetch_add(1)) {
-      const int64_t t = task / nkv, kvh = task % nkv;
-      const int64_t n_ctx = n_past + t + 1;
-      const float* qg = q + (t * nh + kvh * group) * hd;
-      for (int64_t p = 0; p < n_ctx; ++p) {
+      const int64_t blk = n_blocks - 1 - task / nkv, kvh = task % nkv;
+      const int64_t t0 = blk * kTb, tn = std::min(kTb, T - t0);
+      const int64_t n_ctx_blk = n_past + t0 + tn;  // context of the block's last token
+      const int64_t ld = n_ctx_blk;                 // scores row stride
+      float* scores = scratch.data();
+      float* krow = scores + tn * group * ld;
+      float* acc = krow + hd;
+      for (int64_t p = 0; p < n_ctx_blk; ++p) {
         load_kv_row(k, p, kvh * hd, hd, krow);
-        for (int64_t g = 0; g < group; ++g) scores[g * n_ctx_max + p] = dot(qg + g * hd, krow, hd) * scale;
-      }
-      for (int64_t g = 0; g < group; ++g) {
-        float* s = scores + g * n_ctx_max;
-        float mx = -INFINITY;
-        for (int64_t p = 0; p < n_ctx; ++p) mx = std::max(mx, s[p]);
-        float sum = 0;
-        for (int64_t p = 0; p < n_ctx; ++p) sum += (s[p] = std::exp(s[p] - mx));
-        const float inv = 1.0f / sum;
-        for (int64_t p = 0; p < n_ctx; ++p) s[p] *= inv;
-      }
-      std::fill(acc, acc + group * hd, 0.0f);
-      for (int64_t p = 0; p < n_ctx; ++p) {
-        load_kv_row(v, p, kvh * hd, hd, krow);
-        for (int64_t g = 0; g < group; ++g) {
-          const float w = scores[g * n_ctx_max + p];
-          float* a = acc + g * hd;
-          for (int64_t d = 0; d < hd; ++d) a[d] += w * krow[d];
+        // Token i sees positions <= n_past + t0 + i.
+        for (int64_t i = std::max<int64_t>(0, p - n_past - t0); i < tn; ++i) {
+          const float* qi = q + ((t0 + i) * nh + kvh * group) * hd;
+          for (int64_t g = 0; g < group; ++g)
+            scores[(i * group + g) * ld + p] = dot(qi + g * hd, krow, hd) * scale;
         }
       }
-      for (int64_t g = 0; g < group; ++g)
-        std::memcpy(out + (t * nh + kvh * group + g) * hd, acc + g * hd, hd * 4);
+      for (int64_t i = 0; i < tn; ++i) {
+        const int64_t n_ctx = n_past + t0 + i + 1;
+        for (int64_t g = 0; g < group; ++g) {
+          float* s = scores + (i * group + g) * ld;
+          float mx = -INFINITY;
+          for (int64_t p = 0; p < n_ctx; ++p) mx = std::max(mx, s[p]);
+          float sum = 0;
+          for (int64_t p = 0; p < n_ctx; ++p) sum += (s[p] = std::exp(s[p] - mx));
+          const float inv = 1.0f / sum;
+          for (int64_t p = 0; p < n_ctx; ++p) s[p] *= inv;
+        }
+      }
+      std::fill(acc, acc + tn * group * hd, 0.0f);
+      for (int64_t p = 0; p < n_ctx_blk; ++p) {
+        load_kv_row(v, p, kvh * hd, hd, krow);
+        for (int64_t i = std::max<int64_t>(0, p - n_past - t0); i < tn; ++i)
+          for (int64_t g = 0; g < group; ++g) {
+            const float w = scores[(i * group + g) * ld + p];
+            float* a = acc + (i * group + g) * hd;
+            for (int64_t d = 0; d < hd; ++d) a[d] += w * krow[d];
+          }
+      }
+      for (int64_t i = 0; i < tn; ++i)
+        for (int64_t g = 0; g < group; ++g)
+          std::memcpy(out + ((t0 + i) * nh + kvh * group + g) * hd, acc + (i * group + g) * hd,
+                      hd * 4);
     }
   });
 }

@@ -257,6 +257,22 @@ TEST(Ops, AttentionCpuMatchesRef) {
   }
 }
 
+TEST(Ops, AttentionCpuBlockedPrefillEqualsTokenByTokenBitwise) {
+  // Prefill runs blocks of tokens per K/V conversion; each (token, head) must still be computed
+  // exactly as in a one-token call at its position.
+  const int64_t T = 37, nh = 8, nkv = 2, hd = 32, n_past = 5, n_ctx = n_past + T;
+  auto q = Rand(T * nh * hd, 30), kf = Rand(n_ctx * nkv * hd, 31), vf = Rand(n_ctx * nkv * hd, 32);
+  auto kb = ToKv(kf, GgmlType::F16), vb = ToKv(vf, GgmlType::F16);
+  const size_t stride = row_bytes(GgmlType::F16, nkv * hd);
+  KvView k{GgmlType::F16, kb.data(), nkv, hd, stride}, v{GgmlType::F16, vb.data(), nkv, hd, stride};
+  std::vector<float> all(T * nh * hd), one(all.size());
+  attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.2f, all.data(), 2);
+  for (int64_t t = 0; t < T; ++t)
+    attention_cpu(q.data() + t * nh * hd, 1, nh, hd, k, v, n_past + t, 0.2f,
+                  one.data() + t * nh * hd, 1);
+  EXPECT_EQ(0, std::memcmp(all.data(), one.data(), all.size() * 4));
+}
+
 TEST(Ops, AttentionIsCausalAndGrouped) {
   // One query token at position 0 sees only cache position 0: output = v[0] of its KV head.
   const int64_t nh = 4, nkv = 2, hd = 8;
