@@ -273,6 +273,7 @@ int RunCoordinator(const Args& a, const std::string& listen,
   eo.bind_address = HostOf(listen);
   eo.drop_rendezvous_prefix = [&rendezvous](const std::string& p) { rendezvous.DropPrefix(p); };
   std::unique_ptr<Engine> engine;
+  int failed_with_all_alive = 0;
   while (!engine) {
     auto workers = make_workers(&metrics);
     if (!workers.ok()) {
@@ -287,8 +288,10 @@ int RunCoordinator(const Args& a, const std::string& listen,
       break;
     }
     // Registered workers: one that died while the group formed comes back (it registers
-    // again); anything else (a refused plan, a bad model) is final.
-    if (!registry || !absl::IsUnavailable(e.status()) || g_stop) {
+    // again); anything else (a refused plan, a bad model, a group that fails three times while
+    // every worker answers) is final.
+    if (!registry || !absl::IsUnavailable(e.status()) || g_stop ||
+        (registry->AllAlive() && ++failed_with_all_alive >= 3)) {
       Log("error: %s", std::string(e.status().message()).c_str());
       unhook();
       return 1;

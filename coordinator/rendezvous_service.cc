@@ -41,6 +41,18 @@ int WorkerRegistry::registered() const {
   return slots_.empty() ? static_cast<int>(pending_.size()) : static_cast<int>(slots_.size());
 }
 
+bool WorkerRegistry::AllAlive() const {
+  std::vector<std::shared_ptr<WorkerSlot>> slots;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    slots = slots_;
+  }
+  if (slots.empty()) return false;
+  for (auto& s : slots)
+    if (!s->link()->Alive()) return false;
+  return true;
+}
+
 void WorkerRegistry::set_on_rebind(std::function<void(int, const std::string&)> f) {
   std::lock_guard<std::mutex> lock(mu_);
   on_rebind_ = std::move(f);

@@ -42,6 +42,8 @@ class WorkerRegistry {
 
   void set_on_rebind(std::function<void(int slot, const std::string& address)> f);
   int expected() const { return expected_; }
+  // Whether every slot's worker answers a ping (false before the order is fixed).
+  bool AllAlive() const;
   int registered() const;
   // One line per registration: address, device, memory (for the log).
   static std::string Describe(const rigserve::v1::RegisterRequest& r);
