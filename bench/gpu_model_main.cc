@@ -87,7 +87,7 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
   if (!f.ok()) Die("synthetic " + spec, f.status());
   ModelOptions o;
   o.backend = Backend::kCuda;
-  o.cuda_ctx = ctx + n_decode + 16;
+  o.cuda_ctx = ctx + 2 * (n_decode + 3) + 16;  // prefill + two timed decode runs
   auto m = Model::Load(std::shared_ptr<const gguf::File>(std::move(*f)), o);
   if (!m.ok()) Die("load " + spec, m.status());
   r.load_s = Now() - t0;
@@ -105,7 +105,7 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
     const double sec = Prefill(model, s.get(), Ids(512, V, 3));
     r.prefill512 = 512 / sec;
   }
-  auto s = model.NewSequence(ctx + n_decode + 16);
+  auto s = model.NewSequence(ctx + 2 * (n_decode + 3) + 16);
   {
     const double sec = Prefill(model, s.get(), Ids(ctx, V, 4));
     r.prefill_ctx = ctx / sec;
