@@ -28,6 +28,7 @@
 #include "coordinator/engine.h"
 #include "coordinator/inference_service.h"
 #include "coordinator/metrics.h"
+#include "coordinator/worker_metrics.h"
 #include "coordinator/rendezvous_service.h"
 #include "coordinator/worker_link.h"
 #include "worker/args.h"
@@ -591,8 +592,14 @@ int worker_main(int argc, char** argv) {
       .opt("coordinator", "HOST:PORT of the coordinator to register with (rigserve coordinator --expect-workers)")
       .opt("rank", "with --coordinator: the position in the pipeline to ask for (0..N-1; default: "
            "registration order)")
-      .opt("max-states", "sequence states (running + kept) this worker holds", "32");
+      .opt("max-states", "sequence states (running + kept) this worker holds", "32")
+      .opt("metrics-port", "Prometheus /metrics port of this worker on its listen host (0 = any free "
+           "port, logged; -1 = off)", "0");
   if (!a.parse(argc, argv)) return parse_exit(a);
+  int64_t metrics_port = 0;
+  if (!absl::SimpleAtoi(a.get("metrics-port"), &metrics_port) || metrics_port < -1 ||
+      metrics_port > 65535)
+    return a.usage_error("--metrics-port must be -1 (off), 0 (any) or a port number");
   int64_t states = 0;
   if (!ParseInt(a, "max-states", 1, &states)) return 2;
   int64_t rank = -1;
@@ -629,6 +636,25 @@ int worker_main(int argc, char** argv) {
     return 1;
   }
   Log("worker listening on %s:%d", HostOf(listen).c_str(), bound);
+  std::unique_ptr<WorkerMetrics> wm;
+  if (metrics_port >= 0) {
+    const std::string dev = w->service->inventory().device.empty() ? "cpu" : w->service->inventory().device;
+    wm = std::make_unique<WorkerMetrics>(
+        dev, a.get("model").empty() ? "synthetic " + a.get("synthetic") : a.get("model"));
+    std::string host = HostOf(listen);
+    if (host.empty()) host = "0.0.0.0";
+    int mport = -1;
+    try {
+      mport = wm->Serve(JoinHostPort(host, static_cast<int>(metrics_port)));
+    } catch (const std::exception& e) {
+      Log("error: worker metrics on %s port %lld: %s", host.c_str(),
+          static_cast<long long>(metrics_port), e.what());
+      return 1;
+    }
+    Log("worker metrics on http://%s:%d/metrics", host.c_str(), mport);
+    WorkerMetrics* raw = wm.get();
+    w->service->set_step_observer([raw](const WorkerStepStats& st) { raw->Observe(st); });
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::thread registration;

@@ -124,6 +124,19 @@ for j in $(seq 0 $((i - 1))); do
 done
 echo "ok: 3 workers registered (one before the coordinator was up; --rank honoured: $ORDER); planned placement; ${#PROMPTS[@]} concurrent requests match the single process"
 
+# Every worker exports its own /metrics (an ephemeral port by default, logged).
+for w in 0 1 2; do
+  MURL=$(sed -n 's/.*worker metrics on \(http:[^ ]*\)$/\1/p' "$T/worker$w.log" | tail -1)
+  [ -n "$MURL" ] || fail "worker $w logged no metrics address"
+  MBODY=$(curl -sf "$MURL") || fail "worker $w: GET $MURL failed"
+  STEPS=$(sed -n 's/^rigserve_worker_steps_total \([0-9.e+]*\)$/\1/p' <<<"$MBODY")
+  TOKS=$(sed -n 's/^rigserve_worker_tokens_total \([0-9.e+]*\)$/\1/p' <<<"$MBODY")
+  awk -v s="${STEPS:-0}" -v t="${TOKS:-0}" 'BEGIN { exit !(s > 0 && t > 0) }' \
+    || fail "worker $w metrics show no steps/tokens (steps '${STEPS}', tokens '${TOKS}')"
+  grep -q '^rigserve_worker_step_seconds_count' <<<"$MBODY" || fail "worker $w: no step histogram"
+done
+echo "ok: each worker's /metrics counts its steps and tokens"
+
 # Kill one mid-request, then restart it with the same command: it registers again (a new
 # port), takes over its slot, the group re-forms, and the output is unchanged.
 "$R" client generate --server "127.0.0.1:$CPORT" --prompt-ids "1 2 3" --max-tokens 30000 --temperature 0 \

@@ -172,12 +172,22 @@ pb::StepResult WorkerServiceImpl::HandleStep(const pb::StepPlan& plan) {
   res.set_step_id(plan.step_id());
   const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<std::vector<SeqOutput>> out;
+  WorkerStepStats stats;
   {
     std::lock_guard<std::mutex> lock(mu_);
     out = exec_.Execute(req);
+    stats.running = exec_.running();
+    stats.kept = exec_.kept();
   }
   res.set_step_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (observer_) {
+    stats.seconds = res.step_seconds();
+    stats.ok = out.ok();
+    for (const auto& q : req.seqs) stats.tokens += static_cast<int64_t>(q.tokens.size());
+    if (out.ok()) stats.sampled = static_cast<int64_t>(out->size());
+    observer_(stats);
+  }
   if (!out.ok()) {
     res.set_error(std::string(out.status().message()));
     return res;

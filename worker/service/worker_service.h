@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +31,15 @@ struct WorkerInventory {
 // The host part of the inventory: /proc/meminfo and the boot id (zeros / "" when unreadable).
 WorkerInventory HostInventory();
 
+// What one executed step plan did (for the worker's metrics).
+struct WorkerStepStats {
+  double seconds = 0;
+  bool ok = true;
+  int64_t tokens = 0;   // tokens run through the model
+  int64_t sampled = 0;  // tokens sampled here
+  int64_t running = 0, kept = 0;
+};
+
 class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
  public:
   WorkerServiceImpl(std::shared_ptr<const gguf::File> file, std::unique_ptr<Model> model,
@@ -53,6 +63,8 @@ class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
   // Sets the inventory Describe reports (default: HostInventory() with the constructor's device).
   void set_inventory(WorkerInventory inv) { inv_ = std::move(inv); }
   const WorkerInventory& inventory() const { return inv_; }
+  // Called after every step plan (on the stepping thread).
+  void set_step_observer(std::function<void(const WorkerStepStats&)> f) { observer_ = std::move(f); }
 
  private:
   std::shared_ptr<const gguf::File> file_;
@@ -61,6 +73,7 @@ class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
   std::string device_;
   WorkerInventory inv_;
   std::unique_ptr<par::KvStore> store_;
+  std::function<void(const WorkerStepStats&)> observer_;
   std::mutex mu_;
 };
 
