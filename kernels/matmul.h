@@ -60,20 +60,19 @@ struct MatmulTask {
 void matmul_cpu_batch(const MatmulTask* tasks, int64_t n_tasks, int n_threads);
 
 // The CPU kernels' thread pool (matmul_cpu, matmul_cpu_batch and the ops in ops_cpu.cc run on
-// it). cpu_parallel runs fn(ctx, id, nt) for id < nt on nt threads, the caller being id 0, and
-// returns when every one has finished. nt is n_threads, or 1 when the pool is already busy
-// (another caller, or a call from inside a job): jobs must work for any nt. Idle workers spin
-// for a few microseconds, then yield the core (a loaded machine keeps its scheduler slices for
-// the threads that have work), then sleep.
-void cpu_parallel_raw(int n_threads, void (*fn)(void*, int, int), void* ctx);
+// it). cpu_parallel_for calls f(i) once for every i < n, on the caller and up to n_threads - 1
+// pool workers, and returns when all are done. Work items are claimed one at a time from a
+// shared counter, so a worker that the OS has not scheduled yet costs nothing: the caller takes
+// the items itself and only waits for items already in progress. Idle workers spin for a few
+// microseconds, then yield the core, then sleep. Nested calls (and a second caller while the
+// pool is busy) run inline.
+void cpu_parallel_for_raw(int n_threads, int64_t n, void (*fn)(void*, int64_t), void* ctx);
 template <typename F>
-void cpu_parallel(int n_threads, F&& f) {
+void cpu_parallel_for(int n_threads, int64_t n, F&& f) {
   using Fn = std::remove_reference_t<F>;
-  cpu_parallel_raw(n_threads, [](void* c, int id, int nt) { (*static_cast<Fn*>(c))(id, nt); },
-                   const_cast<void*>(static_cast<const void*>(&f)));
+  cpu_parallel_for_raw(n_threads, n, [](void* c, int64_t i) { (*static_cast<Fn*>(c))(i); },
+                       const_cast<void*>(static_cast<const void*>(&f)));
 }
-// Inside a job of nt threads: waits until all nt have arrived.
-void cpu_barrier(int nt);
 
 // Dot product of one quantised row (n elements) with an f32 vector, fast path (for tests).
 float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n);

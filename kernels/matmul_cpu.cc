@@ -15,7 +15,8 @@
 // Results do not depend on the thread count nor on how tokens are batched (each (row, token)
 // dot runs the same instruction sequence), so a prompt in one call equals token-by-token calls
 // bit for bit.
-// Threads: one job of the kernels' own pool per call (cpu_parallel). It replaced OpenMP, whose
+// Threads: jobs of the kernels' own pool (cpu_parallel_for, work items of ~64 KiB of rows claimed
+// from a shared counter). It replaced OpenMP, whose
 // workers spin at every join: on a machine with more runnable threads than cores that spin cost a
 // scheduler slice per call (measured: a 512 x 2048 Q4_K matvec at load 10 on 2 cores took 12 ms
 // mean with 2 threads, 0.17 ms with OMP_WAIT_POLICY=passive; bench-moe decode at load 5: 4 tok/s
@@ -66,58 +67,81 @@ uint32_t wait_change(const std::atomic<uint32_t>& a, uint32_t old) {
   }
 }
 
+// The job state is one 64-bit word: generation (high 32 bits) | next item (low 32 bits). A
+// claim is a CAS that also checks the generation, so a late worker can never take an item of a
+// newer job; the caller waits for done == n before returning, so the job's fields stay valid
+// while any claimed item runs.
 class Pool {
  public:
-  bool try_run(int nt, void (*fn)(void*, int, int), void* ctx) {
+  bool try_run(int n_threads, int64_t n, void (*fn)(void*, int64_t), void* ctx) {
     if (!mu_.try_lock()) return false;
-    while (static_cast<int>(workers_) < nt - 1) {
-      const int id = static_cast<int>(++workers_);
-      const uint32_t g0 = gen_.load(std::memory_order_relaxed);
-      std::thread([this, id, g0] { worker(id, g0); }).detach();
+    while (static_cast<int>(workers_.load()) < n_threads - 1) {
+      workers_.fetch_add(1);
+      const uint32_t w0 = wake_.load(std::memory_order_relaxed);
+      std::thread([this, w0] { worker(w0); }).detach();
     }
     fn_ = fn;
     ctx_ = ctx;
-    nt_ = nt;
-    // Every worker acknowledges every job (those with id >= nt without running it), so no worker
-    // can mistake the next job's fields for the one it woke up for.
-    pending_.store(workers_, std::memory_order_relaxed);
-    gen_.fetch_add(1, std::memory_order_release);
-    gen_.notify_all();
-    fn(ctx, 0, nt);
-    for (uint32_t p = pending_.load(std::memory_order_acquire); p != 0;
-         p = pending_.load(std::memory_order_acquire))
-      wait_change(pending_, p);
+    n_ = n;
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t gen = ++gen_;
+    state_.store(gen << 32, std::memory_order_release);
+    wake_.fetch_add(1, std::memory_order_release);
+    if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
+    work(gen);
+    for (int64_t d = done_.load(std::memory_order_acquire); d != n;
+         d = done_.load(std::memory_order_acquire))
+      wait_change(done_, static_cast<uint32_t>(d));
     mu_.unlock();
     return true;
   }
 
-  void barrier(int nt) {
-    const uint32_t g = bar_gen_.load(std::memory_order_acquire);
-    if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == static_cast<uint32_t>(nt - 1)) {
-      bar_count_.store(0, std::memory_order_relaxed);
-      bar_gen_.fetch_add(1, std::memory_order_release);
-      bar_gen_.notify_all();
-    } else {
-      wait_change(bar_gen_, g);
+ private:
+  // Claims and runs items of job `gen` until none are left.
+  void work(uint64_t gen) {
+    for (;;) {
+      uint64_t st = state_.load(std::memory_order_acquire);
+      if ((st >> 32) != (gen & 0xffffffffu)) return;
+      const int64_t i = static_cast<int64_t>(st & 0xffffffffu);
+      if (i >= n_) return;
+      if (!state_.compare_exchange_weak(st, st + 1, std::memory_order_acq_rel)) continue;
+      fn_(ctx_, i);
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<uint32_t>(n_))
+        done_.notify_one();
     }
   }
 
- private:
-  void worker(int id, uint32_t seen) {
+  void worker(uint32_t seen) {
     for (;;) {
-      seen = wait_change(gen_, seen);
-      const int nt = nt_;
-      if (id < nt) fn_(ctx_, id, nt);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+      // wait_change with the sleeper count kept for the notifier.
+      uint32_t v = seen;
+      for (int i = 0; i < 400 && v == seen; ++i) {
+        _mm_pause();
+        v = wake_.load(std::memory_order_acquire);
+      }
+      for (int i = 0; i < 1000 && v == seen; ++i) {
+        sched_yield();
+        v = wake_.load(std::memory_order_acquire);
+      }
+      while (v == seen) {
+        sleepers_.fetch_add(1, std::memory_order_acq_rel);
+        wake_.wait(seen, std::memory_order_acquire);
+        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+        v = wake_.load(std::memory_order_acquire);
+      }
+      seen = v;
+      const uint64_t st = state_.load(std::memory_order_acquire);
+      work(st >> 32);
     }
   }
 
   std::mutex mu_;
-  std::atomic<uint32_t> workers_{0};
-  std::atomic<uint32_t> gen_{0}, pending_{0}, bar_count_{0}, bar_gen_{0};
-  void (*fn_)(void*, int, int) = nullptr;
+  std::atomic<uint32_t> workers_{0}, sleepers_{0}, wake_{0}, done_{0};
+  std::atomic<uint64_t> state_{0};
+  uint64_t gen_ = 0;  // under mu_
+  void (*fn_)(void*, int64_t) = nullptr;
   void* ctx_ = nullptr;
-  int nt_ = 1;
+  int64_t n_ = 0;
 };
 
 Pool& pool() {
@@ -127,12 +151,10 @@ Pool& pool() {
 
 }  // namespace
 
-void cpu_parallel_raw(int n_threads, void (*fn)(void*, int, int), void* ctx) {
-  if (n_threads <= 1 || !pool().try_run(n_threads, fn, ctx)) fn(ctx, 0, 1);
-}
-
-void cpu_barrier(int nt) {
-  if (nt > 1) pool().barrier(nt);
+void cpu_parallel_for_raw(int n_threads, int64_t n, void (*fn)(void*, int64_t), void* ctx) {
+  if (n <= 0) return;
+  if (n_threads <= 1 || n == 1 || !pool().try_run(n_threads, n, fn, ctx))
+    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
 }
 
 namespace matmul_internal {
@@ -785,18 +807,16 @@ Acts prepare_acts(GgmlType t, const float* x, int64_t ldx, int64_t n_tok, int64_
     case ActKind::kQ8x32: {
       const int64_t nb = cols / kQK;
       ActQ8x32* a = scratch<ActQ8x32>(buf, static_cast<size_t>(nb * n_tok));
-      cpu_parallel(n_tok >= 8 ? n_threads : 1, [&](int id, int nt) {
-        for (int64_t i = n_tok * id / nt; i < n_tok * (id + 1) / nt; ++i)
-          matmul_internal::quantize_act_q8x32(x + i * ldx, a + i * nb, cols);
+      cpu_parallel_for(n_tok >= 8 ? n_threads : 1, n_tok, [&](int64_t i) {
+        matmul_internal::quantize_act_q8x32(x + i * ldx, a + i * nb, cols);
       });
       return {reinterpret_cast<const uint8_t*>(a), static_cast<size_t>(nb) * sizeof(ActQ8x32)};
     }
     case ActKind::kQ8x256: {
       const int64_t nb = cols / kQKK;
       ActQ8x256* a = scratch<ActQ8x256>(buf, static_cast<size_t>(nb * n_tok));
-      cpu_parallel(n_tok >= 8 ? n_threads : 1, [&](int id, int nt) {
-        for (int64_t i = n_tok * id / nt; i < n_tok * (id + 1) / nt; ++i)
-          matmul_internal::quantize_act_q8x256(x + i * ldx, a + i * nb, cols);
+      cpu_parallel_for(n_tok >= 8 ? n_threads : 1, n_tok, [&](int64_t i) {
+        matmul_internal::quantize_act_q8x256(x + i * ldx, a + i * nb, cols);
       });
       return {reinterpret_cast<const uint8_t*>(a), static_cast<size_t>(nb) * sizeof(ActQ8x256)};
     }
@@ -842,6 +862,13 @@ void run_rows(const Kernels& k, const WeightView& w, const Acts& a, int64_t n_to
   }
 }
 
+// Rows per work item of the pool: ~64 KiB of weights for decode (claims stay rare, streams
+// long), one 128 KiB L2 tile for prefill.
+int64_t chunk_rows(const WeightView& w, int64_t n_tok) {
+  const size_t bytes = n_tok == 1 ? (64u << 10) : (128u << 10);
+  return std::max<int64_t>(1, static_cast<int64_t>(bytes / std::max<size_t>(w.row_stride, 1)));
+}
+
 // Callers check is_compute_type() and the block multiple first (the model loader does); a
 // violation here is a bug in the caller: say what it was and abort.
 const Kernels& checked_kernels(GgmlType t, int64_t cols) {
@@ -877,9 +904,9 @@ void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok,
     run_rows(*k, w, a, n_tok, y, ldy, 0, w.rows);
     return;
   }
-  cpu_parallel(n_threads, [&](int id, int nt) {
-    const int64_t r0 = w.rows * id / nt, r1 = w.rows * (id + 1) / nt;
-    run_rows(*k, w, a, n_tok, y, ldy, r0, r1);
+  const int64_t chunk = chunk_rows(w, n_tok);
+  cpu_parallel_for(n_threads, (w.rows + chunk - 1) / chunk, [&](int64_t c) {
+    run_rows(*k, w, a, n_tok, y, ldy, c * chunk, std::min(w.rows, (c + 1) * chunk));
   });
 }
 
@@ -963,27 +990,37 @@ void matmul_cpu_batch(const MatmulTask* tasks, int64_t n_tasks, int n_threads) {
     const ActSource& src = src_begin[tsrc[i]];
     return {base + src.offset, src.row_bytes, tk.x_rows};
   };
-  auto body = [&](int id, int nt) {
-    // 1. Each source row converted once (rows dealt round-robin over the threads).
-    int64_t seen = 0;
-    for (const ActSource* sp = src_begin; sp != src_end; ++sp) {
-      const ActSource& src = *sp;
-      for (int64_t r = 0; r < src.x_n; ++r)
-        if ((seen + r) % nt == id)
-          convert_act_row(src.kind, src.x + r * src.ldx, src.cols,
-                          base + src.offset + r * src.row_bytes);
-      seen += src.x_n;
-    }
-    if (n_convert > 0) cpu_barrier(nt);
-    // 2. Every task's rows split into one contiguous range per thread.
-    for (int64_t i = 0; i < n_tasks; ++i) {
-      if (!tkern[i]) continue;
-      const MatmulTask& tk = tasks[i];
-      const int64_t r0 = tk.w.rows * id / nt, r1 = tk.w.rows * (id + 1) / nt;
-      if (r0 < r1) run_rows(*tkern[i], tk.w, acts_of(i), tk.n_tok, tk.y, tk.ldy, r0, r1);
-    }
+  // 1. Each source row converted once.
+  if (n_convert > 0) {
+    thread_local std::vector<std::pair<int32_t, int32_t>> conv;  // (source, row)
+    conv.clear();
+    for (const ActSource* sp = src_begin; sp != src_end; ++sp)
+      for (int64_t r = 0; r < sp->x_n; ++r)
+        conv.emplace_back(static_cast<int32_t>(sp - src_begin), static_cast<int32_t>(r));
+    const std::pair<int32_t, int32_t>* cv = conv.data();
+    cpu_parallel_for(n_threads, static_cast<int64_t>(conv.size()), [&](int64_t i) {
+      const ActSource& src = src_begin[cv[i].first];
+      const int64_t r = cv[i].second;
+      convert_act_row(src.kind, src.x + r * src.ldx, src.cols, base + src.offset + r * src.row_bytes);
+    });
+  }
+  // 2. Every task's rows in work items of chunk_rows.
+  struct Item {
+    int64_t task, r0, r1;
   };
-  cpu_parallel(n_threads, body);
+  thread_local std::vector<Item> items;
+  items.clear();
+  for (int64_t i = 0; i < n_tasks; ++i) {
+    if (!tkern[i]) continue;
+    const int64_t rows = tasks[i].w.rows, chunk = chunk_rows(tasks[i].w, tasks[i].n_tok);
+    for (int64_t r = 0; r < rows; r += chunk) items.push_back({i, r, std::min(rows, r + chunk)});
+  }
+  const Item* it = items.data();
+  cpu_parallel_for(n_threads, static_cast<int64_t>(items.size()), [&](int64_t j) {
+    const MatmulTask& tk = tasks[it[j].task];
+    run_rows(*tkern[it[j].task], tk.w, acts_of(it[j].task), tk.n_tok, tk.y, tk.ldy, it[j].r0,
+             it[j].r1);
+  });
 }
 
 float vec_dot_cpu(GgmlType t, const void* row, const float* x, int64_t n) {

@@ -1,6 +1,6 @@
 // Fast CPU versions of the ops in kernels/ops.h: loops laid out for the compiler's AVX2
 // vectoriser (-O3 -mavx2 -mfma), F16C for the f16 KV cache, heads / rows over the kernels' thread
-// pool (cpu_parallel, kernels/matmul.h).
+// pool (cpu_parallel_for, kernels/matmul.h).
 // Each is tested against its *_ref twin (tests/ops_test.cc).
 #include <immintrin.h>
 
@@ -104,15 +104,13 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
   constexpr int64_t kTb = 16;
   const int64_t n_blocks = (T + kTb - 1) / kTb;
   const int64_t n_tasks = n_blocks * nkv;
-  std::atomic<int64_t> next{0};
-  const int nt_want = static_cast<int>(std::min<int64_t>(std::max(1, n_threads), n_tasks));
-  cpu_parallel(nt_want, [&](int, int) {
+  cpu_parallel_for(n_threads, n_tasks, [&](int64_t task) {
     thread_local std::vector<float> scratch;
     const int64_t rows_max = std::min(kTb, T) * group;
     const int64_t ctx_cap = n_past + T;
     const size_t need = static_cast<size_t>(rows_max * ctx_cap + hd + rows_max * hd);
     if (scratch.size() < need) scratch.resize(need);
-    for (int64_t task = next.fetch_add(1); task < n_tasks; task = next.fetch_add(1)) {
+    {
       const int64_t blk = n_blocks - 1 - task / nkv, kvh = task % nkv;
       const int64_t t0 = blk * kTb, tn = std::min(kTb, T - t0);
       const int64_t n_ctx_blk = n_past + t0 + tn;  // context of the block's last token
@@ -413,14 +411,12 @@ void delta_rule_run(const DeltaNetDims& d, const float* q, const float* k, const
                     const float* g, const float* beta, float* S, float* out, int n_threads,
                     bool chunked) {
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, d.Hv)));
-  cpu_parallel(nt, [&](int id, int n) {
+  cpu_parallel_for(nt, d.Hv, [&](int64_t h) {
     float* scratch = dn_scratch(chunked ? delta_chunk_scratch(d) : static_cast<size_t>(d.dv));
-    for (int64_t h = d.Hv * id / n; h < d.Hv * (id + 1) / n; ++h) {
-      if (chunked)
-        delta_head_chunked(d, h, q, k, v, g, beta, S, out, scratch);
-      else
-        delta_head_recurrent(d, h, q, k, v, g, beta, S, out, scratch);
-    }
+    if (chunked)
+      delta_head_chunked(d, h, q, k, v, g, beta, S, out, scratch);
+    else
+      delta_head_recurrent(d, h, q, k, v, g, beta, S, out, scratch);
   });
 }
 }  // namespace
