@@ -6,7 +6,8 @@
 // holds dims [i*DPL, (i+1)*DPL) of q and of the running output; each position costs one warp
 // reduction for the score and an online-softmax update. It writes {m, l, acc[hd]} for its chunk
 // (m = -inf, l = 0 for a chunk past the token's causal end).
-// Pass 2: one warp per (t, h) merges the chunks: out = sum_c acc_c e^(m_c - M) / sum_c l_c e^(m_c - M).
+// Pass 2: one block of 4 warps per (t, h) merges the chunks:
+// out = sum_c acc_c e^(m_c - M) / sum_c l_c e^(m_c - M).
 // Softmax in fp32 (the reference uses double; differences are rounding).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -97,21 +98,25 @@ __global__ void __launch_bounds__(32)
   for (int i = 0; i < DPL; ++i) o[2 + lane * DPL + i] = acc[i];
 }
 
+// Four warps per (t, h): warp w folds chunks w, w + 4, ... into its own (M, L, acc), then warp 0
+// merges the four (a long cache split for decode has ~100+ chunks: one warp walking them all
+// was the slow part).
+constexpr int kMergeWarps = 4;
 template <int DPL>
-__global__ void __launch_bounds__(32)
+__global__ void __launch_bounds__(32 * kMergeWarps)
     attn_merge_kernel(const float* __restrict__ ws, int64_t n_chunks, float* __restrict__ out) {
   constexpr int64_t hd = 32 * DPL;
   const int64_t th = blockIdx.x;
-  const int lane = static_cast<int>(threadIdx.x);
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
   const float* part = ws + th * n_chunks * (hd + 2);
   float M = -INFINITY;
-#pragma unroll 8
-  for (int64_t c = 0; c < n_chunks; ++c) M = fmaxf(M, part[c * (hd + 2)]);
+#pragma unroll 4
+  for (int64_t c = warp; c < n_chunks; c += kMergeWarps) M = fmaxf(M, part[c * (hd + 2)]);
   float L = 0.0f, acc[DPL];
 #pragma unroll
   for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
-#pragma unroll 4
-  for (int64_t c = 0; c < n_chunks; ++c) {
+#pragma unroll 2
+  for (int64_t c = warp; c < n_chunks; c += kMergeWarps) {
     const float* pc = part + c * (hd + 2);
     if (pc[1] == 0.0f) continue;  // empty chunk
     const float f = expf(pc[0] - M);
@@ -119,9 +124,32 @@ __global__ void __launch_bounds__(32)
 #pragma unroll
     for (int i = 0; i < DPL; ++i) acc[i] += pc[2 + lane * DPL + i] * f;
   }
-  const float inv = 1.0f / L;
+  __shared__ float sM[kMergeWarps], sL[kMergeWarps], sacc[kMergeWarps][hd];
+  if (lane == 0) {
+    sM[warp] = M;
+    sL[warp] = L;
+  }
 #pragma unroll
-  for (int i = 0; i < DPL; ++i) out[th * hd + lane * DPL + i] = acc[i] * inv;
+  for (int i = 0; i < DPL; ++i) sacc[warp][lane * DPL + i] = acc[i];
+  __syncthreads();
+  if (warp != 0) return;
+  float MM = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) MM = fmaxf(MM, sM[w]);
+  float LL = 0.0f, a2[DPL];
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) a2[i] = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) {
+    if (sL[w] == 0.0f) continue;
+    const float f = expf(sM[w] - MM);
+    LL += sL[w] * f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) a2[i] += sacc[w][lane * DPL + i] * f;
+  }
+  const float inv = 1.0f / LL;
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) out[th * hd + lane * DPL + i] = a2[i] * inv;
 }
 
 template <int DPL>
@@ -134,7 +162,8 @@ cudaError_t launch_attn(const float* q, int64_t T, int64_t nh, const AttnKv& k, 
                                                          chunk);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  attn_merge_kernel<DPL><<<static_cast<unsigned>(T * nh), 32, 0, s>>>(ws, n_chunks, out);
+  attn_merge_kernel<DPL><<<static_cast<unsigned>(T * nh), 32 * kMergeWarps, 0, s>>>(ws, n_chunks,
+                                                                               out);
   return cudaGetLastError();
 }
 

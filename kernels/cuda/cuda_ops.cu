@@ -118,26 +118,30 @@ __global__ void conv1d_silu_kernel(const float* __restrict__ u, int64_t T, int64
     if (j < K - 1) state[j * C + c] = win[j];
 }
 
-// Gated delta rule, token by token. Block = one warp = 16 value columns of one value head; lane
-// (part, col) keeps half of its column, S[part*DK/2 .. +DK/2, col], in registers for the whole
-// call (DK/2 floats: no spills at DK = 128), so the decay and the rank-1 update are local and
-// S^T k, S^T q need one shuffle between the two halves. q_t and k_t go through shared memory.
-template <int DK>
+// Gated delta rule, token by token. Block = one warp = kCols = 32 / PARTS value columns of one
+// value head; lane (part, col) keeps its slice S[part*DK/PARTS .. +DK/PARTS, col] in registers
+// for the whole call, so the decay and the rank-1 update are local and S^T k, S^T q need
+// log2(PARTS) shuffles between the parts. PARTS = 4: 8 adjacent columns per part (32-byte
+// segments), DK/4 registers per lane, and twice the warps of a 2-part split (decode is
+// latency-bound: more warps in flight, shorter serial walks). q_t and k_t go through shared
+// memory.
+template <int DK, int PARTS>
 __global__ void __launch_bounds__(32)
     delta_rule_kernel(int64_t T, int64_t Hk, int64_t Hv, int64_t dv,
                       const float* __restrict__ q, const float* __restrict__ k,
                       const float* __restrict__ v, const float* __restrict__ g,
                       const float* __restrict__ beta, float* S, float* out) {
-  constexpr int kHalf = DK / 2;
+  constexpr int kPart = DK / PARTS;
+  constexpr int kCols = 32 / PARTS;
   __shared__ float sq[DK], sk[DK];
   const int64_t h = blockIdx.x, j = h % Hk;
-  const int lane = static_cast<int>(threadIdx.x), part = lane >> 4;
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * 16 + (lane & 15);
-  const int a0 = part * kHalf;
+  const int lane = static_cast<int>(threadIdx.x), part = lane / kCols;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kCols + (lane % kCols);
+  const int a0 = part * kPart;
   float* Sh = S + h * DK * dv;
-  float s[kHalf];
+  float s[kPart];
 #pragma unroll
-  for (int a = 0; a < kHalf; ++a) s[a] = Sh[(a0 + a) * dv + c];
+  for (int a = 0; a < kPart; ++a) s[a] = Sh[(a0 + a) * dv + c];
   for (int64_t t = 0; t < T; ++t) {
     const float* kt = k + (t * Hk + j) * DK;
     const float* qt = q + (t * Hk + j) * DK;
@@ -151,24 +155,26 @@ __global__ void __launch_bounds__(32)
     const float b = beta[t * Hv + h];
     float kv = 0.0f;
 #pragma unroll
-    for (int a = 0; a < kHalf; ++a) {
+    for (int a = 0; a < kPart; ++a) {
       s[a] *= decay;
       kv += s[a] * sk[a0 + a];
     }
-    kv += __shfl_xor_sync(0xFFFFFFFFu, kv, 16);
+#pragma unroll
+    for (int o = kCols; o < 32; o <<= 1) kv += __shfl_xor_sync(0xFFFFFFFFu, kv, o);
     const float delta = b * (v[(t * Hv + h) * dv + c] - kv);
     float o = 0.0f;
 #pragma unroll
-    for (int a = 0; a < kHalf; ++a) {
+    for (int a = 0; a < kPart; ++a) {
       s[a] += sk[a0 + a] * delta;
       o += s[a] * sq[a0 + a];
     }
-    o += __shfl_xor_sync(0xFFFFFFFFu, o, 16);
+#pragma unroll
+    for (int m = kCols; m < 32; m <<= 1) o += __shfl_xor_sync(0xFFFFFFFFu, o, m);
     if (part == 0) out[(t * Hv + h) * dv + c] = o;
     __syncwarp();
   }
 #pragma unroll
-  for (int a = 0; a < kHalf; ++a) Sh[(a0 + a) * dv + c] = s[a];
+  for (int a = 0; a < kPart; ++a) Sh[(a0 + a) * dv + c] = s[a];
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up,
@@ -269,16 +275,17 @@ cudaError_t launch_conv1d_silu(const float* u, int64_t T, int64_t C, const float
 cudaError_t launch_delta_rule(const DeltaNetDims& d, const float* q, const float* k,
                               const float* v, const float* g, const float* beta, float* S,
                               float* out, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>(d.Hv), static_cast<unsigned>(d.dv / 16));
+  constexpr int kParts = 4;
+  const dim3 grid(static_cast<unsigned>(d.Hv), static_cast<unsigned>(d.dv / (32 / kParts)));
   switch (d.dk) {
     case 32:
-      delta_rule_kernel<32><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
+      delta_rule_kernel<32, kParts><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
       break;
     case 64:
-      delta_rule_kernel<64><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
+      delta_rule_kernel<64, kParts><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
       break;
     case 128:
-      delta_rule_kernel<128><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
+      delta_rule_kernel<128, kParts><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
       break;
     default: return cudaErrorInvalidValue;
   }
