@@ -28,13 +28,31 @@ inline float sum_squares(const float* x, int64_t n) {
 }
 
 inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
+  float s = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // Four independent accumulators: one FMA chain would wait on its latency every 8 elements
+  // (attention scores at long context are this loop).
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), a2);
+    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), a3);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+  const __m256 v = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  s = _mm_cvtss_f32(h);
+#else
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (; i + 8 <= n; i += 8)
     for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
-  float s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
   for (int l = 0; l < 8; ++l) s += acc[l];
+#endif
+  for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
@@ -68,6 +86,20 @@ void load_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t n, float* d
     default:
       std::memset(dst, 0, n * 4);
   }
+}
+
+// Prefetches the bytes of load_kv_row(kv, p, first, n) (the cache rows are strided by the other
+// heads' entries; the hardware prefetcher alone left decode attention at long context waiting
+// on memory).
+inline void prefetch_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t n) {
+  const uint8_t* base = static_cast<const uint8_t*>(kv.data) + p * kv.pos_stride_bytes;
+  size_t lo, hi;
+  switch (kv.type) {
+    case GgmlType::F32: lo = first * 4; hi = (first + n) * 4; break;
+    case GgmlType::F16: lo = first * 2; hi = (first + n) * 2; break;
+    default: lo = first / 32 * 34; hi = (first + n + 31) / 32 * 34; break;
+  }
+  for (size_t o = lo; o < hi; o += 64) _mm_prefetch(reinterpret_cast<const char*>(base + o), _MM_HINT_T0);
 }
 
 }  // namespace
@@ -118,7 +150,9 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
       float* scores = scratch.data();
       float* krow = scores + tn * group * ld;
       float* acc = krow + hd;
+      constexpr int64_t kAheadRows = 12;
       for (int64_t p = 0; p < n_ctx_blk; ++p) {
+        if (p + kAheadRows < n_ctx_blk) prefetch_kv_row(k, p + kAheadRows, kvh * hd, hd);
         load_kv_row(k, p, kvh * hd, hd, krow);
         // Token i sees positions <= n_past + t0 + i.
         for (int64_t i = std::max<int64_t>(0, p - n_past - t0); i < tn; ++i) {
@@ -141,6 +175,7 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
       }
       std::fill(acc, acc + tn * group * hd, 0.0f);
       for (int64_t p = 0; p < n_ctx_blk; ++p) {
+        if (p + kAheadRows < n_ctx_blk) prefetch_kv_row(v, p + kAheadRows, kvh * hd, hd);
         load_kv_row(v, p, kvh * hd, hd, krow);
         for (int64_t i = std::max<int64_t>(0, p - n_past - t0); i < tn; ++i)
           for (int64_t g = 0; g < group; ++g) {
