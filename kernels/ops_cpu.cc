@@ -171,9 +171,48 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
           for (int64_t p = 0; p < n_ctx; ++p) sum += (s[p] = std::exp(s[p] - mx));
           const float inv = 1.0f / sum;
           for (int64_t p = 0; p < n_ctx; ++p) s[p] *= inv;
+          for (int64_t p = n_ctx; p < n_ctx_blk; ++p) s[p] = 0.0f;  // masked: adds exactly 0
         }
       }
       std::fill(acc, acc + tn * group * hd, 0.0f);
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+      if (v.type == GgmlType::F16 && hd % 16 == 0) {
+        // out_r = sum_p s_r[p] v_p straight from the f16 cache: positions in blocks of 64 (their
+        // V rows stay in L1), 4 rows x 16 dims of accumulators in registers; per (row, dim)
+        // the sum runs over p in order, as in the generic loop below.
+        const int64_t R = tn * group;
+        const uint8_t* vbase = static_cast<const uint8_t*>(v.data) + kvh * hd * 2;
+        for (int64_t pb = 0; pb < n_ctx_blk; pb += 64) {
+          const int64_t pe = std::min(n_ctx_blk, pb + 64);
+          for (int64_t p = pb; p < pe; ++p)
+            if (p + 64 < n_ctx_blk) prefetch_kv_row(v, p + 64, kvh * hd, hd);
+          for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            const int nr = static_cast<int>(std::min<int64_t>(4, R - r0));
+            for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+              __m256 a0[4], a1[4];
+              for (int r = 0; r < nr; ++r) {
+                a0[r] = _mm256_loadu_ps(acc + (r0 + r) * hd + d0);
+                a1[r] = _mm256_loadu_ps(acc + (r0 + r) * hd + d0 + 8);
+              }
+              for (int64_t p = pb; p < pe; ++p) {
+                const uint16_t* vp = reinterpret_cast<const uint16_t*>(vbase + p * v.pos_stride_bytes) + d0;
+                const __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vp)));
+                const __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vp + 8)));
+                for (int r = 0; r < nr; ++r) {
+                  const __m256 w = _mm256_broadcast_ss(scores + (r0 + r) * ld + p);
+                  a0[r] = _mm256_fmadd_ps(w, v0, a0[r]);
+                  a1[r] = _mm256_fmadd_ps(w, v1, a1[r]);
+                }
+              }
+              for (int r = 0; r < nr; ++r) {
+                _mm256_storeu_ps(acc + (r0 + r) * hd + d0, a0[r]);
+                _mm256_storeu_ps(acc + (r0 + r) * hd + d0 + 8, a1[r]);
+              }
+            }
+          }
+        }
+      } else
+#endif
       for (int64_t p = 0; p < n_ctx_blk; ++p) {
         if (p + kAheadRows < n_ctx_blk) prefetch_kv_row(v, p + kAheadRows, kvh * hd, hd);
         load_kv_row(v, p, kvh * hd, hd, krow);

@@ -243,8 +243,9 @@ std::vector<uint8_t> ToKv(const std::vector<float>& x, GgmlType t) {
 
 TEST(Ops, AttentionCpuMatchesRef) {
   for (GgmlType kt : {GgmlType::F32, GgmlType::F16}) {
-    for (int64_t T : {1, 5, 33}) {
-      const int64_t nh = 6, nkv = 2, hd = 40, n_past = 11, n_ctx = n_past + T;
+    for (int64_t T : {1, 5, 33, 70})
+    for (int64_t hd : {40, 64}) {  // 64: the register-blocked f16 V path (hd % 16 == 0)
+      const int64_t nh = 6, nkv = 2, n_past = 11 + 60 * (T == 70), n_ctx = n_past + T;
       auto q = Rand(T * nh * hd, 20), kf = Rand(n_ctx * nkv * hd, 21), vf = Rand(n_ctx * nkv * hd, 22);
       auto kb = ToKv(kf, kt), vb = ToKv(vf, kt);
       const size_t stride = row_bytes(kt, nkv * hd);
@@ -252,7 +253,7 @@ TEST(Ops, AttentionCpuMatchesRef) {
       std::vector<float> a(T * nh * hd), b(a.size());
       attention_ref(q.data(), T, nh, hd, k, v, n_past, 0.3f, a.data());
       attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.3f, b.data(), 2);
-      EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T;
+      EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T << " hd=" << hd << " " << type_name(kt);
     }
   }
 }
