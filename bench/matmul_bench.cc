@@ -8,6 +8,10 @@
 //                               ceiling, CPU time (the other benches use wall time)
 //   BM_MatvecExpert/TYPE/threads:T   512 x 2048 (an MoE expert projection): per-call cost
 //   BM_Prefill/TYPE/threads:T   n_tok = 128 over a 4096 x 4096 matrix, GFLOP/s (2 flops per MAC)
+//   BM_MoeDecode/MODE/threads:T one bench-moe MoE layer at decode: 8 of 48 experts (gate, up
+//                               Q4_K 512 x 1024; down Q6_K 1024 x 512; other experts each
+//                               iteration), MODE separate = one matmul_cpu per matrix (the old
+//                               path), batch = two matmul_cpu_batch calls (the model's path)
 //
 // Run: build-*/bench/matmul_bench [--benchmark_filter=Matvec] (RS_FORCE_SCALAR=1 for the
 // scalar path). On a shared machine add --benchmark_repetitions=5 and read the _min rows
@@ -195,6 +199,73 @@ void BM_Prefill(benchmark::State& state, GgmlType t) {
   state.SetLabel(matmul_internal::using_avx2() ? "avx2" : "scalar");
 }
 
+// A stack of E experts' matrices (rows x cols each) of type t, filled like BenchMatrix.
+struct ExpertStack {
+  WeightView view;
+  Buffer buf;
+  ExpertStack(GgmlType t, int64_t E, int64_t rows, int64_t cols)
+      : buf(row_bytes(t, cols) * rows * E) {
+    const size_t rb = row_bytes(t, cols);
+    const int64_t seed_rows = 64;
+    std::vector<float> src(cols * seed_rows);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.0f, 0.05f);
+    for (auto& v : src) v = nd(rng);
+    for (int64_t r = 0; r < seed_rows; ++r) quantize_row_ref(t, src.data() + r * cols, buf.p + r * rb, cols);
+    for (int64_t r = seed_rows; r < rows * E; ++r) std::memcpy(buf.p + r * rb, buf.p + (r % seed_rows) * rb, rb);
+    view.type = t; view.data = buf.p; view.cols = cols; view.rows = rows * E; view.row_stride = rb;
+  }
+};
+
+void BM_MoeDecode(benchmark::State& state, bool batch) {
+  const int threads = static_cast<int>(state.range(0));
+  constexpr int64_t E = 48, K = 8, H = 1024, I = 512;
+  static ExpertStack gate(GgmlType::Q4_K, E, I, H), up(GgmlType::Q4_K, E, I, H),
+      down(GgmlType::Q6_K, E, H, I);
+  std::vector<float> x(H, 0.3f), g(K * I), u(K * I), d(K * H);
+  for (int64_t i = 0; i < H; ++i) x[i] = 0.01f * static_cast<float>(i % 37) - 0.2f;
+  std::vector<MatmulTask> tasks;
+  int64_t step = 0;
+  for (auto _ : state) {
+    int64_t ids[K];
+    for (int64_t j = 0; j < K; ++j) ids[j] = (step * 5 + j * 6) % E;
+    ++step;
+    if (!batch) {
+      for (int64_t j = 0; j < K; ++j) {
+        matmul_cpu(gate.view.slice_rows(ids[j] * I, I), x.data(), H, 1, g.data() + j * I, I, threads);
+        matmul_cpu(up.view.slice_rows(ids[j] * I, I), x.data(), H, 1, u.data() + j * I, I, threads);
+        for (int64_t i = 0; i < I; ++i) g[j * I + i] *= u[j * I + i];
+        matmul_cpu(down.view.slice_rows(ids[j] * H, H), g.data() + j * I, I, 1, d.data() + j * H, H, threads);
+      }
+    } else {
+      tasks.clear();
+      for (int64_t j = 0; j < K; ++j)
+        for (int m = 0; m < 2; ++m) {
+          MatmulTask t;
+          t.w = (m == 0 ? gate : up).view.slice_rows(ids[j] * I, I);
+          t.x = x.data(); t.ldx = H; t.x_n = 1; t.n_tok = 1;
+          t.y = (m == 0 ? g : u).data() + j * I; t.ldy = I;
+          tasks.push_back(t);
+        }
+      matmul_cpu_batch(tasks.data(), static_cast<int64_t>(tasks.size()), threads);
+      for (int64_t i = 0; i < K * I; ++i) g[i] *= u[i];
+      tasks.clear();
+      for (int64_t j = 0; j < K; ++j) {
+        MatmulTask t;
+        t.w = down.view.slice_rows(ids[j] * H, H);
+        t.x = g.data() + j * I; t.ldx = I; t.x_n = 1; t.n_tok = 1;
+        t.y = d.data() + j * H; t.ldy = H;
+        tasks.push_back(t);
+      }
+      matmul_cpu_batch(tasks.data(), static_cast<int64_t>(tasks.size()), threads);
+    }
+    benchmark::DoNotOptimize(d.data());
+  }
+  const double bytes = static_cast<double>(K) * (2 * row_bytes(GgmlType::Q4_K, H) * I +
+                                                 row_bytes(GgmlType::Q6_K, I) * H);
+  state.counters["GBps"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 const GgmlType kTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16,
                            GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K,
                            GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS};
@@ -223,6 +294,9 @@ int register_all() {
     benchmark::RegisterBenchmark(("BM_MatvecExpert/" + name).c_str(), BM_MatvecExpert, t)
         ->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Unit(benchmark::kMicrosecond);
   }
+  for (bool batch : {false, true})
+    benchmark::RegisterBenchmark(batch ? "BM_MoeDecode/batch" : "BM_MoeDecode/separate", BM_MoeDecode, batch)
+        ->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Unit(benchmark::kMicrosecond);
   for (GgmlType t : kTypes) {
     const std::string name = type_name(t);
     benchmark::RegisterBenchmark(("BM_Prefill/" + name).c_str(), BM_Prefill, t)
