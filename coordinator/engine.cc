@@ -279,6 +279,7 @@ void Engine::RequestRegroup(const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     regroup_why_ = why;
+    regroup_at_ = Now();
   }
   regroup_ = true;
   cv_.notify_all();
@@ -395,6 +396,7 @@ void Engine::TryRecover() {
   const double now = Now();
   if (now < next_recovery_) return;
   next_recovery_ = now + 0.25;
+  const double attempt_start = now;
   Drain();
   int up = 0;
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -423,6 +425,7 @@ void Engine::TryRecover() {
   }
   last_recovery_error_.clear();
   std::fprintf(stderr, "rigserve: all %zu workers are back; serving again\n", workers_.size());
+  formed_at_ = attempt_start;
   healthy_ = true;
 }
 
@@ -631,9 +634,17 @@ void Engine::Loop() {
     }
     if (regroup_.exchange(false) && healthy_) {
       std::string why;
+      double asked_at = 0;
       {
         std::lock_guard<std::mutex> lock(mu_);
         why = regroup_why_;
+        asked_at = regroup_at_;
+      }
+      // A recovery that began after the slot changed hands already formed the group with the
+      // new worker: re-forming again would only fail the requests admitted since.
+      if (formed_at_ > asked_at) {
+        std::fprintf(stderr, "rigserve: %s; the group already re-formed with it\n", why.c_str());
+        continue;
       }
       healthy_ = false;
       workers_up_ = 0;

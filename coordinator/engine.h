@@ -225,6 +225,8 @@ class Engine {
   std::vector<std::string> worker_names_;  // the metric labels in use
   std::atomic<bool> regroup_{false};
   std::string regroup_why_;          // guarded by mu_
+  double regroup_at_ = 0;            // guarded by mu_: when the last regroup was asked for
+  double formed_at_ = 0;             // scheduler thread: when the last successful re-forming began
   int generation_ = 0;
   std::vector<std::future<absl::StatusOr<rigserve::v1::StepResult>>> draining_;
   double next_recovery_ = 0;

@@ -178,6 +178,8 @@ pb::StepResult WorkerServiceImpl::HandleStep(const pb::StepPlan& plan) {
     out = exec_.Execute(req);
     stats.running = exec_.running();
     stats.kept = exec_.kept();
+    running_now_ = exec_.running();
+    kept_now_ = exec_.kept();
   }
   res.set_step_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -225,14 +227,15 @@ grpc::Status WorkerServiceImpl::Free(grpc::ServerContext*, const pb::FreeRequest
     r.free_seqs.assign(req->seq_ids().begin(), req->seq_ids().end());
     (void)exec_.Execute(r);
   }
+  running_now_ = exec_.running();
+  kept_now_ = exec_.kept();
   return grpc::Status::OK;
 }
 
 grpc::Status WorkerServiceImpl::Ping(grpc::ServerContext*, const pb::PingRequest*,
                                      pb::PingResponse* resp) {
-  std::lock_guard<std::mutex> lock(mu_);
-  resp->set_running(exec_.running());
-  resp->set_kept(exec_.kept());
+  resp->set_running(running_now_.load());
+  resp->set_kept(kept_now_.load());
   return grpc::Status::OK;
 }
 

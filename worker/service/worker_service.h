@@ -74,6 +74,9 @@ class WorkerServiceImpl final : public rigserve::v1::Worker::Service {
   WorkerInventory inv_;
   std::unique_ptr<par::KvStore> store_;
   std::function<void(const WorkerStepStats&)> observer_;
+  // Ping answers from these without the step lock: a worker blocked in a collective (a peer
+  // died) is alive, and must say so, or a restarted peer would take the wrong slot.
+  std::atomic<int> running_now_{0}, kept_now_{0};
   std::mutex mu_;
 };
 
