@@ -116,9 +116,6 @@ void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, flo
 class LocalExpertExecutor : public ExpertExecutor {
  public:
   explicit LocalExpertExecutor(Model* m) : m_(m) {}
-  // Only experts with mask[layer][e] != 0 are computed here (empty: all).
-  std::vector<std::vector<uint8_t>> mask;
-
   void Run(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids, const float* weights,
            float* out) override {
     const int64_t H = m_->cfg_.n_embd, k = m_->cfg_.n_expert_used;
@@ -142,7 +139,6 @@ class LocalExpertExecutor : public ExpertExecutor {
     sel_.clear();
     begin_.clear();
     for (int64_t e = 0; e < c.n_expert; ++e) {
-      if (layer < static_cast<int64_t>(mask.size()) && !mask[layer].empty() && !mask[layer][e]) continue;
       const size_t b = tok_.size();
       for (int64_t t = 0; t < n_tok; ++t)
         for (int64_t i = 0; i < k; ++i)
@@ -434,24 +430,31 @@ void Model::Embed(absl::Span<const StepItem> batch, float* hidden) const {
       dequantize_row_ref(token_embd_.type, token_embd_.row(it.tokens[t]), hidden + r * H, H);
 }
 
-absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
-  int64_t N = 0;
-  std::vector<int64_t> rows;
+absl::Status Model::CheckBatch(absl::Span<const StepItem> batch) const {
   for (const auto& it : batch) {
     if (!it.seq || it.n_tok <= 0) return absl::InvalidArgumentError("empty step item");
     for (int64_t t = 0; t < it.n_tok; ++t)
       if (it.tokens[t] < 0 || it.tokens[t] >= cfg_.n_vocab)
         return absl::InvalidArgumentError(
             absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], cfg_.n_vocab));
+    if (cuda_ && !it.seq->device)
+      return absl::FailedPreconditionError("sequence state was not made by this cuda model");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
+  if (auto st = CheckBatch(batch); !st.ok()) return st;
+  if (cuda_) return cuda_->Forward(batch, logits);
+  int64_t N = 0;
+  std::vector<int64_t> rows;
+  for (const auto& it : batch) {
     if (it.all_logits)
       for (int64_t t = 0; t < it.n_tok; ++t) rows.push_back(N + t);
     else
       rows.push_back(N + it.n_tok - 1);
     N += it.n_tok;
-    if (cuda_ && !it.seq->device)
-      return absl::FailedPreconditionError("sequence state was not made by this cuda model");
   }
-  if (cuda_) return cuda_->Forward(batch, logits);
   std::vector<float> hidden(N * cfg_.n_embd);
   Embed(batch, hidden.data());
   if (auto st = RunLayers(batch, 0, cfg_.n_layer, hidden.data()); !st.ok()) return st;
@@ -463,14 +466,7 @@ absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>
 
 absl::Status Model::ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids) {
   if (cuda_) {
-    for (const auto& it : batch)
-      if (!it.seq || it.n_tok <= 0 || !it.seq->device)
-        return absl::InvalidArgumentError("empty step item or a sequence without device state");
-    for (const auto& it : batch)
-      for (int64_t t = 0; t < it.n_tok; ++t)
-        if (it.tokens[t] < 0 || it.tokens[t] >= cfg_.n_vocab)
-          return absl::InvalidArgumentError(
-              absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], cfg_.n_vocab));
+    if (auto st = CheckBatch(batch); !st.ok()) return st;
     return cuda_->ForwardGreedy(batch, ids);
   }
   std::vector<float> logits;

@@ -158,6 +158,8 @@ class Model {
  private:
   Model() = default;
   absl::Status Bind();
+  // Every item has a sequence, tokens, ids in the vocabulary (and device state on cuda).
+  absl::Status CheckBatch(absl::Span<const StepItem> batch) const;
   void Matmul(const WeightView& w, const float* x, int64_t n_tok, float* y);
   void MatmulLd(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy);
   void DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, const float* a, float* out);

@@ -120,11 +120,8 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
   int64_t N = 0;
   bool decode = true;
   std::vector<int64_t> rows;
+  if (auto st = CheckBatch(batch); !st.ok()) return st;
   for (const auto& it : batch) {
-    if (!it.seq || it.n_tok <= 0) return absl::InvalidArgumentError("empty step item");
-    for (int64_t t = 0; t < it.n_tok; ++t)
-      if (it.tokens[t] < 0 || it.tokens[t] >= c.n_vocab)
-        return absl::InvalidArgumentError(absl::StrFormat("token id %d out of range [0, %d)", it.tokens[t], c.n_vocab));
     if (it.all_logits)
       for (int64_t t = 0; t < it.n_tok; ++t) rows.push_back(N + t);
     else

@@ -28,10 +28,6 @@ absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s) {
   if (n < 0) return bad("add_inplace", n, 0);
   return st("add_inplace", glue::launch_add(y, x, n, as_stream(s)));
 }
-absl::Status scale_inplace(float* x, int64_t n, float scale, Stream s) {
-  if (n < 0) return bad("scale_inplace", n, 0);
-  return st("scale_inplace", glue::launch_scale(x, n, scale, as_stream(s)));
-}
 absl::Status split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
                          float* gate, Stream s) {
   if (n_tok < 0 || nh < 1 || hd < 1) return bad("split_qgate", nh, hd);
@@ -41,23 +37,15 @@ absl::Status mul_sigmoid(float* o, const float* gate, int64_t n, Stream s) {
   if (n < 0) return bad("mul_sigmoid", n, 0);
   return st("mul_sigmoid", glue::launch_mul_sigmoid(o, gate, n, as_stream(s)));
 }
-absl::Status copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-                       int64_t ld_dst, Stream s) {
-  if (rows < 0 || cols < 0 || ld_src < cols || ld_dst < cols)
-    return absl::InvalidArgumentError(absl::StrCat("copy_rows: rows ", rows, ", cols ", cols,
-                                                   ", ld_src ", ld_src, ", ld_dst ", ld_dst));
-  return st("copy_rows",
-            glue::launch_copy_rows(src, ld_src, rows, cols, dst, ld_dst, as_stream(s)));
-}
 absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const float* dt_bias,
                       int64_t n_tok, int64_t Hv, float* g, float* beta, Stream s) {
   if (n_tok < 0 || Hv < 1) return bad("dn_gates", n_tok, Hv);
   return st("dn_gates",
             glue::launch_dn_gates(b, al, ssm_a, dt_bias, n_tok, Hv, g, beta, as_stream(s)));
 }
-namespace {
-absl::Status kv_store_impl(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
-                           size_t row_bytes, const int64_t* pos, Stream s) {
+absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
+                         size_t row_bytes, const int64_t* pos, Stream s) {
+  if (pos == nullptr) return absl::InvalidArgumentError("kv_store_at: positions are null");
   int kind = 0;
   size_t need = static_cast<size_t>(n) * 4;
   if (type == GgmlType::F16) {
@@ -66,28 +54,17 @@ absl::Status kv_store_impl(const float* src, int64_t n_tok, int64_t n, GgmlType 
   } else if (type == GgmlType::Q8_0) {
     kind = 2;
     if (n % 32 != 0)
-      return absl::InvalidArgumentError(absl::StrCat("kv_store: q8_0 needs n % 32 == 0, n = ", n));
+      return absl::InvalidArgumentError(absl::StrCat("kv_store_at: q8_0 needs n % 32 == 0, n = ", n));
     need = static_cast<size_t>(n / 32) * 34;
   } else if (type != GgmlType::F32) {
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_store: KV type ", type_name(type), " (F32, F16 or Q8_0)"));
+        absl::StrCat("kv_store_at: KV type ", type_name(type), " (F32, F16 or Q8_0)"));
   }
   if (row_bytes < need)
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_store: row_bytes ", row_bytes, " < ", need, " for ", n, " values"));
-  return st("kv_store",
+        absl::StrCat("kv_store_at: row_bytes ", row_bytes, " < ", need, " for ", n, " values"));
+  return st("kv_store_at",
             glue::launch_kv_store(src, n_tok, n, kind, dst, row_bytes, pos, as_stream(s)));
-}
-}  // namespace
-
-absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
-                      size_t row_bytes, Stream s) {
-  return kv_store_impl(src, n_tok, n, type, dst, row_bytes, nullptr, s);
-}
-absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* base,
-                         size_t row_bytes, const int64_t* d_pos, Stream s) {
-  if (d_pos == nullptr) return absl::InvalidArgumentError("kv_store_at: positions are null");
-  return kv_store_impl(src, n_tok, n, type, base, row_bytes, d_pos, s);
 }
 absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                       Stream s) {

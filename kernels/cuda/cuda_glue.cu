@@ -23,11 +23,6 @@ __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, i
   if (i < n) y[i] += x[i];
 }
 
-__global__ void scale_kernel(float* __restrict__ x, int64_t n, float s) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) x[i] *= s;
-}
-
 __global__ void split_qgate_kernel(const float* __restrict__ qg, int64_t n_heads_total,
                                    int64_t hd, float* __restrict__ q, float* __restrict__ gate) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -40,14 +35,6 @@ __global__ void split_qgate_kernel(const float* __restrict__ qg, int64_t n_heads
 __global__ void mul_sigmoid_kernel(float* __restrict__ o, const float* __restrict__ g, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) o[i] *= sigmoid_d(g[i]);
-}
-
-__global__ void copy_rows_kernel(const float* __restrict__ src, int64_t ld_src, int64_t rows,
-                                 int64_t cols, float* __restrict__ dst, int64_t ld_dst) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * cols) return;
-  const int64_t r = i / cols, c = i % cols;
-  dst[r * ld_dst + c] = src[r * ld_src + c];
 }
 
 __global__ void dn_gates_kernel(const float* __restrict__ b, const float* __restrict__ al,
@@ -67,7 +54,7 @@ __global__ void kv_store_f32_kernel(const float* __restrict__ src, int64_t n_tok
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_tok * n) return;
   const int64_t r = i / n, c = i % n;
-  reinterpret_cast<float*>(dst + (pos ? pos[r] : r) * row_bytes)[c] = src[i];
+  reinterpret_cast<float*>(dst + pos[r] * row_bytes)[c] = src[i];
 }
 
 __global__ void kv_store_f16_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
@@ -76,7 +63,7 @@ __global__ void kv_store_f16_kernel(const float* __restrict__ src, int64_t n_tok
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_tok * n) return;
   const int64_t r = i / n, c = i % n;
-  reinterpret_cast<__half*>(dst + (pos ? pos[r] : r) * row_bytes)[c] = __float2half_rn(src[i]);
+  reinterpret_cast<__half*>(dst + pos[r] * row_bytes)[c] = __float2half_rn(src[i]);
 }
 
 // One warp per block of 32 values: d = fp16(amax / 127), q = clamp(rint(x / d)).
@@ -97,7 +84,7 @@ __global__ void kv_store_q8_kernel(const float* __restrict__ src, int64_t n_tok,
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   int q = __float2int_rn(x * id);
   q = q < -127 ? -127 : (q > 127 ? 127 : q);
-  uint8_t* block = dst + (pos ? pos[r] : r) * row_bytes + b * 34;  // {fp16 d, int8 qs[32]}
+  uint8_t* block = dst + pos[r] * row_bytes + b * 34;  // {fp16 d, int8 qs[32]}
   if (lane == 0) {
     const unsigned short bits = __half_as_ushort(dh);
     block[0] = static_cast<uint8_t>(bits & 0xFF);
@@ -240,10 +227,6 @@ cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s) {
   if (n > 0) add_kernel<<<grid_for(n), kThreads, 0, s>>>(y, x, n);
   return cudaGetLastError();
 }
-cudaError_t launch_scale(float* x, int64_t n, float scale, cudaStream_t s) {
-  if (n > 0) scale_kernel<<<grid_for(n), kThreads, 0, s>>>(x, n, scale);
-  return cudaGetLastError();
-}
 cudaError_t launch_split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
                                float* gate, cudaStream_t s) {
   const int64_t n = n_tok * nh * hd;
@@ -252,12 +235,6 @@ cudaError_t launch_split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64
 }
 cudaError_t launch_mul_sigmoid(float* o, const float* g, int64_t n, cudaStream_t s) {
   if (n > 0) mul_sigmoid_kernel<<<grid_for(n), kThreads, 0, s>>>(o, g, n);
-  return cudaGetLastError();
-}
-cudaError_t launch_copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
-                             float* dst, int64_t ld_dst, cudaStream_t s) {
-  const int64_t n = rows * cols;
-  if (n > 0) copy_rows_kernel<<<grid_for(n), kThreads, 0, s>>>(src, ld_src, rows, cols, dst, ld_dst);
   return cudaGetLastError();
 }
 cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,

@@ -17,26 +17,18 @@ namespace rs::cuda {
 
 // y[i] += x[i], i < n.
 absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s = nullptr);
-// x[i] *= scale.
-absl::Status scale_inplace(float* x, int64_t n, float scale, Stream s = nullptr);
 // qg: [n_tok][nh][2][hd] (per head q then gate) -> q, gate: [n_tok][nh][hd].
 absl::Status split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
                          float* gate, Stream s = nullptr);
 // o[i] *= sigmoid(gate[i]).
 absl::Status mul_sigmoid(float* o, const float* gate, int64_t n, Stream s = nullptr);
-// Rows of width `cols` floats: dst[r][c] = src[r][c] (leading dimensions in floats).
-absl::Status copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-                       int64_t ld_dst, Stream s = nullptr);
 // DeltaNet gates, per token t and value head h (b, al: [n_tok][Hv]):
 //   beta[t][h] = sigmoid(b[t][h]),  g[t][h] = ssm_a[h] * softplus(al[t][h] + dt_bias[h]).
 absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const float* dt_bias,
                       int64_t n_tok, int64_t Hv, float* g, float* beta, Stream s = nullptr);
 // Stores n_tok rows of n floats into a KV cache of type F32, F16 (round to nearest even) or
-// Q8_0 (blocks of 32, as quantize_row_ref), row r at dst + r * row_bytes.
-absl::Status kv_store(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
-                      size_t row_bytes, Stream s = nullptr);
-// As kv_store, but token t goes to row d_pos[t] of the cache at `base` (a device array of
-// positions: the launch does not depend on the sequence's length).
+// Q8_0 (blocks of 32, as quantize_row_ref): token t goes to row d_pos[t] of the cache at `base`
+// (a device array of positions: the launch does not depend on the sequence's length).
 absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* base,
                          size_t row_bytes, const int64_t* d_pos, Stream s = nullptr);
 // rows x n logits: x[r][ids[i]] = -inf for the n_ids ids (the vocabulary's unused ids).

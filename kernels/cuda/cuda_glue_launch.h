@@ -9,17 +9,14 @@
 namespace rs::cuda::glue {
 
 cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s);
-cudaError_t launch_scale(float* x, int64_t n, float scale, cudaStream_t s);
 cudaError_t launch_split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
                                float* gate, cudaStream_t s);
 cudaError_t launch_mul_sigmoid(float* o, const float* g, int64_t n, cudaStream_t s);
-cudaError_t launch_copy_rows(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
-                             float* dst, int64_t ld_dst, cudaStream_t s);
 cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
                             const float* dt_bias, int64_t n_tok, int64_t Hv, float* g,
                             float* beta, cudaStream_t s);
 // kind: 0 = F32, 1 = F16, 2 = Q8_0.
-// pos: destination row of each token (nullptr: row t).
+// pos: destination row of each token.
 cudaError_t launch_kv_store(const float* src, int64_t n_tok, int64_t n, int kind, void* dst,
                             size_t row_bytes, const int64_t* pos, cudaStream_t s);
 cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
