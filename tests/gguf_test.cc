@@ -350,6 +350,11 @@ TEST(GgufErrors, AlignmentNotPowerOfTwo) {
     EXPECT_THAT(ParseError(b), AllOf(HasSubstr("general.alignment = " + std::to_string(a)),
                                      HasSubstr(At(53)), HasSubstr("not a nonzero power of two")));
   }
+  // A power of two, but absurd (found by the fuzzer: the writer's round trip padded 1 GiB).
+  Bytes big;
+  big.header(0, 1).kv_u32("general.alignment", 1u << 30);
+  EXPECT_THAT(ParseError(big), AllOf(HasSubstr("general.alignment = 1073741824"),
+                                     HasSubstr(At(53)), HasSubstr("absurd (limit 1048576 bytes)")));
   Bytes w;
   w.header(0, 1).str("general.alignment").u32(10).u64(32);
   EXPECT_THAT(ParseError(w), AllOf(HasSubstr("general.alignment at offset 24 has type u64"),

@@ -31,6 +31,9 @@ constexpr uint32_t kDefaultAlignment = 32;
 constexpr uint64_t kMaxNameLength = 65535;   // keys and tensor names; ggml uses 64 for names
 constexpr int kMaxArrayDepth = 16;           // nested arrays deeper than this are refused
 constexpr uint32_t kMaxDims = 4;
+// Larger alignments are refused: real files use 32 (llama.cpp) up to a page; a writer asked to
+// honour an alignment of 2^31 would pad the header to gigabytes.
+constexpr uint64_t kMaxAlignment = uint64_t{1} << 20;
 // Smallest encodings, used to bound counts by the bytes that remain.
 constexpr uint64_t kMinKvBytes = 8 + 4 + 1;              // empty key, type, 1-byte value
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 4 + 8;  // empty name, n_dims 0, type, offset
@@ -593,6 +596,11 @@ absl::Status File::Parse() {
         return Err(absl::StrFormat(
             "general.alignment = %d at offset %d is not a nonzero power of two", kv.value.u,
             value_at));
+      }
+      if (kv.value.u > kMaxAlignment) {
+        return Err(absl::StrFormat(
+            "general.alignment = %d at offset %d is absurd (limit %d bytes)", kv.value.u,
+            value_at, kMaxAlignment));
       }
       alignment_ = static_cast<uint32_t>(kv.value.u);
       has_alignment = true;
