@@ -254,7 +254,7 @@ int RunCoordinator(const Args& a, const std::string& listen,
   if (registry)
     registry->set_on_rebind([&](int slot, const std::string& address) {
       const std::string why = absl::StrCat("worker slot ", slot, " was taken over by ", address);
-      if (Engine* e = live_engine.load()) e->RequestRegroup(why);
+      if (Engine* e = live_engine.load()) e->RequestRegroup(why, slot);
       else rebind_while_loading = true;
     });
   auto server = builder.BuildAndStart();

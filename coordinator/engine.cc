@@ -275,11 +275,13 @@ std::string Engine::placement_table() const {
   return plan_table_;
 }
 
-void Engine::RequestRegroup(const std::string& why) {
+void Engine::RequestRegroup(const std::string& why, int slot) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     regroup_why_ = why;
-    regroup_at_ = Now();
+    regroup_slot_ = slot;
+    regroup_gen_ = slot >= 0 && slot < static_cast<int>(workers_.size())
+                       ? workers_[slot]->generation() : 0;
   }
   regroup_ = true;
   cv_.notify_all();
@@ -396,7 +398,8 @@ void Engine::TryRecover() {
   const double now = Now();
   if (now < next_recovery_) return;
   next_recovery_ = now + 0.25;
-  const double attempt_start = now;
+  std::vector<uint64_t> gen_before(workers_.size());
+  for (size_t i = 0; i < workers_.size(); ++i) gen_before[i] = workers_[i]->generation();
   Drain();
   int up = 0;
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -423,9 +426,12 @@ void Engine::TryRecover() {
     last_recovery_error_ = std::string(st.message());
     return;
   }
+  // A slot that changed hands while the group formed may have joined half-way: form again.
+  for (size_t i = 0; i < workers_.size(); ++i)
+    if (workers_[i]->generation() != gen_before[i]) return;
   last_recovery_error_.clear();
   std::fprintf(stderr, "rigserve: all %zu workers are back; serving again\n", workers_.size());
-  formed_at_ = attempt_start;
+  formed_gen_ = gen_before;
   healthy_ = true;
 }
 
@@ -634,15 +640,17 @@ void Engine::Loop() {
     }
     if (regroup_.exchange(false) && healthy_) {
       std::string why;
-      double asked_at = 0;
+      int slot = -1;
+      uint64_t gen = 0;
       {
         std::lock_guard<std::mutex> lock(mu_);
         why = regroup_why_;
-        asked_at = regroup_at_;
+        slot = regroup_slot_;
+        gen = regroup_gen_;
       }
-      // A recovery that began after the slot changed hands already formed the group with the
-      // new worker: re-forming again would only fail the requests admitted since.
-      if (formed_at_ > asked_at) {
+      // A recovery already formed the group with the slot's new worker: re-forming again
+      // would only fail the requests admitted since.
+      if (slot >= 0 && slot < static_cast<int>(formed_gen_.size()) && formed_gen_[slot] >= gen) {
         std::fprintf(stderr, "rigserve: %s; the group already re-formed with it\n", why.c_str());
         continue;
       }

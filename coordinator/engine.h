@@ -157,7 +157,9 @@ class Engine {
   bool healthy() const { return healthy_; }
   // A worker slot changed hands (a worker registered again, possibly at a new address): fail
   // the running requests with UNAVAILABLE and re-form the group (thread-safe).
-  void RequestRegroup(const std::string& why);
+  // Re-forms the group now (failing running requests) because `slot` got a new worker; skipped
+  // when a recovery already formed the group with that worker (its link's generation).
+  void RequestRegroup(const std::string& why, int slot = -1);
   // The plan table of the current placement ("" for one worker or without the planner).
   std::string placement_table() const;
   int64_t max_context() const { return max_context_; }
@@ -225,8 +227,9 @@ class Engine {
   std::vector<std::string> worker_names_;  // the metric labels in use
   std::atomic<bool> regroup_{false};
   std::string regroup_why_;          // guarded by mu_
-  double regroup_at_ = 0;            // guarded by mu_: when the last regroup was asked for
-  double formed_at_ = 0;             // scheduler thread: when the last successful re-forming began
+  int regroup_slot_ = -1;            // guarded by mu_
+  uint64_t regroup_gen_ = 0;         // guarded by mu_: that slot's link generation when asked
+  std::vector<uint64_t> formed_gen_; // scheduler thread: link generations of the formed group
   int generation_ = 0;
   std::vector<std::future<absl::StatusOr<rigserve::v1::StepResult>>> draining_;
   double next_recovery_ = 0;

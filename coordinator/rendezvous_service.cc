@@ -134,14 +134,10 @@ absl::StatusOr<int> WorkerRegistry::Register(const pb::RegisterRequest& req) {
   }
   std::fprintf(stderr, "rigserve: worker %s %s; the group re-forms\n", Describe(req).c_str(), why.c_str());
   held_[slot] = req;
-  // The engine hears of the change before the slot points at the new worker: a recovery that
-  // begins after this call sees the new address (and the engine skips the regroup it asked
-  // for when such a recovery has already formed the group).
+  slots_[slot]->Rebind(req.address());
   auto cb = on_rebind_;
-  std::shared_ptr<WorkerSlot> target = slots_[slot];
   lock.unlock();
   if (cb) cb(slot, req.address());
-  target->Rebind(req.address());
   return slot;
 }
 

@@ -173,6 +173,7 @@ class SlotLink : public WorkerLink {
   }
   bool Alive() override { return slot_->link()->Alive(); }
   std::string name() const override { return slot_->address(); }
+  uint64_t generation() const override { return slot_->generation(); }
 
  private:
   std::shared_ptr<WorkerSlot> slot_;
@@ -184,11 +185,17 @@ WorkerSlot::WorkerSlot(std::string address, double step_timeout_s)
     : address_(std::move(address)), timeout_s_(step_timeout_s),
       link_(MakeRemoteLink(address_, step_timeout_s)) {}
 
+uint64_t WorkerSlot::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generation_;
+}
+
 void WorkerSlot::Rebind(const std::string& address) {
   std::shared_ptr<WorkerLink> old = MakeRemoteLink(address, timeout_s_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     address_ = address;
+    ++generation_;
     link_.swap(old);
   }
   // `old` closes here, outside the lock (or later, when a call in flight on it returns).

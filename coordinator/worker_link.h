@@ -22,6 +22,9 @@ class WorkerLink {
   virtual absl::StatusOr<rigserve::v1::StepResult> Step(const rigserve::v1::StepPlan& plan) = 0;
   virtual bool Alive() = 0;
   virtual std::string name() const = 0;
+  // Counts the times the worker behind this link was replaced (a slot taken over); 0 for a
+  // fixed link.
+  virtual uint64_t generation() const { return 0; }
 };
 
 std::unique_ptr<WorkerLink> MakeLocalLink(WorkerServiceImpl* service);
@@ -35,11 +38,13 @@ class WorkerSlot {
   WorkerSlot(std::string address, double step_timeout_s);
   void Rebind(const std::string& address);
   std::string address() const;
+  uint64_t generation() const;
   std::shared_ptr<WorkerLink> link() const;
 
  private:
   mutable std::mutex mu_;
   std::string address_;
+  uint64_t generation_ = 0;
   double timeout_s_;
   std::shared_ptr<WorkerLink> link_;
 };
