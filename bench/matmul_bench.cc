@@ -8,6 +8,10 @@
 //                               ceiling, CPU time (the other benches use wall time)
 //   BM_MatvecExpert/TYPE/threads:T   512 x 2048 (an MoE expert projection): per-call cost
 //   BM_Prefill/TYPE/threads:T   n_tok = 128 over a 4096 x 4096 matrix, GFLOP/s (2 flops per MAC)
+//   BM_MoePrefill/threads:T     one bench-moe MoE layer at a 128-token prefill: each of the 48
+//                               experts gets 21 or 22 of the tokens (8 per token), gate + up
+//                               (Q4_K 512 x 1024) then down (Q6_K 1024 x 512) as the model runs
+//                               them (two matmul_cpu_batch calls, gathered rows), GFLOP/s
 //   BM_MoeDecode/MODE/threads:T one bench-moe MoE layer at decode: 8 of 48 experts (gate, up
 //                               Q4_K 512 x 1024; down Q6_K 1024 x 512; other experts each
 //                               iteration), MODE separate = one matmul_cpu per matrix (the old
@@ -266,6 +270,55 @@ void BM_MoeDecode(benchmark::State& state, bool batch) {
   state.counters["GBps"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void BM_MoePrefill(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  constexpr int64_t E = 48, K = 8, H = 1024, I = 512, T = 128;
+  static ExpertStack gate(GgmlType::Q4_K, E, I, H), up(GgmlType::Q4_K, E, I, H),
+      down(GgmlType::Q6_K, E, H, I);
+  std::vector<float> x(T * H), g(T * K * I), u(T * K * I), d(T * K * H);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : g) v = nd(rng);
+  // Token t's j-th expert is (t * 5 + j * 6) % E: 8 distinct experts, 21-22 tokens each.
+  std::vector<std::vector<int32_t>> rows(E);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < K; ++j) rows[(t * 5 + j * 6) % E].push_back(static_cast<int32_t>(t));
+  std::vector<MatmulTask> tasks;
+  double macs = 0;
+  for (auto _ : state) {
+    tasks.clear();
+    int64_t slot = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = static_cast<int64_t>(rows[e].size());
+      for (int m = 0; m < 2; ++m) {
+        MatmulTask t;
+        t.w = (m == 0 ? gate : up).view.slice_rows(e * I, I);
+        t.x = x.data(); t.ldx = H; t.x_n = T; t.x_rows = rows[e].data(); t.n_tok = n;
+        t.y = (m == 0 ? g : u).data() + slot * I; t.ldy = I;
+        tasks.push_back(t);
+      }
+      slot += n;
+    }
+    matmul_cpu_batch(tasks.data(), static_cast<int64_t>(tasks.size()), threads);
+    tasks.clear();
+    slot = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = static_cast<int64_t>(rows[e].size());
+      MatmulTask t;
+      t.w = down.view.slice_rows(e * H, H);
+      t.x = g.data() + slot * I; t.ldx = I; t.x_n = n; t.n_tok = n;
+      t.y = d.data() + slot * H; t.ldy = H;
+      tasks.push_back(t);
+      slot += n;
+    }
+    matmul_cpu_batch(tasks.data(), static_cast<int64_t>(tasks.size()), threads);
+    benchmark::DoNotOptimize(d.data());
+  }
+  macs = static_cast<double>(T * K) * 3 * H * I;
+  state.counters["GFLOPs"] = benchmark::Counter(2 * macs / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 const GgmlType kTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16,
                            GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K,
                            GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS};
@@ -294,6 +347,8 @@ int register_all() {
     benchmark::RegisterBenchmark(("BM_MatvecExpert/" + name).c_str(), BM_MatvecExpert, t)
         ->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Unit(benchmark::kMicrosecond);
   }
+  benchmark::RegisterBenchmark("BM_MoePrefill", BM_MoePrefill)
+      ->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Unit(benchmark::kMillisecond);
   for (bool batch : {false, true})
     benchmark::RegisterBenchmark(batch ? "BM_MoeDecode/batch" : "BM_MoeDecode/separate", BM_MoeDecode, batch)
         ->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Unit(benchmark::kMicrosecond);

@@ -188,7 +188,7 @@ TEST_P(PathTest, MatmulEveryTypeTokensThreads) {
     if (t == GgmlType::Q4_K) cases.push_back({301, 4096});  // Q4_K tile = 56 rows
     for (const MatmulCase& mc : cases) {
       const Matrix m = random_matrix(t, mc.rows, mc.cols, 11);
-      for (int64_t n_tok : {1, 2, 3, 7, 17, 64}) {
+      for (int64_t n_tok : {1, 2, 3, 6, 7, 13, 17, 64}) {
         const int64_t ldx = mc.cols + 3, ldy = mc.rows + 5;  // strided on purpose
         const std::vector<float> x = random_acts(ldx * n_tok, 99);
         for (int threads : {1, 2}) {
