@@ -88,6 +88,12 @@ void delta_rule_chunked_cpu(const DeltaNetDims& d, const float* q, const float* 
 // ---- FFN / MoE pieces --------------------------------------------------------------------------
 // out[i] = silu(gate[i]) * up[i]
 void swiglu_ref(const float* gate, const float* up, int64_t n, float* out);
+// Fast CPU: vectorised exp (relative error < 2e-7 against expf), pieces over the pool; out may
+// alias gate.
+void swiglu_cpu(const float* gate, const float* up, int64_t n, float* out, int n_threads);
+// The attention output gate: out[i] *= sigmoid(gate[i]). Reference and fast CPU.
+void sigmoid_mul_ref(const float* gate, int64_t n, float* out);
+void sigmoid_mul_cpu(const float* gate, int64_t n, float* out, int n_threads);
 // Router: softmax over E logits (fp32), the k largest (ties: lower index first), weights
 // renormalised over the chosen k. ids/weights are [k], sorted by descending probability.
 void router_topk_ref(const float* logits, int64_t E, int64_t k, int32_t* ids, float* weights);

@@ -102,7 +102,86 @@ inline void prefetch_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t 
   for (size_t o = lo; o < hi; o += 64) _mm_prefetch(reinterpret_cast<const char*>(base + o), _MM_HINT_T0);
 }
 
+// Elementwise maps over n floats: body in 8-lane vectors; the tail goes through the same vector
+// code on a padded copy, so an element's value does not depend on its position (a prompt in one
+// step equals the same prompt in pieces, bit for bit).
+#if defined(__AVX2__) && defined(__FMA__)
+// e^x, 8 lanes: x clamped to [-87.3, 88.3] (normal results), n = round(x log2 e), r = x - n ln 2
+// in two parts, e^r by its degree-7 Taylor-like minimax polynomial (the Cephes expf
+// coefficients), times 2^n through the exponent bits. Relative error below 2e-7.
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365f)), _mm256_set1_ps(88.3762f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline __m256 sigmoid_ps(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+inline __m256 silu_ps(__m256 x) { return _mm256_mul_ps(x, sigmoid_ps(x)); }
+
+// out[i] = f(a[i], b[i]) for f on 8 lanes (b may be null: f ignores it).
+template <typename F>
+inline void map8(const float* a, const float* b, int64_t n, float* out, F f) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, f(_mm256_loadu_ps(a + i), b ? _mm256_loadu_ps(b + i) : _mm256_setzero_ps()));
+  if (i < n) {
+    alignas(32) float ta[8] = {0}, tb[8] = {0}, to[8];
+    std::memcpy(ta, a + i, (n - i) * 4);
+    if (b) std::memcpy(tb, b + i, (n - i) * 4);
+    _mm256_store_ps(to, f(_mm256_load_ps(ta), _mm256_load_ps(tb)));
+    std::memcpy(out + i, to, (n - i) * 4);
+  }
+}
+#endif
+
+// Runs body(i0, i1) over [0, n) in pieces of 8K elements on the pool (inline when small).
+template <typename F>
+inline void elementwise(int64_t n, int n_threads, F body) {
+  constexpr int64_t kPiece = 8192;
+  if (n <= 2 * kPiece || n_threads <= 1) {
+    body(0, n);
+    return;
+  }
+  cpu_parallel_for(n_threads, (n + kPiece - 1) / kPiece,
+                   [&](int64_t c) { body(c * kPiece, std::min(n, (c + 1) * kPiece)); });
+}
+
 }  // namespace
+
+void swiglu_cpu(const float* gate, const float* up, int64_t n, float* out, int n_threads) {
+  elementwise(n, n_threads, [&](int64_t i0, int64_t i1) {
+#if defined(__AVX2__) && defined(__FMA__)
+    map8(gate + i0, up + i0, i1 - i0, out + i0,
+         [](__m256 g, __m256 u) { return _mm256_mul_ps(silu_ps(g), u); });
+#else
+    for (int64_t i = i0; i < i1; ++i) out[i] = silu(gate[i]) * up[i];
+#endif
+  });
+}
+
+void sigmoid_mul_cpu(const float* gate, int64_t n, float* out, int n_threads) {
+  elementwise(n, n_threads, [&](int64_t i0, int64_t i1) {
+#if defined(__AVX2__) && defined(__FMA__)
+    map8(gate + i0, out + i0, i1 - i0, out + i0,
+         [](__m256 g, __m256 o) { return _mm256_mul_ps(o, sigmoid_ps(g)); });
+#else
+    for (int64_t i = i0; i < i1; ++i) out[i] *= sigmoidf(gate[i]);
+#endif
+  });
+}
 
 void rms_norm_cpu(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -120,7 +199,16 @@ void rms_norm_gated_cpu(const float* x, const float* w, const float* z, int64_t 
     const float* zr = z + r * n;
     float* yr = y + r * n;
     const float scale = 1.0f / std::sqrt(sum_squares(xr, n) / n + eps);
+#if defined(__AVX2__) && defined(__FMA__)
+    float sz[64];  // silu(z) of 64 elements at a time (y may alias x)
+    for (int64_t i0 = 0; i0 < n; i0 += 64) {
+      const int64_t m = std::min<int64_t>(64, n - i0);
+      map8(zr + i0, nullptr, m, sz, [](__m256 v, __m256) { return silu_ps(v); });
+      for (int64_t i = 0; i < m; ++i) yr[i0 + i] = xr[i0 + i] * scale * w[i0 + i] * sz[i];
+    }
+#else
     for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i] * silu(zr[i]);
+#endif
   }
 }
 
@@ -249,7 +337,11 @@ void conv1d_silu_cpu(const float* u, int64_t T, int64_t C, const float* w, int64
       const float* wj = wt.data() + j * C;
       for (int64_t c = 0; c < C; ++c) o[c] += wj[c] * rj[c];
     }
+#if defined(__AVX2__) && defined(__FMA__)
+    map8(o, nullptr, C, o, [](__m256 v, __m256) { return silu_ps(v); });
+#else
     for (int64_t c = 0; c < C; ++c) o[c] = silu(o[c]);
+#endif
   }
   std::vector<float> next((K - 1) * C);
   for (int64_t j = 0; j < K - 1; ++j) std::memcpy(next.data() + j * C, row(T + j), C * 4);

@@ -255,6 +255,10 @@ void swiglu_ref(const float* gate, const float* up, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i]) * up[i];
 }
 
+void sigmoid_mul_ref(const float* gate, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] *= sigmoidf(gate[i]);
+}
+
 void router_topk_ref(const float* logits, int64_t E, int64_t k, int32_t* ids, float* weights) {
   double mx = -INFINITY;
   for (int64_t e = 0; e < E; ++e) mx = std::max(mx, static_cast<double>(logits[e]));

@@ -63,6 +63,51 @@ TEST(Ops, GatedRmsNormCpuMatchesRef) {
   }
 }
 
+// Element by element against the reference: within 4 float ulps of silu(g) * u (the vector
+// exp's error), every n (tails included), one thread or two.
+TEST(Ops, SwigluCpuMatchesRefPerElement) {
+  for (int64_t n : {1, 7, 8, 13, 4096, 40003}) {
+    auto g = Rand(n, 21, -30, 30), u = Rand(n, 22);
+    g[0] = -100.0f;  // exp(-x) clamped: silu -> -0 side, no inf / nan
+    if (n > 1) g[1] = 100.0f;
+    if (n > 2) g[2] = 0.0f;
+    std::vector<float> a(n), b(n);
+    swiglu_ref(g.data(), u.data(), n, a.data());
+    for (int threads : {1, 2}) {
+      swiglu_cpu(g.data(), u.data(), n, b.data(), threads);
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_TRUE(std::isfinite(b[i])) << "n=" << n << " i=" << i << " g=" << g[i];
+        ASSERT_NEAR(b[i], a[i], 4.8e-7 * std::abs(a[i]) + 1e-30) << "n=" << n << " i=" << i << " g=" << g[i];
+      }
+    }
+  }
+}
+
+// An element's value does not depend on where it sits (body or tail, which piece): the same
+// values shifted by 3 give bit-identical results, and so does computing in place.
+TEST(Ops, SwigluCpuIsPositionIndependent) {
+  const int64_t n = 1000;
+  auto g = Rand(n + 3, 23, -8, 8), u = Rand(n + 3, 24);
+  std::vector<float> a(n), b(n + 3);
+  swiglu_cpu(g.data() + 3, u.data() + 3, n, a.data(), 1);
+  swiglu_cpu(g.data(), u.data(), n + 3, b.data(), 2);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(a[i], b[i + 3]) << i;
+  std::vector<float> c(g.begin() + 3, g.end());
+  swiglu_cpu(c.data(), u.data() + 3, n, c.data(), 1);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(a[i], c[i]) << i;
+}
+
+TEST(Ops, SigmoidMulCpuMatchesRef) {
+  for (int64_t n : {1, 9, 1024, 30001}) {
+    auto g = Rand(n, 25, -40, 40), o = Rand(n, 26);
+    auto a = o, b = o;
+    sigmoid_mul_ref(g.data(), n, a.data());
+    sigmoid_mul_cpu(g.data(), n, b.data(), 2);
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_NEAR(b[i], a[i], 4.8e-7 * std::abs(a[i]) + 1e-30) << "n=" << n << " i=" << i << " g=" << g[i];
+  }
+}
+
 TEST(Ops, RopeRotatesOnlyFirstDimsNeox) {
   const int64_t hd = 16, nrot = 8;
   auto x = Rand(2 * hd, 6);

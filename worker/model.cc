@@ -176,7 +176,10 @@ class LocalExpertExecutor : public ExpertExecutor {
       }
     }
     RunTasks(ref, tasks_.data(), static_cast<int64_t>(tasks_.size()), m_->n_threads_);
-    for (int64_t i = 0; i < n_all * I; ++i) g[i] = silu(g[i]) * u[i];
+    if (ref)
+      swiglu_ref(g, u, n_all * I, g);
+    else
+      swiglu_cpu(g, u, n_all * I, g, m_->n_threads_);
     tasks_.clear();
     for (int64_t j = 0; j < n_sel; ++j) {
       const int64_t e = sel_[j], b = begin_[j], n = begin_[j + 1] - b;
@@ -664,7 +667,10 @@ void Model::AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, con
       attention_ref(q, T, nh, hd, kview, vview, n_past, scale, o);
     else
       attention_cpu(q, T, nh, hd, kview, vview, n_past, scale, o, n_threads_);
-    for (int64_t i = 0; i < T * nh * hd; ++i) o[i] *= sigmoidf(gate[i]);
+    if (ref)
+      sigmoid_mul_ref(gate, T * nh * hd, o);
+    else
+      sigmoid_mul_cpu(gate, T * nh * hd, o, n_threads_);
     r0 += T;
   }
   Matmul(L.wo, y, N, out);
@@ -680,7 +686,10 @@ void Model::FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_to
     float* u = Workspace::get(w.ffn2, n_tok * c.n_ff);
     const MatmulTask t[2] = {Task(L.ffn_gate, f, n_tok, g), Task(L.ffn_up, f, n_tok, u)};
     RunTasks(ref, t, 2, n_threads_);
-    for (int64_t i = 0; i < n_tok * c.n_ff; ++i) g[i] = silu(g[i]) * u[i];
+    if (ref)
+      swiglu_ref(g, u, n_tok * c.n_ff, g);
+    else
+      swiglu_cpu(g, u, n_tok * c.n_ff, g, n_threads_);
     Matmul(L.ffn_down, g, n_tok, out);
     return;
   }
@@ -701,7 +710,10 @@ void Model::FfnLayer(const Layer& L, int64_t layer, const float* f, int64_t n_to
   for (int64_t t = 0; t < n_tok; ++t)
     router_topk_ref(logits + t * E, E, k, w.ids.data() + t * k, ew + t * k);
   experts_->Run(layer, f, n_tok, w.ids.data(), ew, out);
-  for (int64_t i = 0; i < n_tok * Is; ++i) g[i] = silu(g[i]) * u[i];
+  if (opts_.backend == Backend::kReference)
+    swiglu_ref(g, u, n_tok * Is, g);
+  else
+    swiglu_cpu(g, u, n_tok * Is, g, n_threads_);
   float* d = Workspace::get(w.ffn3, n_tok * H);
   Matmul(L.shexp_down, g, n_tok, d);
   for (int64_t t = 0; t < n_tok; ++t) {
@@ -730,7 +742,10 @@ void Model::SharedExpertAdd(const Layer& L, const float* f, int64_t n_tok, float
                              Task(L.shexp_up, f, n_tok, u)};
     RunTasks(opts_.backend == Backend::kReference, t, 3, n_threads_);
   }
-  for (int64_t i = 0; i < n_tok * Is; ++i) g[i] = silu(g[i]) * u[i];
+  if (opts_.backend == Backend::kReference)
+    swiglu_ref(g, u, n_tok * Is, g);
+  else
+    swiglu_cpu(g, u, n_tok * Is, g, n_threads_);
   Matmul(L.shexp_down, g, n_tok, d);
   for (int64_t t = 0; t < n_tok; ++t) {
     const float s = sigmoidf(sg[t]);
