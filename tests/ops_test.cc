@@ -276,6 +276,9 @@ std::vector<uint8_t> ToKv(const std::vector<float>& x, GgmlType t) {
   if (t == GgmlType::F32) {
     out.resize(x.size() * 4);
     std::memcpy(out.data(), x.data(), out.size());
+  } else if (t == GgmlType::Q8_0) {  // blocks of 32 never straddle positions (nkv * hd % 32 == 0)
+    out.resize(row_bytes(t, static_cast<int64_t>(x.size())));
+    quantize_row_ref(t, x.data(), out.data(), static_cast<int64_t>(x.size()));
   } else {
     out.resize(x.size() * 2);
     for (size_t i = 0; i < x.size(); ++i) {
@@ -287,36 +290,50 @@ std::vector<uint8_t> ToKv(const std::vector<float>& x, GgmlType t) {
 }
 
 TEST(Ops, AttentionCpuMatchesRef) {
-  for (GgmlType kt : {GgmlType::F32, GgmlType::F16}) {
-    for (int64_t T : {1, 5, 33, 70})
-    for (int64_t hd : {40, 64}) {  // 64: the register-blocked f16 V path (hd % 16 == 0)
-      const int64_t nh = 6, nkv = 2, n_past = 11 + 60 * (T == 70), n_ctx = n_past + T;
-      auto q = Rand(T * nh * hd, 20), kf = Rand(n_ctx * nkv * hd, 21), vf = Rand(n_ctx * nkv * hd, 22);
-      auto kb = ToKv(kf, kt), vb = ToKv(vf, kt);
-      const size_t stride = row_bytes(kt, nkv * hd);
-      KvView k{kt, kb.data(), nkv, hd, stride}, v{kt, vb.data(), nkv, hd, stride};
-      std::vector<float> a(T * nh * hd), b(a.size());
-      attention_ref(q.data(), T, nh, hd, k, v, n_past, 0.3f, a.data());
-      attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.3f, b.data(), 2);
-      EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T << " hd=" << hd << " " << type_name(kt);
-    }
-  }
+  // hd 40: the two-pass form; 64 and 128: the blocked form (f32 copies for prefill, K/V read in
+  // place for one token with up to 4 query heads per KV head). Contexts cross the 64-position
+  // blocks, odd and even; groups of 1, 3, 4 and 6 query heads per KV head.
+  struct Case { int64_t nh, nkv; };
+  for (GgmlType kt : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0})
+    for (Case c : {Case{6, 2}, Case{4, 1}, Case{2, 2}, Case{12, 2}})
+      for (int64_t T : {1, 5, 33, 70})
+        for (int64_t hd : {40, 64, 128}) {
+          if (kt == GgmlType::Q8_0 && hd == 40) continue;  // q8_0 rows are whole 32-blocks
+          const int64_t nh = c.nh, nkv = c.nkv, n_past = 11 + 60 * (T == 70) + 120 * (T == 1);
+          const int64_t n_ctx = n_past + T;
+          auto q = Rand(T * nh * hd, 20), kf = Rand(n_ctx * nkv * hd, 21), vf = Rand(n_ctx * nkv * hd, 22);
+          auto kb = ToKv(kf, kt), vb = ToKv(vf, kt);
+          const size_t stride = row_bytes(kt, nkv * hd);
+          KvView k{kt, kb.data(), nkv, hd, stride}, v{kt, vb.data(), nkv, hd, stride};
+          std::vector<float> a(T * nh * hd), b(a.size());
+          attention_ref(q.data(), T, nh, hd, k, v, n_past, 0.3f, a.data());
+          attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.3f, b.data(), 2);
+          EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T << " hd=" << hd << " nh=" << nh
+                                        << " nkv=" << nkv << " " << type_name(kt);
+        }
 }
 
 TEST(Ops, AttentionCpuBlockedPrefillEqualsTokenByTokenBitwise) {
   // Prefill runs blocks of tokens per K/V conversion; each (token, head) must still be computed
-  // exactly as in a one-token call at its position.
-  const int64_t T = 37, nh = 8, nkv = 2, hd = 32, n_past = 5, n_ctx = n_past + T;
-  auto q = Rand(T * nh * hd, 30), kf = Rand(n_ctx * nkv * hd, 31), vf = Rand(n_ctx * nkv * hd, 32);
-  auto kb = ToKv(kf, GgmlType::F16), vb = ToKv(vf, GgmlType::F16);
-  const size_t stride = row_bytes(GgmlType::F16, nkv * hd);
-  KvView k{GgmlType::F16, kb.data(), nkv, hd, stride}, v{GgmlType::F16, vb.data(), nkv, hd, stride};
-  std::vector<float> all(T * nh * hd), one(all.size());
-  attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.2f, all.data(), 2);
-  for (int64_t t = 0; t < T; ++t)
-    attention_cpu(q.data() + t * nh * hd, 1, nh, hd, k, v, n_past + t, 0.2f,
-                  one.data() + t * nh * hd, 1);
-  EXPECT_EQ(0, std::memcmp(all.data(), one.data(), all.size() * 4));
+  // exactly as in a one-token call at its position (which reads an f16 cache in place when a KV
+  // head has at most 4 query heads): contexts across several 64-position blocks.
+  struct Case { int64_t nh, nkv, hd; GgmlType kt; };
+  for (Case c : {Case{8, 2, 32, GgmlType::F16}, Case{8, 2, 128, GgmlType::F16},
+                 Case{6, 2, 64, GgmlType::F16}, Case{12, 2, 64, GgmlType::F16},
+                 Case{8, 2, 64, GgmlType::F32}, Case{8, 2, 40, GgmlType::F16}}) {
+    const int64_t T = 37, nh = c.nh, nkv = c.nkv, hd = c.hd, n_past = 100, n_ctx = n_past + T;
+    auto q = Rand(T * nh * hd, 30), kf = Rand(n_ctx * nkv * hd, 31), vf = Rand(n_ctx * nkv * hd, 32);
+    auto kb = ToKv(kf, c.kt), vb = ToKv(vf, c.kt);
+    const size_t stride = row_bytes(c.kt, nkv * hd);
+    KvView k{c.kt, kb.data(), nkv, hd, stride}, v{c.kt, vb.data(), nkv, hd, stride};
+    std::vector<float> all(T * nh * hd), one(all.size());
+    attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.2f, all.data(), 2);
+    for (int64_t t = 0; t < T; ++t)
+      attention_cpu(q.data() + t * nh * hd, 1, nh, hd, k, v, n_past + t, 0.2f,
+                    one.data() + t * nh * hd, 1);
+    EXPECT_EQ(0, std::memcmp(all.data(), one.data(), all.size() * 4))
+        << "nh=" << nh << " hd=" << hd << " " << type_name(c.kt);
+  }
 }
 
 TEST(Ops, AttentionIsCausalAndGrouped) {
