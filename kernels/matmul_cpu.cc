@@ -4,10 +4,12 @@
 //  1. Activations are converted once: kept f32 for F32/F16/BF16 weights; quantised to q8 blocks
 //     of 32 (Q8_0, Q4_0, IQ4_XS) or of 256 with per-16 sums (Q4_K, Q5_K, Q6_K) otherwise. The
 //     q8 rows live in a thread_local buffer that only grows (no allocation per decode step).
-//  2. Rows are split into one contiguous range per OpenMP thread (streaming reads, good for the
-//     hardware prefetcher). Within a range, rows go in tiles that fit L2; each tile is swept
-//     once per group of up to 4 tokens, and a row kernel decodes each weight block once for
-//     all the tokens of the group. Decode (n_tok = 1) is a plain streaming matvec.
+//  2. Rows are split into work items of the pool (streaming reads, good for the hardware
+//     prefetcher). Within an item, rows go in tiles that fit L2; each tile is swept once per
+//     group of up to 8 tokens, and a row kernel decodes each weight block once for all the
+//     tokens of the group (8 measured 1.1-1.3x faster than 4 on Q4_K/Q6_K: the weight decoding
+//     and the block scales are shared by more tokens). Decode (n_tok = 1) is a plain streaming
+//     matvec.
 //  3. Row kernels: AVX2/FMA/F16C when the CPU has them (runtime check), otherwise scalar loops
 //     with the same integer arithmetic (forced in tests with set_force_scalar).
 // Integer formats: sum over a 32/16-element sub-block of q_w * q_a exactly in int32, then scaled
@@ -456,6 +458,23 @@ inline float hsum_ps(__m256 v) {
 
 inline float f16c(uint16_t h) { return _cvtsh_ss(h); }
 
+// Accumulator start for kernels of NT tokens. Up to 2 tokens the accumulators live in registers:
+// zeroed before the first block. From 3 on GCC spills the array and zeroes it with `rep stosq`
+// (5-12 % of the 8-token kernels' time), so there the first block starts them instead (fma(a, b,
+// 0) == a * b: the same values); the select costs the 1-token decode kernel ~15 %, hence both.
+template <int NT>
+inline void acc_init(__m256* acc) {
+  if constexpr (NT <= 2)
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+}
+template <int NT>
+inline __m256 acc_in(__m256 a, bool first) {
+  if constexpr (NT <= 2)
+    return a;
+  else
+    return first ? _mm256_setzero_ps() : a;
+}
+
 // int32x8 partial sums of w (signed bytes) times a (signed bytes, never -128).
 inline __m256i dot_i8(__m256i w, __m256i a) {
   const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
@@ -528,6 +547,7 @@ void v_q8_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   const ActQ8x32* y[NT];
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) y[t] = static_cast<const ActQ8x32*>(acts[t]);
+  acc_init<NT>(acc);
   const int64_t nb = n / kQK;  // >= 1 (checked_kernels)
   for (int64_t i = 0; i < nb; ++i) {
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
@@ -538,7 +558,7 @@ void v_q8_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
       const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(ya, q)),
                                           _mm256_set1_epi16(1));
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y[t][i].d), _mm256_cvtepi32_ps(p),
-                               i == 0 ? _mm256_setzero_ps() : acc[t]);
+                               acc_in<NT>(acc[t], i == 0));
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
@@ -556,6 +576,7 @@ void v_q4_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
     y[t] = static_cast<const ActQ8x32*>(acts[t]);
     corr[t] = 0;
   }
+  acc_init<NT>(acc);
   const __m256i m4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
   const int64_t nb = n / kQK;
   for (int64_t i = 0; i < nb; ++i) {
@@ -567,7 +588,7 @@ void v_q4_0(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
       const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, ya), ones16);
       const float s = dw * y[t][i].d;
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(p),
-                               i == 0 ? _mm256_setzero_ps() : acc[t]);
+                               acc_in<NT>(acc[t], i == 0));
       corr[t] += s * static_cast<float>(y[t][i].s);
     }
   }
@@ -580,6 +601,7 @@ void v_iq4_xs(const uint8_t* w, const void* const* acts, int64_t n, float* out) 
   const ActQ8x32* y[NT];
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) y[t] = static_cast<const ActQ8x32*>(acts[t]);
+  acc_init<NT>(acc);
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nl)));
   const int64_t nb = n / kQKK;
@@ -598,7 +620,7 @@ void v_iq4_xs(const uint8_t* w, const void* const* acts, int64_t n, float* out) 
         const ActQ8x32& ya = y[t][8 * i + ib];
         const __m256i p = dot_i8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ya.qs)));
         acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dl * ya.d), _mm256_cvtepi32_ps(p),
-                                 i == 0 && ib == 0 ? _mm256_setzero_ps() : acc[t]);
+                                 acc_in<NT>(acc[t], i == 0 && ib == 0));
       }
     }
   }
@@ -642,6 +664,7 @@ void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   const ActQ8x256* y[NT];
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x256*>(acts[t]); }
+  acc_init<NT>(acc);
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i bit4 = _mm256_set1_epi8(16);
   const int64_t nb = n / kQKK;
@@ -656,7 +679,7 @@ void v_qk45(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
     for (int t = 0; t < NT; ++t) {
       // - sum_j dmin m_j * da (sum of the 32 activations of sub-block j), per lane j.
       acc[t] = _mm256_fnmadd_ps(fmins, _mm256_loadu_ps(y[t][i].dsums),
-                               i == 0 ? _mm256_setzero_ps() : acc[t]);
+                               acc_in<NT>(acc[t], i == 0));
       isum[t] = _mm256_setzero_si256();
     }
     __m256i hb;
@@ -703,6 +726,7 @@ void v_q6_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
   const ActQ8x256* y[NT];
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) { y[t] = static_cast<const ActQ8x256*>(acts[t]); }
+  acc_init<NT>(acc);
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i m30 = _mm256_set1_epi8(0x30);
   const int64_t nb = n / kQKK;
@@ -738,7 +762,7 @@ void v_q6_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
     const __m256 dvec = _mm256_set1_ps(d);
     for (int t = 0; t < NT; ++t)
       acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dvec, _mm256_broadcast_ss(&y[t][i].d)),
-                               _mm256_cvtepi32_ps(isum[t]), i == 0 ? _mm256_setzero_ps() : acc[t]);
+                               _mm256_cvtepi32_ps(isum[t]), acc_in<NT>(acc[t], i == 0));
   }
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
 }
@@ -748,7 +772,7 @@ void v_q6_k(const uint8_t* w, const void* const* acts, int64_t n, float* out) {
 // ---------------------------------------------------------------------------------------------
 
 constexpr int kMaxNT = 8;  // tokens per weight-row pass
-constexpr int kGroupNT = kMaxNT;  // tokens per group in prefill (3 and 4 measure alike)
+constexpr int kGroupNT = kMaxNT;  // tokens per group in prefill
 
 
 
