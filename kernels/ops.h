@@ -22,7 +22,7 @@ void rms_norm_cpu(const float* x, const float* w, int64_t rows, int64_t n, float
 void rms_norm_gated_ref(const float* x, const float* w, const float* z, int64_t rows, int64_t n,
                         float eps, float* y);
 void rms_norm_gated_cpu(const float* x, const float* w, const float* z, int64_t rows, int64_t n,
-                        float eps, float* y);
+                        float eps, float* y, int n_threads = 1);
 
 // x[r] *= 1 / sqrt(sum(x[r]^2) + eps), in place (HF/FLA form of the L2 norm).
 void l2_norm_ref(float* x, int64_t rows, int64_t n, float eps);
@@ -58,8 +58,9 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
 // for a new sequence) and is updated to the last K-1 inputs. out is [T][C].
 void conv1d_silu_ref(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
                      float* state, float* out);
+// Fast CPU: channels in pieces over the pool (n_threads), no allocation once warm.
 void conv1d_silu_cpu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
-                     float* state, float* out);
+                     float* state, float* out, int n_threads = 1);
 
 // Gated delta rule over T tokens of one sequence (spec §3.4 / §4).
 //   q, k: [T][Hk][dk] (already L2-normed; q also scaled by dk^-0.5)

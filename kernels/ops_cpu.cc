@@ -198,8 +198,11 @@ void rms_norm_cpu(const float* x, const float* w, int64_t rows, int64_t n, float
 }
 
 void rms_norm_gated_cpu(const float* x, const float* w, const float* z, int64_t rows, int64_t n,
-                        float eps, float* y) {
-  for (int64_t r = 0; r < rows; ++r) {
+                        float eps, float* y, int n_threads) {
+  constexpr int64_t kRows = 64;  // rows per work item
+  const int threads = rows * n >= 16384 ? n_threads : 1;
+  cpu_parallel_for(threads, (rows + kRows - 1) / kRows, [&](int64_t item) {
+  for (int64_t r = item * kRows; r < std::min(rows, (item + 1) * kRows); ++r) {
     const float* xr = x + r * n;
     const float* zr = z + r * n;
     float* yr = y + r * n;
@@ -215,6 +218,7 @@ void rms_norm_gated_cpu(const float* x, const float* w, const float* z, int64_t 
     for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i] * silu(zr[i]);
 #endif
   }
+  });
 }
 
 namespace {
@@ -338,32 +342,42 @@ void attention_two_pass(const float* q, int64_t T, int64_t nh, int64_t hd, const
 }  // namespace
 
 void conv1d_silu_cpu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
-                     float* state, float* out) {
+                     float* state, float* out, int n_threads) {
+  // Channels are independent: pieces of 256 channels over the pool, each with its taps
+  // transposed to [K][piece] for unit-stride loops and its own state update at the end.
   // Window rows: state rows 0..K-2 then u rows; output t uses rows t..t+K-1 of the window.
-  std::vector<float> wt(K * C);  // taps transposed to [K][C] for unit-stride loops
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t j = 0; j < K; ++j) wt[j * C + c] = w[c * K + j];
-  auto row = [&](int64_t s) -> const float* {  // s in [0, T + K - 1)
-    return s < K - 1 ? state + s * C : u + (s - (K - 1)) * C;
-  };
-  for (int64_t t = 0; t < T; ++t) {
-    float* o = out + t * C;
-    const float* r0 = row(t);
-    for (int64_t c = 0; c < C; ++c) o[c] = wt[c] * r0[c];
-    for (int64_t j = 1; j < K; ++j) {
-      const float* rj = row(t + j);
-      const float* wj = wt.data() + j * C;
-      for (int64_t c = 0; c < C; ++c) o[c] += wj[c] * rj[c];
-    }
+  constexpr int64_t kPiece = 256;
+  const int64_t n_pieces = (C + kPiece - 1) / kPiece;
+  const int threads = T * C >= 16384 ? n_threads : 1;
+  cpu_parallel_for(threads, n_pieces, [&](int64_t piece) {
+    const int64_t c0 = piece * kPiece, nc = std::min(kPiece, C - c0);
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < static_cast<size_t>((2 * K - 1) * kPiece)) scratch.resize((2 * K - 1) * kPiece);
+    float* wt = scratch.data();          // [K][nc]
+    float* next = wt + K * kPiece;       // [K - 1][nc]
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t j = 0; j < K; ++j) wt[j * nc + c] = w[(c0 + c) * K + j];
+    auto row = [&](int64_t r) -> const float* {  // r in [0, T + K - 1), at channel c0
+      return (r < K - 1 ? state + r * C : u + (r - (K - 1)) * C) + c0;
+    };
+    for (int64_t t = 0; t < T; ++t) {
+      float* o = out + t * C + c0;
+      const float* r0 = row(t);
+      for (int64_t c = 0; c < nc; ++c) o[c] = wt[c] * r0[c];
+      for (int64_t j = 1; j < K; ++j) {
+        const float* rj = row(t + j);
+        const float* wj = wt + j * nc;
+        for (int64_t c = 0; c < nc; ++c) o[c] += wj[c] * rj[c];
+      }
 #if defined(__AVX2__) && defined(__FMA__)
-    map8(o, nullptr, C, o, [](__m256 v, __m256) { return silu_ps(v); });
+      map8(o, nullptr, nc, o, [](__m256 v, __m256) { return silu_ps(v); });
 #else
-    for (int64_t c = 0; c < C; ++c) o[c] = silu(o[c]);
+      for (int64_t c = 0; c < nc; ++c) o[c] = silu(o[c]);
 #endif
-  }
-  std::vector<float> next((K - 1) * C);
-  for (int64_t j = 0; j < K - 1; ++j) std::memcpy(next.data() + j * C, row(T + j), C * 4);
-  std::memcpy(state, next.data(), next.size() * 4);
+    }
+    for (int64_t j = 0; j < K - 1; ++j) std::memcpy(next + j * nc, row(T + j), nc * 4);
+    for (int64_t j = 0; j < K - 1; ++j) std::memcpy(state + j * C + c0, next + j * nc, nc * 4);
+  });
 }
 
 namespace {

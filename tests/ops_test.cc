@@ -125,6 +125,31 @@ TEST(Ops, RopeRotatesOnlyFirstDimsNeox) {
   }
 }
 
+// Channel pieces over two threads: the same bits as one thread, close to the reference, the
+// state carried per piece (C = 600: two full pieces of 256 and a tail of 88).
+TEST(Ops, ConvCpuThreadedEqualsOneThread) {
+  const int64_t T = 40, C = 600, K = 4;
+  auto u = Rand(T * C, 12), w = Rand(C * K, 13), s0 = Rand((K - 1) * C, 14);
+  auto sr = s0, s1 = s0, s2 = s0;
+  std::vector<float> r(T * C), a(T * C), b(T * C);
+  conv1d_silu_ref(u.data(), T, C, w.data(), K, sr.data(), r.data());
+  conv1d_silu_cpu(u.data(), T, C, w.data(), K, s1.data(), a.data(), 1);
+  conv1d_silu_cpu(u.data(), T, C, w.data(), K, s2.data(), b.data(), 2);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+  EXPECT_EQ(0, std::memcmp(s1.data(), s2.data(), s1.size() * 4));
+  EXPECT_LT(RelErr(b, r), 1e-5);
+  EXPECT_LT(RelErr(s2, sr), 1e-7);
+}
+
+TEST(Ops, GatedRmsNormThreadedEqualsOneThread) {
+  const int64_t rows = 300, n = 64;
+  auto x = Rand(rows * n, 15), w = Rand(n, 16), z = Rand(rows * n, 17, -4, 4);
+  std::vector<float> a(rows * n), b(rows * n);
+  rms_norm_gated_cpu(x.data(), w.data(), z.data(), rows, n, 1e-6f, a.data(), 1);
+  rms_norm_gated_cpu(x.data(), w.data(), z.data(), rows, n, 1e-6f, b.data(), 2);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+}
+
 TEST(Ops, ConvCpuMatchesRefAndCarriesState) {
   for (int64_t T : {1, 2, 3, 5, 17}) {
     const int64_t C = 37, K = 4;

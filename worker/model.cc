@@ -95,10 +95,11 @@ MatmulTask Task(const WeightView& w, const float* x, int64_t n, float* y) {
 
 }  // namespace
 
-// Routed experts computed on this process: tokens grouped by expert so that each selected
-// expert's weights are read once per step.
-void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, float* out) {
-  for (int64_t t = 0; t < n_tok; ++t) {
+// out[t] = sum of token t's k slot rows, in slot order (the same bits whichever process computed
+// each slot); tokens over the pool.
+void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, float* out,
+                    int n_threads) {
+  cpu_parallel_for(n_tok * k * H >= 65536 ? n_threads : 1, n_tok, [&](int64_t t) {
     float* o = out + t * H;
     const float* s0 = slots + t * k * H;
     for (int64_t h = 0; h < H; ++h) o[h] = s0[h];
@@ -106,7 +107,7 @@ void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, flo
       const float* si = s0 + i * H;
       for (int64_t h = 0; h < H; ++h) o[h] += si[h];
     }
-  }
+  });
 }
 
 // Routed experts computed on this process: tokens grouped by expert so that each selected
@@ -121,7 +122,7 @@ class LocalExpertExecutor : public ExpertExecutor {
     const int64_t H = m_->cfg_.n_embd, k = m_->cfg_.n_expert_used;
     float* slots = Model::Workspace::get(slots_, n_tok * k * H);
     RunSlots(layer, x, n_tok, ids, weights, slots);
-    SumExpertSlots(slots, n_tok, k, H, out);
+    SumExpertSlots(slots, n_tok, k, H, out, m_->n_threads_);
   }
 
   // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for the experts held here, else 0.
@@ -133,7 +134,6 @@ class LocalExpertExecutor : public ExpertExecutor {
     const auto& c = m_->cfg_;
     const int64_t H = c.n_embd, I = c.n_ff_exp, k = c.n_expert_used;
     const bool ref = m_->opts_.backend == Backend::kReference;
-    std::fill(slots, slots + n_tok * k * H, 0.0f);
     // (t, slot) pairs grouped by expert: tok_[begin_[j] .. begin_[j + 1]) go to expert sel_[j].
     tok_.clear();
     sel_.clear();
@@ -147,8 +147,10 @@ class LocalExpertExecutor : public ExpertExecutor {
       sel_.push_back(e);
       begin_.push_back(static_cast<int64_t>(b));
     }
-    if (sel_.empty()) return;
     const int64_t n_all = static_cast<int64_t>(tok_.size()), n_sel = static_cast<int64_t>(sel_.size());
+    // Slots computed elsewhere stay zero (with every expert here, all are written below).
+    if (n_all < n_tok * k) std::fill(slots, slots + n_tok * k * H, 0.0f);
+    if (sel_.empty()) return;
     begin_.push_back(n_all);
     rows_.resize(n_all);
     for (int64_t j = 0; j < n_all; ++j) rows_[j] = static_cast<int32_t>(tok_[j] / k);
@@ -186,12 +188,13 @@ class LocalExpertExecutor : public ExpertExecutor {
       tasks_.push_back(Task(L.down_exps.slice_rows(e * H, H), g + b * I, n, d + b * H));
     }
     RunTasks(ref, tasks_.data(), static_cast<int64_t>(tasks_.size()), m_->n_threads_);
-    for (int64_t j = 0; j < n_all; ++j) {
-      float* o = slots + tok_[j] * H;  // row (t, slot)
-      const float w = weights[tok_[j]];
+    const int64_t* tok = tok_.data();
+    cpu_parallel_for(n_all * H >= 65536 ? m_->n_threads_ : 1, n_all, [&](int64_t j) {
+      float* o = slots + tok[j] * H;  // row (t, slot)
+      const float w = weights[tok[j]];
       const float* dj = d + j * H;
       for (int64_t h = 0; h < H; ++h) o[h] = w * dj[h];
-    }
+    });
   }
 
  private:
@@ -555,7 +558,10 @@ void Model::DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, cons
     const int64_t T = it.n_tok;
     float* cv = Workspace::get(w.c, T * CD);
     float* conv_state = it.seq->conv[slot].data();
-    (ref ? conv1d_silu_ref : conv1d_silu_cpu)(u + r0 * CD, T, CD, L.conv1d, K, conv_state, cv);
+    if (ref)
+      conv1d_silu_ref(u + r0 * CD, T, CD, L.conv1d, K, conv_state, cv);
+    else
+      conv1d_silu_cpu(u + r0 * CD, T, CD, L.conv1d, K, conv_state, cv, n_threads_);
     float* q = Workspace::get(w.q, T * KD);
     float* k = Workspace::get(w.k, T * KD);
     float* v = Workspace::get(w.v, T * VD);
@@ -582,8 +588,10 @@ void Model::DeltaNetLayer(const Layer& L, absl::Span<const StepItem> batch, cons
       delta_rule_recurrent_ref(dims, q, k, v, g, beta, S, o);
     else
       delta_rule_cpu(dims, q, k, v, g, beta, S, o, n_threads_);
-    (ref ? rms_norm_gated_ref : rms_norm_gated_cpu)(o, L.ssm_norm, z + r0 * VD, T * Hv, dv, c.eps,
-                                                    y + r0 * VD);
+    if (ref)
+      rms_norm_gated_ref(o, L.ssm_norm, z + r0 * VD, T * Hv, dv, c.eps, y + r0 * VD);
+    else
+      rms_norm_gated_cpu(o, L.ssm_norm, z + r0 * VD, T * Hv, dv, c.eps, y + r0 * VD, n_threads_);
     r0 += T;
   }
   Matmul(L.ssm_out, y, N, out);

@@ -64,7 +64,8 @@ class ExpertExecutor {
 
 // out[t] = sum over slots i = 0..k-1, in that order, of slots[t][i] (each already weighted).
 // Summing in a fixed order makes the result independent of where each expert ran.
-void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, float* out);
+void SumExpertSlots(const float* slots, int64_t n_tok, int64_t k, int64_t H, float* out,
+                    int n_threads = 1);
 
 struct ModelOptions {
   Backend backend = Backend::kCpu;

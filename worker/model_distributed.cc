@@ -194,7 +194,7 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
         }
       }
       if (mine) {
-        SumExpertSlots(d.slots.data(), N, k, H, d.partial.data());
+        SumExpertSlots(d.slots.data(), N, k, H, d.partial.data(), n_threads_);
         SharedExpertAdd(L, f, N, d.partial.data());
         for (int64_t i = 0; i < N * H; ++i) hidden[i] += d.partial[i];
       }
