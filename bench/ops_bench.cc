@@ -1,9 +1,9 @@
 // CPU attention over an f16 KV cache at long context (the part of decode and prefill that grows
 // with the context; the other 3 of 4 layers keep O(1) state).
 //
-//   BM_AttentionDecode/CTX/threads:T   one token attending to CTX cached positions, bench-moe
-//                                      geometry (8 query heads, 2 KV heads, head dim 128);
-//                                      counter KV_GBps: cache bytes read per second
+//   BM_AttentionDecode/KV/CTX/threads:T   one token attending to CTX cached positions (KV f16
+//                                      or q8_0), bench-moe geometry (8 query heads, 2 KV heads,
+//                                      head dim 128); counter KV_GBps: cache bytes read per s
 //   BM_AttentionPrefill/CTX/threads:T  a 512-token block at the end of a CTX-token context
 //                                      (what a long prompt's last sub-step does); GFLOP/s
 //
@@ -21,23 +21,31 @@ namespace {
 
 constexpr int64_t kNh = 8, kNkv = 2, kHd = 128;
 
+// A KV cache of ctx positions in `type` (F16 or Q8_0), random normal values.
 struct Cache {
-  std::vector<uint16_t> k, v;
+  std::vector<uint8_t> k, v;
   KvView kv, vv;
-  explicit Cache(int64_t ctx) : k(ctx * kNkv * kHd), v(ctx * kNkv * kHd) {
+  Cache(int64_t ctx, GgmlType type) {
+    const size_t row = row_bytes(type, kNkv * kHd);
+    k.resize(row * ctx);
+    v.resize(row * ctx);
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (auto& x : k) x = f32_to_fp16(nd(rng));
-    for (auto& x : v) x = f32_to_fp16(nd(rng));
-    kv = {GgmlType::F16, k.data(), kNkv, kHd, static_cast<size_t>(kNkv * kHd * 2)};
-    vv = {GgmlType::F16, v.data(), kNkv, kHd, static_cast<size_t>(kNkv * kHd * 2)};
+    std::vector<float> f(kNkv * kHd);
+    for (int64_t p = 0; p < ctx; ++p)
+      for (auto* buf : {&k, &v}) {
+        for (auto& x : f) x = nd(rng);
+        quantize_row_ref(type, f.data(), buf->data() + p * row, kNkv * kHd);
+      }
+    kv = {type, k.data(), kNkv, kHd, row};
+    vv = {type, v.data(), kNkv, kHd, row};
   }
 };
 
-void BM_AttentionDecode(benchmark::State& state) {
+void BM_AttentionDecode(benchmark::State& state, GgmlType type) {
   const int64_t ctx = state.range(0);
   const int threads = static_cast<int>(state.range(1));
-  Cache c(ctx);
+  Cache c(ctx, type);
   std::vector<float> q(kNh * kHd), out(kNh * kHd);
   std::mt19937 rng(2);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -46,14 +54,14 @@ void BM_AttentionDecode(benchmark::State& state) {
     attention_cpu(q.data(), 1, kNh, kHd, c.kv, c.vv, ctx - 1, 0.088f, out.data(), threads);
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["KV_GBps"] = benchmark::Counter(static_cast<double>(ctx) * kNkv * kHd * 2 * 2 / 1e9,
+  state.counters["KV_GBps"] = benchmark::Counter(static_cast<double>(c.k.size() + c.v.size()) / 1e9,
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_AttentionPrefill(benchmark::State& state) {
   const int64_t ctx = state.range(0), T = 512;
   const int threads = static_cast<int>(state.range(1));
-  Cache c(ctx);
+  Cache c(ctx, GgmlType::F16);
   std::vector<float> q(T * kNh * kHd), out(T * kNh * kHd);
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -68,7 +76,11 @@ void BM_AttentionPrefill(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
-BENCHMARK(BM_AttentionDecode)->ArgsProduct({{2048, 16384, 65536}, {1, 2}})->ArgNames({"ctx", "threads"})
+BENCHMARK_CAPTURE(BM_AttentionDecode, f16, GgmlType::F16)
+    ->ArgsProduct({{2048, 16384, 65536}, {1, 2}})->ArgNames({"ctx", "threads"})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_AttentionDecode, q8_0, GgmlType::Q8_0)
+    ->ArgsProduct({{2048, 16384}, {1, 2}})->ArgNames({"ctx", "threads"})
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AttentionPrefill)->ArgsProduct({{2048, 16384}, {1, 2}})->ArgNames({"ctx", "threads"})
     ->UseRealTime()->Unit(benchmark::kMillisecond);

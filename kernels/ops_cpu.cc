@@ -74,6 +74,22 @@ void load_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t n, float* d
       break;
     }
     case GgmlType::Q8_0: {
+#if defined(__AVX2__)
+      if (first % 32 == 0 && n % 32 == 0) {  // whole blocks: 32 codes x the block scale
+        const uint8_t* blk = base + (first / 32) * 34;
+        for (int64_t b = 0; b < n / 32; ++b, blk += 34) {
+          uint16_t dh;
+          std::memcpy(&dh, blk, 2);
+          const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
+          for (int j = 0; j < 4; ++j) {
+            const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * j));
+            _mm256_storeu_ps(dst + b * 32 + 8 * j,
+                             _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c))));
+          }
+        }
+        break;
+      }
+#endif
       for (int64_t i = 0; i < n; ++i) {
         const int64_t e = first + i;
         const uint8_t* blk = base + (e / 32) * 34;
