@@ -2,7 +2,8 @@
 # CPU prefill and decode speed of the model (issue 3's benchmark): the `mini` presets (dense and
 # MoE) and `bench-moe` (the llama.cpp comparison shape: H 1024, 16 layers, 48 experts top-8,
 # ~840 MB at Q4_K_M), at several context lengths and thread counts, with the weight bytes read
-# per decoded token and the achieved bandwidth. Decode should stay nearly flat with context:
+# per decoded token and the achieved bandwidth (next to the machine's read bandwidth, measured
+# last by matmul_bench when built). Decode should stay nearly flat with context:
 # 3 of 4 layers keep O(1) state; the 4 attention layers read the KV cache (f16) once per token.
 #
 #   bench/cpu_model_bench.sh [--long] [RIGSERVE] [CONTEXTS] [THREADS]   e.g. build/rigserve "128 2048" "1 2"
@@ -48,3 +49,11 @@ for m in "${models[@]}"; do
   done
   if [ "$LONG" = 1 ]; then run "$f" "$arch-$preset" 16384 "$max_t"; fi
 done
+# The machine's read bandwidth for the same thread counts (the roofline for the GB/s column),
+# from matmul_bench's BM_MemRead when it was built next to this rigserve.
+MB="$(dirname "$R")/bench/matmul_bench"
+if [ -x "$MB" ]; then
+  echo "machine read bandwidth (BM_MemRead, 1 GiB sweep):"
+  "$MB" --benchmark_filter='BM_MemRead' 2>/dev/null |
+    sed -n 's/^BM_MemRead\/threads:\([0-9]*\).*GBps=\([0-9.]*\).*/  \1 thread(s): \2 GB\/s/p'
+fi
