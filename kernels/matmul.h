@@ -34,7 +34,8 @@ void matmul_ref(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok,
 
 // Fast CPU path: activations converted once per call into the format's partner (q8 blocks for
 // the integer formats, f32/f16 for the float ones) and reused by every row; rows split over
-// n_threads OpenMP threads; AVX2/FMA/F16C with a runtime check and a scalar fallback.
+// n_threads threads of the kernels' pool; AVX2/FMA/F16C with a runtime check and a scalar
+// fallback.
 void matmul_cpu(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
                 int64_t ldy, int n_threads);
 
@@ -52,7 +53,7 @@ struct MatmulTask {
   int64_t ldy = 0;
 };
 
-// Runs a batch of independent products in one OpenMP region: activations are converted once
+// Runs a batch of independent products in one parallel region: activations are converted once
 // per distinct (x, ldx, cols, format kind) and token row, however many tasks read them (q, k, v
 // and gate of one layer; the gate and up of every selected expert), then every task's rows are
 // split over the threads. Each (row, token) value is bit-identical to what matmul_cpu gives for
