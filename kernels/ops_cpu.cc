@@ -56,9 +56,27 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// Where element `first` (= h * head_dim + d) of position p lives: returns the base its offset
+// is counted from and makes `first` relative to it (the head's start in a head-major cache).
+inline const uint8_t* kv_base(const KvView& kv, int64_t p, int64_t& first) {
+  const uint8_t* b = static_cast<const uint8_t*>(kv.data) + p * kv.pos_stride_bytes;
+  if (kv.head_stride_bytes != 0) {
+    const int64_t h = first / kv.head_dim;
+    first -= h * kv.head_dim;
+    b += h * kv.head_stride_bytes;
+  }
+  return b;
+}
+
+// First byte of KV head h at position p in an F16 cache.
+inline const uint8_t* kv_head_f16(const KvView& kv, int64_t p, int64_t h) {
+  int64_t first = h * kv.head_dim;
+  return kv_base(kv, p, first) + first * 2;
+}
+
 // Converts n elements of KV row (position p, all heads) into f32.
 void load_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t n, float* dst) {
-  const uint8_t* base = static_cast<const uint8_t*>(kv.data) + p * kv.pos_stride_bytes;
+  const uint8_t* base = kv_base(kv, p, first);
   switch (kv.type) {
     case GgmlType::F32:
       std::memcpy(dst, reinterpret_cast<const float*>(base) + first, n * 4);
@@ -108,7 +126,7 @@ void load_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t n, float* d
 // heads' entries; the hardware prefetcher alone left decode attention at long context waiting
 // on memory).
 inline void prefetch_kv_row(const KvView& kv, int64_t p, int64_t first, int64_t n) {
-  const uint8_t* base = static_cast<const uint8_t*>(kv.data) + p * kv.pos_stride_bytes;
+  const uint8_t* base = kv_base(kv, p, first);
   size_t lo, hi;
   switch (kv.type) {
     case GgmlType::F32: lo = first * 4; hi = (first + n) * 4; break;
@@ -302,7 +320,7 @@ void attention_two_pass(const float* q, int64_t T, int64_t nh, int64_t hd, const
         // cache, 16 dims of every position per pass, left decode at 16K context waiting on
         // memory (6.8 ms per layer, 2.5 GB/s).
         const int64_t R = tn * group;
-        const uint8_t* vbase = static_cast<const uint8_t*>(v.data) + kvh * hd * 2;
+        const uint8_t* vbase = kv_head_f16(v, 0, kvh);
         uint16_t* vblk = reinterpret_cast<uint16_t*>(acc + tn * group * hd);
         for (int64_t pb = 0; pb < n_ctx_blk; pb += 64) {
           const int64_t pe = std::min(n_ctx_blk, pb + 64);
@@ -787,8 +805,8 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
       // Decode (up to 4 rows, f16 cache): K and V read in place, once.
       const bool direct = Rp == 4 && k.type == GgmlType::F16 && v.type == GgmlType::F16 &&
                           np == npe && k.pos_stride_bytes == v.pos_stride_bytes;
-      const uint8_t* kb = static_cast<const uint8_t*>(k.data) + pb * k.pos_stride_bytes + kvh * hd * 2;
-      const uint8_t* vb = static_cast<const uint8_t*>(v.data) + pb * v.pos_stride_bytes + kvh * hd * 2;
+      const uint8_t* kb = kv_head_f16(k, pb, kvh);
+      const uint8_t* vb = kv_head_f16(v, pb, kvh);
       if (direct)
         qk_rows4_f16(Q, kb, vb, k.pos_stride_bytes, npe, hd, S, kP, n_ctx_blk - pb);
       for (int64_t j = 0; !direct && j < np; ++j) {

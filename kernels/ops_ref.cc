@@ -68,7 +68,11 @@ namespace {
 // Element d of KV head h at position p, whatever the cache type.
 float kv_at(const KvView& kv, int64_t p, int64_t h, int64_t d) {
   const uint8_t* base = static_cast<const uint8_t*>(kv.data) + p * kv.pos_stride_bytes;
-  const int64_t i = h * kv.head_dim + d;
+  int64_t i = h * kv.head_dim + d;
+  if (kv.head_stride_bytes != 0) {  // head-major: the head's own rows
+    base += h * kv.head_stride_bytes;
+    i = d;
+  }
   switch (kv.type) {
     case GgmlType::F32: return reinterpret_cast<const float*>(base)[i];
     case GgmlType::F16: {

@@ -314,6 +314,19 @@ std::vector<uint8_t> ToKv(const std::vector<float>& x, GgmlType t) {
   return out;
 }
 
+// The same cache laid out head-major ([head][pos][head_dim], with `spare` unused positions per
+// head after the n_ctx used ones, as in a cache with room to grow): each (position, head) row
+// copied.
+std::vector<uint8_t> HeadMajor(const std::vector<uint8_t>& rows, GgmlType t, int64_t n_ctx,
+                               int64_t nkv, int64_t hd, int64_t spare) {
+  const size_t hr = row_bytes(t, hd), cap = n_ctx + spare;
+  std::vector<uint8_t> out(nkv * cap * hr, 0xff);  // 0xff: NaN in f16/f32 if ever read
+  for (int64_t p = 0; p < n_ctx; ++p)
+    for (int64_t h = 0; h < nkv; ++h)
+      std::memcpy(out.data() + (h * cap + p) * hr, rows.data() + p * nkv * hr + h * hr, hr);
+  return out;
+}
+
 TEST(Ops, AttentionCpuMatchesRef) {
   // hd 40: the two-pass form; 64 and 128: the blocked form (f32 copies for prefill, K/V read in
   // place for one token with up to 4 query heads per KV head). Contexts cross the 64-position
@@ -335,6 +348,20 @@ TEST(Ops, AttentionCpuMatchesRef) {
           attention_cpu(q.data(), T, nh, hd, k, v, n_past, 0.3f, b.data(), 2);
           EXPECT_LT(RelErr(b, a), 1e-5) << "T=" << T << " hd=" << hd << " nh=" << nh
                                         << " nkv=" << nkv << " " << type_name(kt);
+          if (kt == GgmlType::Q8_0 && hd % 32 != 0) continue;
+          // Head-major (the CPU model's layout): the same results as the interleaved rows, from
+          // the reference and the fast path.
+          const int64_t spare = 7;
+          auto kh = HeadMajor(kb, kt, n_ctx, nkv, hd, spare), vh = HeadMajor(vb, kt, n_ctx, nkv, hd, spare);
+          const size_t hr = row_bytes(kt, hd);
+          KvView k2{kt, kh.data(), nkv, hd, hr, (n_ctx + spare) * hr};
+          KvView v2{kt, vh.data(), nkv, hd, hr, (n_ctx + spare) * hr};
+          std::vector<float> a2(a.size()), b2(a.size());
+          attention_ref(q.data(), T, nh, hd, k2, v2, n_past, 0.3f, a2.data());
+          attention_cpu(q.data(), T, nh, hd, k2, v2, n_past, 0.3f, b2.data(), 2);
+          EXPECT_EQ(0, std::memcmp(a2.data(), a.data(), a.size() * 4)) << "head-major ref, T=" << T;
+          EXPECT_EQ(0, std::memcmp(b2.data(), b.data(), b.size() * 4)) << "head-major cpu, T=" << T
+                                                                        << " hd=" << hd << " nh=" << nh;
         }
 }
 

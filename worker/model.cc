@@ -48,10 +48,39 @@ SeqState& SeqState::operator=(const SeqState& o) {
   return *this;
 }
 
+SeqState::Kv::Kv(const Kv& o) : heads(o.heads), head_row(o.head_row) {
+  Reserve(o.used);
+  used = o.used;
+  for (int64_t h = 0; h < heads; ++h) {
+    if (used == 0) break;
+    std::memcpy(k_at(h, 0), o.k.get() + h * o.cap * head_row, used * head_row);
+    std::memcpy(v_at(h, 0), o.v.get() + h * o.cap * head_row, used * head_row);
+  }
+}
+
+SeqState::Kv& SeqState::Kv::operator=(const Kv& o) {
+  if (this != &o) *this = Kv(o);
+  return *this;
+}
+
+void SeqState::Kv::Reserve(int64_t n) {
+  if (n <= cap) return;
+  const int64_t new_cap = std::max<int64_t>(n, 2 * cap);
+  const size_t bytes = static_cast<size_t>(heads) * new_cap * head_row;
+  std::unique_ptr<uint8_t[]> nk(new uint8_t[bytes]), nv(new uint8_t[bytes]);  // uninitialised
+  for (int64_t h = 0; h < heads && used > 0; ++h) {
+    std::memcpy(nk.get() + h * new_cap * head_row, k_at(h, 0), used * head_row);
+    std::memcpy(nv.get() + h * new_cap * head_row, v_at(h, 0), used * head_row);
+  }
+  k = std::move(nk);
+  v = std::move(nv);
+  cap = new_cap;
+}
+
 void SeqState::reset() {
   if (device) device->reset();
   n_past = 0;
-  for (auto& k : kv) { k.k.clear(); k.v.clear(); }
+  for (auto& k : kv) k.used = 0;
   for (auto& c : conv) std::fill(c.begin(), c.end(), 0.0f);
   for (auto& s : ssm) std::fill(s.begin(), s.end(), 0.0f);
 }
@@ -406,10 +435,10 @@ std::unique_ptr<SeqState> Model::NewSequence(int64_t reserve_ctx) const {
   }
   const ModelConfig& c = cfg_;
   s->kv.resize(attn_index_.size());
-  const size_t row = row_bytes(kv_type_, c.n_head_kv * c.head_dim);
   for (auto& kv : s->kv) {
-    kv.k.reserve(row * reserve_ctx);
-    kv.v.reserve(row * reserve_ctx);
+    kv.heads = c.n_head_kv;
+    kv.head_row = row_bytes(kv_type_, c.head_dim);
+    kv.Reserve(std::max<int64_t>(reserve_ctx, 1));
   }
   s->conv.assign(dn_index_.size(), std::vector<float>((c.conv_kernel - 1) * c.conv_dim(), 0.0f));
   s->ssm.assign(dn_index_.size(), std::vector<float>(c.Hv * c.dk * c.dv, 0.0f));
@@ -615,7 +644,6 @@ void Model::AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, con
   }
   const int64_t layer_idx = &L - layers_.data();
   const int64_t slot = std::find(attn_index_.begin(), attn_index_.end(), layer_idx) - attn_index_.begin();
-  const size_t kv_row = row_bytes(kv_type_, nkv * hd);
   int64_t r0 = 0;
   for (const auto& it : batch) {
     const int64_t T = it.n_tok, n_past = it.seq->n_past;
@@ -635,40 +663,38 @@ void Model::AttentionLayer(const Layer& L, absl::Span<const StepItem> batch, con
     for (int64_t t = 0; t < T; ++t) w.pos[t] = n_past + t;
     rope_neox_ref(q, T, nh, hd, c.rope_dims, w.pos.data(), c.rope_theta);
     rope_neox_ref(k, T, nkv, hd, c.rope_dims, w.pos.data(), c.rope_theta);
-    // Append to the KV cache.
+    // Append to the KV cache (head-major: each head's positions contiguous).
     SeqState::Kv& cache = it.seq->kv[slot];
-    const size_t old = cache.k.size();
-    if (cache.k.capacity() < old + T * kv_row) {
-      const size_t cap = std::max(old + T * kv_row, 2 * cache.k.capacity());
-      cache.k.reserve(cap);
-      cache.v.reserve(cap);
-    }
-    cache.k.resize(old + T * kv_row);
-    cache.v.resize(old + T * kv_row);
-    for (int64_t t = 0; t < T; ++t) {
-      uint8_t* kd = cache.k.data() + old + t * kv_row;
-      uint8_t* vd = cache.v.data() + old + t * kv_row;
-      const float* ks = k + t * nkv * hd;
-      const float* vs = v + t * nkv * hd;
-      switch (kv_type_) {
-        case GgmlType::F32:
-          std::memcpy(kd, ks, nkv * hd * 4);
-          std::memcpy(vd, vs, nkv * hd * 4);
-          break;
-        case GgmlType::F16:
-          for (int64_t i = 0; i < nkv * hd; ++i) {
-            const uint16_t hk = f32_to_fp16(ks[i]), hv = f32_to_fp16(vs[i]);
-            std::memcpy(kd + 2 * i, &hk, 2);
-            std::memcpy(vd + 2 * i, &hv, 2);
-          }
-          break;
-        default:
-          quantize_row_ref(kv_type_, ks, kd, nkv * hd);
-          quantize_row_ref(kv_type_, vs, vd, nkv * hd);
+    cache.used = std::min(cache.used, n_past);
+    cache.Reserve(n_past + T);
+    const size_t hr = cache.head_row;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nkv; ++h) {
+        uint8_t* kd = cache.k_at(h, n_past + t);
+        uint8_t* vd = cache.v_at(h, n_past + t);
+        const float* ks = k + (t * nkv + h) * hd;
+        const float* vs = v + (t * nkv + h) * hd;
+        switch (kv_type_) {
+          case GgmlType::F32:
+            std::memcpy(kd, ks, hd * 4);
+            std::memcpy(vd, vs, hd * 4);
+            break;
+          case GgmlType::F16:
+            for (int64_t i = 0; i < hd; ++i) {
+              const uint16_t hk = f32_to_fp16(ks[i]), hv = f32_to_fp16(vs[i]);
+              std::memcpy(kd + 2 * i, &hk, 2);
+              std::memcpy(vd + 2 * i, &hv, 2);
+            }
+            break;
+          default:
+            quantize_row_ref(kv_type_, ks, kd, hd);
+            quantize_row_ref(kv_type_, vs, vd, hd);
+        }
       }
-    }
-    KvView kview{kv_type_, cache.k.data(), nkv, hd, kv_row};
-    KvView vview{kv_type_, cache.v.data(), nkv, hd, kv_row};
+    cache.used = n_past + T;
+    const size_t head_stride = static_cast<size_t>(cache.cap) * hr;
+    KvView kview{kv_type_, cache.k.get(), nkv, hd, hr, head_stride};
+    KvView vview{kv_type_, cache.v.get(), nkv, hd, hr, head_stride};
     float* o = y + r0 * nh * hd;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     if (ref)

@@ -42,8 +42,24 @@ struct SeqState {
   SeqState& operator=(SeqState&&) = default;
 
   int64_t n_past = 0;
+  // One attention layer's cache, head-major: [n_kv_heads][cap][head_dim] in kv_type (see
+  // KvView). Memory is allocated uninitialised (large reservations stay untouched until used)
+  // and re-laid out when the positions outgrow cap.
   struct Kv {
-    std::vector<uint8_t> k, v;  // [pos][n_kv_heads * head_dim] in kv_type
+    std::unique_ptr<uint8_t[]> k, v;
+    int64_t heads = 0;      // n_kv_heads
+    size_t head_row = 0;    // bytes of one position of one head
+    int64_t cap = 0;        // positions per head allocated
+    int64_t used = 0;       // positions written
+    Kv() = default;
+    Kv(const Kv& o);
+    Kv& operator=(const Kv& o);
+    Kv(Kv&&) = default;
+    Kv& operator=(Kv&&) = default;
+    // Makes room for `n` positions, keeping the `used` ones.
+    void Reserve(int64_t n);
+    uint8_t* k_at(int64_t h, int64_t p) { return k.get() + (h * cap + p) * head_row; }
+    uint8_t* v_at(int64_t h, int64_t p) { return v.get() + (h * cap + p) * head_row; }
   };
   std::vector<Kv> kv;             // one per attention layer (in layer order)
   std::vector<std::vector<float>> conv;  // one per DeltaNet layer: [K-1][conv_dim]
