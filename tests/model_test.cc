@@ -150,6 +150,31 @@ TEST_P(ModelSpecs, BatchEqualsAlone) {
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_LT(Nmse(together[i], alone[i]), 1e-10) << i;
 }
 
+// Forward splits a CPU step of more than 2048 tokens into sub-steps (bounded workspace): a
+// 2300-token item with every row's logits equals the same tokens fed in 700-token calls, and a
+// batch whose second item is cut by the sub-step boundary gives each item its last row, equal
+// to the item alone.
+TEST_P(ModelSpecs, LongStepRunsInSubSteps) {
+  auto m = Load(Tiny(GetParam()), Backend::kCpu);
+  const int V = static_cast<int>(m->config().n_vocab);
+  const auto ids = Prompt(2300, 5, V);
+  const auto one = RunChunked(*m, ids, {});
+  ASSERT_EQ(one.size(), ids.size() * V);
+  EXPECT_LT(Nmse(one, RunChunked(*m, ids, {700, 700, 700, 700})), 1e-10);
+  const auto a = Prompt(1500, 6, V), b = Prompt(1000, 7, V);
+  auto sa = m->NewSequence(), sb = m->NewSequence();
+  StepItem items[2] = {{sa.get(), a.data(), 1500, false}, {sb.get(), b.data(), 1000, false}};
+  std::vector<float> logits;
+  ASSERT_TRUE(m->Forward(items, &logits).ok());
+  ASSERT_EQ(logits.size(), 2u * V);
+  EXPECT_EQ(sa->n_past, 1500);
+  EXPECT_EQ(sb->n_past, 1000);
+  const auto alone_a = RunChunked(*m, a, {}), alone_b = RunChunked(*m, b, {});
+  const std::vector<float> last_a(alone_a.end() - V, alone_a.end()), last_b(alone_b.end() - V, alone_b.end());
+  EXPECT_LT(Nmse(std::vector<float>(logits.begin(), logits.begin() + V), last_a), 1e-10);
+  EXPECT_LT(Nmse(std::vector<float>(logits.begin() + V, logits.end()), last_b), 1e-10);
+}
+
 TEST_P(ModelSpecs, Q8KvCloseToF16) {
   auto f = Tiny(GetParam());
   auto f16 = Load(f, Backend::kCpu, GgmlType::F16);

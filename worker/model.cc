@@ -481,12 +481,47 @@ absl::Status Model::CheckBatch(absl::Span<const StepItem> batch) const {
 absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
   if (auto st = CheckBatch(batch); !st.ok()) return st;
   if (cuda_) return cuda_->Forward(batch, logits);
+  // CPU sub-steps of at most kCpuStepTokens tokens: the step's workspace (expert slot rows,
+  // gate/up rows, projections) grows with its tokens, so a long prompt in one step would hold it
+  // for every token at once (a 16K-token prompt on 35b-a3b: ~1 GB of slot rows alone). A
+  // sequence appears at most once per sub-step; its logits rows come from the sub-step that
+  // holds its last token (or every sub-step, with all_logits).
+  logits->clear();
+  std::vector<StepItem> step;
+  std::vector<char> last;  // per piece: holds its item's last token
+  int64_t in_step = 0;
+  auto flush = [&]() -> absl::Status {
+    absl::Status st = step.empty() ? absl::OkStatus() : CpuStep(step, last, logits);
+    step.clear();
+    last.clear();
+    in_step = 0;
+    return st;
+  };
+  for (const StepItem& it : batch)
+    for (int64_t t0 = 0; t0 < it.n_tok;) {
+      if (in_step == kCpuStepTokens)
+        if (absl::Status st = flush(); !st.ok()) return st;
+      const int64_t n = std::min(it.n_tok - t0, kCpuStepTokens - in_step);
+      const bool is_last = t0 + n == it.n_tok;
+      step.push_back(StepItem{it.seq, it.tokens + t0, n, it.all_logits});
+      last.push_back(is_last);
+      in_step += n;
+      t0 += n;
+      if (!is_last)
+        if (absl::Status st = flush(); !st.ok()) return st;
+    }
+  return flush();
+}
+
+absl::Status Model::CpuStep(absl::Span<const StepItem> batch, const std::vector<char>& last,
+                            std::vector<float>* logits) {
   int64_t N = 0;
   std::vector<int64_t> rows;
-  for (const auto& it : batch) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const StepItem& it = batch[i];
     if (it.all_logits)
       for (int64_t t = 0; t < it.n_tok; ++t) rows.push_back(N + t);
-    else
+    else if (last[i])
       rows.push_back(N + it.n_tok - 1);
     N += it.n_tok;
   }
@@ -494,8 +529,9 @@ absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>
   Embed(batch, hidden.data());
   if (auto st = RunLayers(batch, 0, cfg_.n_layer, hidden.data()); !st.ok()) return st;
   for (const auto& it : batch) it.seq->n_past += it.n_tok;
-  logits->resize(rows.size() * cfg_.n_vocab);
-  Logits(hidden.data(), rows, logits->data());
+  const size_t old = logits->size();
+  logits->resize(old + rows.size() * cfg_.n_vocab);
+  if (!rows.empty()) Logits(hidden.data(), rows, logits->data() + old);
   return absl::OkStatus();
 }
 

@@ -173,6 +173,12 @@ class Model {
   friend class CudaModel;
 
  private:
+  // Tokens per CPU sub-step of Forward.
+  static constexpr int64_t kCpuStepTokens = 2048;
+  // One CPU sub-step (each sequence at most once): appends the logits rows of the pieces with
+  // all_logits, and of the pieces that hold their item's last token (last[i]).
+  absl::Status CpuStep(absl::Span<const StepItem> batch, const std::vector<char>& last,
+                       std::vector<float>* logits);
   Model() = default;
   absl::Status Bind();
   // Every item has a sequence, tokens, ids in the vocabulary (and device state on cuda).
