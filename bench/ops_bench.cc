@@ -24,24 +24,26 @@ namespace {
 
 constexpr int64_t kNh = 8, kNkv = 2, kHd = 128;
 
-// A KV cache of ctx positions in `type` (F16 or Q8_0), random normal values.
+// A KV cache of ctx positions in `type` (F16 or Q8_0), random normal values, head-major as the
+// CPU model keeps it ([head][pos][head_dim]).
 struct Cache {
   std::vector<uint8_t> k, v;
   KvView kv, vv;
   Cache(int64_t ctx, GgmlType type) {
-    const size_t row = row_bytes(type, kNkv * kHd);
-    k.resize(row * ctx);
-    v.resize(row * ctx);
+    const size_t hr = row_bytes(type, kHd);
+    k.resize(hr * kNkv * ctx);
+    v.resize(hr * kNkv * ctx);
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> f(kNkv * kHd);
-    for (int64_t p = 0; p < ctx; ++p)
-      for (auto* buf : {&k, &v}) {
-        for (auto& x : f) x = nd(rng);
-        quantize_row_ref(type, f.data(), buf->data() + p * row, kNkv * kHd);
-      }
-    kv = {type, k.data(), kNkv, kHd, row};
-    vv = {type, v.data(), kNkv, kHd, row};
+    std::vector<float> f(kHd);
+    for (int64_t h = 0; h < kNkv; ++h)
+      for (int64_t p = 0; p < ctx; ++p)
+        for (auto* buf : {&k, &v}) {
+          for (auto& x : f) x = nd(rng);
+          quantize_row_ref(type, f.data(), buf->data() + (h * ctx + p) * hr, kHd);
+        }
+    kv = {type, k.data(), kNkv, kHd, hr, hr * ctx};
+    vv = {type, v.data(), kNkv, kHd, hr, hr * ctx};
   }
 };
 

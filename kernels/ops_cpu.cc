@@ -655,17 +655,19 @@ void delta_rule_run(const DeltaNetDims& d, const float* q, const float* k, const
 
 namespace {
 #if defined(__AVX2__) && defined(__FMA__)
-// S[r][j] = dot(Q[r], K[j]) for r < 4 rows of Q (stride hd) and j < np positions of K ([np][hd],
-// f32), np even; hd a multiple of 8. 4 rows x 2 positions of accumulators; the 8 sums reduced
-// together (hadd tree) instead of one horizontal sum per score.
-inline void qk_rows4(const float* Q, const float* K, int64_t np, int64_t hd, float* S, int64_t lds) {
+// S[r][j] = dot(Q[r], K[j]) for r < 4 rows of Q (stride hd) and j < np positions (np even; hd a
+// multiple of 8), K's row j read as 8-float vectors by k_row(j, d); before each pair of positions
+// `before(j)` runs (prefetches). 4 rows x 2 positions of accumulators; the 8 sums reduced together
+// (hadd tree) instead of one horizontal sum per score.
+template <typename KRow, typename Before>
+inline void qk_rows4_impl(const float* Q, int64_t np, int64_t hd, float* S, int64_t lds,
+                          KRow k_row, Before before) {
   for (int64_t j = 0; j < np; j += 2) {
+    before(j);
     __m256 a[8];
     for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
-    const float* k0 = K + j * hd;
-    const float* k1 = k0 + hd;
     for (int64_t d = 0; d < hd; d += 8) {
-      const __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d);
+      const __m256 x0 = k_row(j, d), x1 = k_row(j + 1, d);
       for (int r = 0; r < 4; ++r) {
         const __m256 qv = _mm256_loadu_ps(Q + r * hd + d);
         a[2 * r] = _mm256_fmadd_ps(qv, x0, a[2 * r]);
@@ -684,40 +686,32 @@ inline void qk_rows4(const float* Q, const float* K, int64_t np, int64_t hd, flo
     }
   }
 }
-// qk_rows4 reading K straight from an f16 cache (rows `stride` bytes apart), prefetching the
-// rows `ahead` positions on (a decode step reads each cached row once: no f32 copy).
+
+// K as f32 rows ([np][hd]).
+inline void qk_rows4(const float* Q, const float* K, int64_t np, int64_t hd, float* S, int64_t lds) {
+  qk_rows4_impl(
+      Q, np, hd, S, lds, [&](int64_t j, int64_t d) { return _mm256_loadu_ps(K + j * hd + d); },
+      [](int64_t) {});
+}
+
+// K straight from an f16 cache (rows `stride` bytes apart: a decode step reads each cached row
+// once, no f32 copy), prefetching K 16 positions on and this block's V rows for pv_rows_f16.
 inline void qk_rows4_f16(const float* Q, const uint8_t* K, const uint8_t* V, size_t stride,
                          int64_t np, int64_t hd, float* S, int64_t lds, int64_t n_prefetch) {
   constexpr int64_t kAhead = 16;
-  for (int64_t j = 0; j < np; j += 2) {
-    for (int64_t x = j + kAhead; x < j + kAhead + 2 && x < n_prefetch; ++x)
-      for (int64_t o = 0; o < hd * 2; o += 64) _mm_prefetch(reinterpret_cast<const char*>(K + x * stride + o), _MM_HINT_T0);
-    for (int64_t x = j; x < j + 2; ++x)  // this block's V rows, for pv_rows_f16
-      for (int64_t o = 0; o < hd * 2; o += 64) _mm_prefetch(reinterpret_cast<const char*>(V + x * stride + o), _MM_HINT_T0);
-    __m256 a[8];
-    for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
-    const uint16_t* k0 = reinterpret_cast<const uint16_t*>(K + j * stride);
-    const uint16_t* k1 = reinterpret_cast<const uint16_t*>(K + (j + 1) * stride);
-    for (int64_t d = 0; d < hd; d += 8) {
-      const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k0 + d)));
-      const __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k1 + d)));
-      for (int r = 0; r < 4; ++r) {
-        const __m256 qv = _mm256_loadu_ps(Q + r * hd + d);
-        a[2 * r] = _mm256_fmadd_ps(qv, x0, a[2 * r]);
-        a[2 * r + 1] = _mm256_fmadd_ps(qv, x1, a[2 * r + 1]);
-      }
-    }
-    const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20),
-                                     _mm256_permute2f128_ps(h0, h1, 0x31));
-    alignas(32) float t[8];
-    _mm256_store_ps(t, sum);
-    for (int r = 0; r < 4; ++r) {
-      S[r * lds + j] = t[2 * r];
-      S[r * lds + j + 1] = t[2 * r + 1];
-    }
-  }
+  auto prefetch_row = [hd](const uint8_t* row) {
+    for (int64_t o = 0; o < hd * 2; o += 64) _mm_prefetch(reinterpret_cast<const char*>(row + o), _MM_HINT_T0);
+  };
+  qk_rows4_impl(
+      Q, np, hd, S, lds,
+      [&](int64_t j, int64_t d) {
+        const uint16_t* k = reinterpret_cast<const uint16_t*>(K + j * stride) + d;
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k)));
+      },
+      [&](int64_t j) {
+        for (int64_t x = j + kAhead; x < j + kAhead + 2 && x < n_prefetch; ++x) prefetch_row(K + x * stride);
+        for (int64_t x = j; x < j + 2; ++x) prefetch_row(V + x * stride);
+      });
 }
 
 // O[r] += sum_j P[r][j] V[j] for r < NR <= 4, V rows straight from an f16 cache (qk_rows4_f16
