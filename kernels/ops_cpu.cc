@@ -423,6 +423,31 @@ float* dn_scratch(size_t n) {
   return buf.data();
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// C[MR x 16] += A[MR x kk] B[kk x 16]: MR rows x 16 columns of accumulators, summed from zero
+// over p in order and then added to C. load_b(p, c) gives B[p][c .. c + 8) (f32 rows, or an
+// f16 cache read in place: attention's P.V gives the same bits either way).
+template <int MR, typename LoadB>
+inline void gemm_cols16(int64_t kk, const float* A, int64_t lda, LoadB load_b, float* C,
+                        int64_t ldc) {
+  __m256 c0[MR], c1[MR];
+  for (int r = 0; r < MR; ++r) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
+  for (int64_t p = 0; p < kk; ++p) {
+    const __m256 b0 = load_b(p, 0), b1 = load_b(p, 8);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + p);
+      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* cr = C + r * ldc;
+    _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), c0[r]));
+    _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), c1[r]));
+  }
+}
+#endif
+
 // C[m x n] += A[m x kk] B[kk x n], row-major with leading dimensions; register tiles of
 // MR rows x 16 columns (8 accumulators for MR = 4), scalar column tail.
 template <int MR>
@@ -430,23 +455,10 @@ inline void gemm_tile(int64_t n, int64_t kk, const float* A, int64_t lda, const 
                       int64_t ldb, float* C, int64_t ldc) {
   int64_t j = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  for (; j + 16 <= n; j += 16) {
-    __m256 c0[MR], c1[MR];
-    for (int r = 0; r < MR; ++r) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
-    for (int64_t p = 0; p < kk; ++p) {
-      const __m256 b0 = _mm256_loadu_ps(B + p * ldb + j), b1 = _mm256_loadu_ps(B + p * ldb + j + 8);
-      for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_broadcast_ss(A + r * lda + p);
-        c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
-        c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
-      }
-    }
-    for (int r = 0; r < MR; ++r) {
-      float* cr = C + r * ldc + j;
-      _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), c0[r]));
-      _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), c1[r]));
-    }
-  }
+  for (; j + 16 <= n; j += 16)
+    gemm_cols16<MR>(
+        kk, A, lda, [&](int64_t p, int64_t c) { return _mm256_loadu_ps(B + p * ldb + j + c); },
+        C + j, ldc);
   for (; j + 8 <= n; j += 8) {
     __m256 c0[MR];
     for (int r = 0; r < MR; ++r) c0[r] = _mm256_setzero_ps();
@@ -715,31 +727,19 @@ inline void qk_rows4_f16(const float* Q, const uint8_t* K, const uint8_t* V, siz
 }
 
 // O[r] += sum_j P[r][j] V[j] for r < NR <= 4, V rows straight from an f16 cache (qk_rows4_f16
-// has prefetched them): 16 dims x NR rows of accumulators in registers per pass over the block.
-// The block's sum starts from zero and is then added to O, as gemm_acc does on the f32 copy:
-// both paths give the same bits.
+// has prefetched them): gemm_tile's 16-column body with B read from the cache, so it gives the
+// same bits as gemm_acc on an f32 copy.
 template <int NR>
 inline void pv_rows_f16(const float* P, int64_t lds, const uint8_t* V, size_t stride, int64_t np,
                         int64_t hd, float* O) {
-  for (int64_t d0 = 0; d0 < hd; d0 += 16) {
-    __m256 a0[NR], a1[NR];
-    for (int r = 0; r < NR; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < np; ++j) {
-      const uint16_t* vr = reinterpret_cast<const uint16_t*>(V + j * stride) + d0;
-      const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vr)));
-      const __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vr + 8)));
-      for (int r = 0; r < NR; ++r) {
-        const __m256 w = _mm256_broadcast_ss(P + r * lds + j);
-        a0[r] = _mm256_fmadd_ps(w, x0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(w, x1, a1[r]);
-      }
-    }
-    for (int r = 0; r < NR; ++r) {
-      float* o = O + r * hd + d0;
-      _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), a0[r]));
-      _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), a1[r]));
-    }
-  }
+  for (int64_t d0 = 0; d0 < hd; d0 += 16)
+    gemm_cols16<NR>(
+        np, P, lds,
+        [&](int64_t j, int64_t c) {
+          const uint16_t* v = reinterpret_cast<const uint16_t*>(V + j * stride) + d0 + c;
+          return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+        },
+        O + d0, hd);
 }
 #endif
 }  // namespace
