@@ -6,6 +6,8 @@
 //                                      in turn, read from memory as in the model), bench-moe
 //                                      geometry (8 query heads, 2 KV heads, head dim 128);
 //                                      counter KV_GBps: cache bytes read per second
+//   BM_AttentionDecodeOneKvHead/CTX/threads:T   one KV head: the context split in segments
+//                                      is what lets a second thread help
 //   BM_AttentionPrefill/CTX/threads:T  a 512-token block at the end of a CTX-token context
 //                                      (what a long prompt's last sub-step does); GFLOP/s
 //
@@ -29,21 +31,21 @@ constexpr int64_t kNh = 8, kNkv = 2, kHd = 128;
 struct Cache {
   std::vector<uint8_t> k, v;
   KvView kv, vv;
-  Cache(int64_t ctx, GgmlType type) {
+  Cache(int64_t ctx, GgmlType type, int64_t nkv = kNkv) {
     const size_t hr = row_bytes(type, kHd);
-    k.resize(hr * kNkv * ctx);
-    v.resize(hr * kNkv * ctx);
+    k.resize(hr * nkv * ctx);
+    v.resize(hr * nkv * ctx);
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::vector<float> f(kHd);
-    for (int64_t h = 0; h < kNkv; ++h)
+    for (int64_t h = 0; h < nkv; ++h)
       for (int64_t p = 0; p < ctx; ++p)
         for (auto* buf : {&k, &v}) {
           for (auto& x : f) x = nd(rng);
           quantize_row_ref(type, f.data(), buf->data() + (h * ctx + p) * hr, kHd);
         }
-    kv = {type, k.data(), kNkv, kHd, hr, hr * ctx};
-    vv = {type, v.data(), kNkv, kHd, hr, hr * ctx};
+    kv = {type, k.data(), nkv, kHd, hr, hr * ctx};
+    vv = {type, v.data(), nkv, kHd, hr, hr * ctx};
   }
 };
 
@@ -68,6 +70,24 @@ void BM_AttentionDecode(benchmark::State& state, GgmlType type, bool cold) {
     benchmark::DoNotOptimize(out.data());
   }
   state.counters["KV_GBps"] = benchmark::Counter(static_cast<double>(one) / 1e9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// One KV head (4 query heads): without splitting the context one thread would do all the work;
+// the 4096-position segments let every thread read part of the cache.
+void BM_AttentionDecodeOneKvHead(benchmark::State& state) {
+  const int64_t ctx = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+  Cache c(ctx, GgmlType::F16, 1);
+  std::vector<float> q(4 * kHd), out(4 * kHd);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& x : q) x = nd(rng);
+  for (auto _ : state) {
+    attention_cpu(q.data(), 1, 4, kHd, c.kv, c.vv, ctx - 1, 0.088f, out.data(), threads);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["KV_GBps"] = benchmark::Counter(static_cast<double>(c.k.size() + c.v.size()) / 1e9,
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -97,6 +117,8 @@ BENCHMARK_CAPTURE(BM_AttentionDecode, f16_cold, GgmlType::F16, true)
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_AttentionDecode, q8_0_cold, GgmlType::Q8_0, true)
     ->ArgsProduct({{2048, 16384}, {1, 2}})->ArgNames({"ctx", "threads"})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionDecodeOneKvHead)->ArgsProduct({{16384}, {1, 2}})->ArgNames({"ctx", "threads"})
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AttentionPrefill)->ArgsProduct({{2048, 16384}, {1, 2}})->ArgNames({"ctx", "threads"})
     ->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -764,12 +764,25 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
   constexpr int64_t kTb = 16, kP = 64;
   constexpr int64_t kAhead = 8;  // prefetch distance (rows) of the f32-copy path
   const int64_t n_blocks = (T + kTb - 1) / kTb;
-  const int64_t n_tasks = n_blocks * nkv;
+  // One token over a long context: the positions in segments of kSeg, each a task with its own
+  // running max / sum / output, merged in segment order afterwards (flash-decoding), so that
+  // more threads than KV heads share the cache reads. The split depends on the context length
+  // only, never on the thread count.
+  constexpr int64_t kSeg = 4096;
+  const int64_t n_seg = T == 1 ? (n_past + 1 + kSeg - 1) / kSeg : 1;
+  const int64_t n_tasks = n_blocks * nkv * n_seg;
+  thread_local std::vector<float> parts;  // [nkv][n_seg][group] x (m, l, O[hd]) when n_seg > 1
+  if (n_seg > 1 && parts.size() < static_cast<size_t>(nkv * n_seg * group * (hd + 2)))
+    parts.resize(nkv * n_seg * group * (hd + 2));
+  float* const parts_base = parts.data();
   cpu_parallel_for(n_threads, n_tasks, [&](int64_t task) {
-    const int64_t blk = n_blocks - 1 - task / nkv, kvh = task % nkv;
+    const int64_t seg = task / (n_blocks * nkv), bt = task % (n_blocks * nkv);
+    const int64_t blk = n_blocks - 1 - bt / nkv, kvh = bt % nkv;
     const int64_t t0 = blk * kTb, tn = std::min(kTb, T - t0);
     const int64_t R = tn * group, Rp = (R + 3) / 4 * 4;
-    const int64_t n_ctx_blk = n_past + t0 + tn;  // context of the block's last token
+    const int64_t n_ctx_all = n_past + t0 + tn;  // context of the block's last token
+    const int64_t p_begin = seg * kSeg;
+    const int64_t n_ctx_blk = n_seg > 1 ? std::min(n_ctx_all, p_begin + kSeg) : n_ctx_all;
     thread_local std::vector<float> scratch;
     const size_t need = static_cast<size_t>(Rp * hd + Rp * kP + 2 * kP * hd + R * hd + 2 * R + 8);
     if (scratch.size() < need) scratch.resize(need);
@@ -793,7 +806,7 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
     std::fill(O, O + R * hd, 0.0f);
     std::fill(m, m + R, -INFINITY);
     std::fill(l, l + R, 0.0f);
-    for (int64_t pb = 0; pb < n_ctx_blk; pb += kP) {
+    for (int64_t pb = p_begin; pb < n_ctx_blk; pb += kP) {
       const int64_t np = std::min(kP, n_ctx_blk - pb);
       const int64_t npe = (np + 1) / 2 * 2;  // even: qk_rows4 takes positions in pairs
       // Decode (up to 4 rows, f16 cache): K and V read in place, once.
@@ -864,6 +877,15 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
       } else
         gemm_acc(R, hd, np, S, kP, Vb, hd, O, hd);
     }
+    if (n_seg > 1) {  // T == 1: R == group rows; keep this segment's state for the merge
+      for (int64_t r = 0; r < R; ++r) {
+        float* part = parts_base + ((kvh * n_seg + seg) * group + r) * (hd + 2);
+        part[0] = m[r];
+        part[1] = l[r];
+        std::memcpy(part + 2, O + r * hd, hd * 4);
+      }
+      return;
+    }
     for (int64_t r = 0; r < R; ++r) {
       const float inv = 1.0f / l[r];
       float* dst = out + ((t0 + r / group) * nh + kvh * group + r % group) * hd;
@@ -871,6 +893,25 @@ void attention_cpu(const float* q, int64_t T, int64_t nh, int64_t hd, const KvVi
       for (int64_t d = 0; d < hd; ++d) dst[d] = orow[d] * inv;
     }
   });
+  if (n_seg == 1) return;
+  // Merge the segments in order: max of the maxima, each segment's sum and output rescaled.
+  for (int64_t kvh = 0; kvh < nkv; ++kvh)
+    for (int64_t r = 0; r < group; ++r) {
+      const auto part = [&](int64_t sg) { return parts_base + ((kvh * n_seg + sg) * group + r) * (hd + 2); };
+      float mx = -INFINITY;
+      for (int64_t sg = 0; sg < n_seg; ++sg) mx = std::max(mx, part(sg)[0]);
+      float* dst = out + (kvh * group + r) * hd;
+      std::fill(dst, dst + hd, 0.0f);
+      float sum = 0.0f;
+      for (int64_t sg = 0; sg < n_seg; ++sg) {
+        const float* ps = part(sg);
+        const float w = std::exp(ps[0] - mx);
+        sum += ps[1] * w;
+        for (int64_t d = 0; d < hd; ++d) dst[d] += ps[2 + d] * w;
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t d = 0; d < hd; ++d) dst[d] *= inv;
+    }
 #endif
 }
 

@@ -388,6 +388,23 @@ TEST(Ops, AttentionCpuBlockedPrefillEqualsTokenByTokenBitwise) {
   }
 }
 
+// One token over a context longer than a 4096-position segment: the segments are tasks of their
+// own, merged afterwards; close to the reference, and the same bits for any thread count.
+TEST(Ops, AttentionCpuLongContextDecodeSegments) {
+  const int64_t nh = 8, nkv = 2, hd = 64, n_past = 9000, n_ctx = n_past + 1;
+  auto q = Rand(nh * hd, 40), kf = Rand(n_ctx * nkv * hd, 41), vf = Rand(n_ctx * nkv * hd, 42);
+  const GgmlType kt = GgmlType::F16;
+  auto kh = HeadMajor(ToKv(kf, kt), kt, n_ctx, nkv, hd, 3), vh = HeadMajor(ToKv(vf, kt), kt, n_ctx, nkv, hd, 3);
+  const size_t hr = row_bytes(kt, hd);
+  KvView k{kt, kh.data(), nkv, hd, hr, (n_ctx + 3) * hr}, v{kt, vh.data(), nkv, hd, hr, (n_ctx + 3) * hr};
+  std::vector<float> a(nh * hd), b1(a.size()), b3(a.size());
+  attention_ref(q.data(), 1, nh, hd, k, v, n_past, 0.125f, a.data());
+  attention_cpu(q.data(), 1, nh, hd, k, v, n_past, 0.125f, b1.data(), 1);
+  attention_cpu(q.data(), 1, nh, hd, k, v, n_past, 0.125f, b3.data(), 3);
+  EXPECT_LT(RelErr(b1, a), 1e-5);
+  EXPECT_EQ(0, std::memcmp(b1.data(), b3.data(), b1.size() * 4));
+}
+
 TEST(Ops, AttentionIsCausalAndGrouped) {
   // One query token at position 0 sees only cache position 0: output = v[0] of its KV head.
   const int64_t nh = 4, nkv = 2, hd = 8;
