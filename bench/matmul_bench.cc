@@ -110,23 +110,29 @@ void BM_MemRead(benchmark::State& state) {
   state.counters["GBps"] = benchmark::Counter(b.n / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// A rows x kCols matrix of type t: 64 quantised random rows, repeated (values do not matter
+// A rows x cols matrix of type t: 64 quantised random rows, repeated (values do not matter
 // for throughput; the bytes are real blocks with finite scales).
-struct BenchMatrix {
+struct RepeatedMatrix {
   WeightView view;
   Buffer buf;
-  BenchMatrix(GgmlType t, int64_t rows) : buf(row_bytes(t, kCols) * rows) {
-    const size_t rb = row_bytes(t, kCols);
+  RepeatedMatrix(GgmlType t, int64_t rows, int64_t cols, uint32_t seed)
+      : buf(row_bytes(t, cols) * rows) {
+    const size_t rb = row_bytes(t, cols);
     const int64_t seed_rows = 64;
-    std::vector<float> src(kCols * seed_rows);
-    std::mt19937 rng(1);
+    std::vector<float> src(cols * seed_rows);
+    std::mt19937 rng(seed);
     std::normal_distribution<float> nd(0.0f, 0.05f);
     for (auto& v : src) v = nd(rng);
     for (int64_t r = 0; r < seed_rows && r < rows; ++r)
-      quantize_row_ref(t, src.data() + r * kCols, buf.p + r * rb, kCols);
+      quantize_row_ref(t, src.data() + r * cols, buf.p + r * rb, cols);
     for (int64_t r = seed_rows; r < rows; ++r) std::memcpy(buf.p + r * rb, buf.p + (r % seed_rows) * rb, rb);
-    view.type = t; view.data = buf.p; view.cols = kCols; view.rows = rows; view.row_stride = rb;
+    view.type = t; view.data = buf.p; view.cols = cols; view.rows = rows; view.row_stride = rb;
   }
+};
+
+// A rows x kCols matrix.
+struct BenchMatrix : RepeatedMatrix {
+  BenchMatrix(GgmlType t, int64_t rows) : RepeatedMatrix(t, rows, kCols, 1) {}
 };
 
 void BM_Matvec(benchmark::State& state, GgmlType t) {
@@ -203,22 +209,9 @@ void BM_Prefill(benchmark::State& state, GgmlType t) {
   state.SetLabel(matmul_internal::using_avx2() ? "avx2" : "scalar");
 }
 
-// A stack of E experts' matrices (rows x cols each) of type t, filled like BenchMatrix.
-struct ExpertStack {
-  WeightView view;
-  Buffer buf;
-  ExpertStack(GgmlType t, int64_t E, int64_t rows, int64_t cols)
-      : buf(row_bytes(t, cols) * rows * E) {
-    const size_t rb = row_bytes(t, cols);
-    const int64_t seed_rows = 64;
-    std::vector<float> src(cols * seed_rows);
-    std::mt19937 rng(5);
-    std::normal_distribution<float> nd(0.0f, 0.05f);
-    for (auto& v : src) v = nd(rng);
-    for (int64_t r = 0; r < seed_rows; ++r) quantize_row_ref(t, src.data() + r * cols, buf.p + r * rb, cols);
-    for (int64_t r = seed_rows; r < rows * E; ++r) std::memcpy(buf.p + r * rb, buf.p + (r % seed_rows) * rb, rb);
-    view.type = t; view.data = buf.p; view.cols = cols; view.rows = rows * E; view.row_stride = rb;
-  }
+// A stack of E experts' matrices (rows x cols each) of type t, seen as rows * E rows.
+struct ExpertStack : RepeatedMatrix {
+  ExpertStack(GgmlType t, int64_t E, int64_t rows, int64_t cols) : RepeatedMatrix(t, rows * E, cols, 5) {}
 };
 
 void BM_MoeDecode(benchmark::State& state, bool batch) {

@@ -158,19 +158,21 @@ CmdResult RunCmd(const std::vector<std::string>& argv, const std::string& stdin_
   return r;
 }
 
-// The tiny random MoE model, made once per test process.
+// The tiny random MoE model at `quant`, made once per test process (the callers' statics).
+std::string MakeTinyModel(const std::string& quant, const std::string& file) {
+  const std::string p = ScratchDir() + "/" + file;
+  CmdResult r = RunCmd({kBinary, "make-model", "--arch", "qwen35moe", "--preset", "tiny",
+                        "--quant", quant, "--out", p, "--quiet"});
+  if (r.code != 0) {
+    std::fprintf(stderr, "make-model failed (%d): %s\n", r.code, r.err.c_str());
+    std::abort();
+  }
+  return p;
+}
+
 const std::string& TinyModel() {
-  static const std::string* path = [] {
-    auto* p = new std::string(ScratchDir() + "/tiny-q8_0.gguf");
-    CmdResult r = RunCmd({kBinary, "make-model", "--arch", "qwen35moe", "--preset", "tiny",
-                          "--quant", "Q8_0", "--out", *p, "--quiet"});
-    if (r.code != 0) {
-      std::fprintf(stderr, "make-model failed (%d): %s\n", r.code, r.err.c_str());
-      std::abort();
-    }
-    return p;
-  }();
-  return *path;
+  static const std::string path = MakeTinyModel("Q8_0", "tiny-q8_0.gguf");
+  return path;
 }
 
 // The same tiny MoE with F32 weights. Where a test compares two ways of computing one sequence
@@ -178,17 +180,8 @@ const std::string& TinyModel() {
 // delta rule rounds differently from the recurrence (~1e-7 relative); the Q8_0 model's q8
 // activation rounding turns such differences into other greedy ids, F32 weights keep them small.
 const std::string& TinyModelF32() {
-  static const std::string* path = [] {
-    auto* p = new std::string(ScratchDir() + "/tiny-f32.gguf");
-    CmdResult r = RunCmd({kBinary, "make-model", "--arch", "qwen35moe", "--preset", "tiny",
-                          "--quant", "F32", "--out", *p, "--quiet"});
-    if (r.code != 0) {
-      std::fprintf(stderr, "make-model failed (%d): %s\n", r.code, r.err.c_str());
-      std::abort();
-    }
-    return p;
-  }();
-  return *path;
+  static const std::string path = MakeTinyModel("F32", "tiny-f32.gguf");
+  return path;
 }
 
 // Offline greedy generation: `rigserve generate` (no EOG stop, exactly max_tokens ids).

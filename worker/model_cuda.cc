@@ -708,6 +708,17 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
   RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
   const bool greedy = ids != nullptr;
+  // Appends the n rows the LM head just wrote: argmax ids (greedy) or the logits.
+  auto fetch_rows = [&](int64_t n) -> absl::Status {
+    if (greedy) {
+      const size_t old = ids->size();
+      ids->resize(old + n);
+      return cuda::copy_to_host(ids->data() + old, d_argmax_, n * 4, stream_);
+    }
+    const size_t old = logits->size();
+    logits->resize(old + n * V);
+    return cuda::copy_to_host(logits->data() + old, F(o_logits_), n * V * 4, stream_);
+  };
   const int64_t n_rows = static_cast<int64_t>(rows.size());
   if (use_graphs_ && decode && n_rows <= kMaxLogitRows) {
     // Decode: the whole step (layers + LM head) as one CUDA graph per batch shape, i.e. per
@@ -763,15 +774,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     if (e != cudaSuccess)
       return absl::InternalError(absl::StrCat("cudaGraphLaunch: ", cudaGetErrorString(e)));
     if (n_rows > 0) {
-      if (greedy) {
-        const size_t old = ids->size();
-        ids->resize(old + n_rows);
-        RS_CU(cuda::copy_to_host(ids->data() + old, d_argmax_, n_rows * 4, stream_));
-      } else {
-        const size_t old = logits->size();
-        logits->resize(old + n_rows * V);
-        RS_CU(cuda::copy_to_host(logits->data() + old, F(o_logits_), n_rows * V * 4, stream_));
-      }
+      RS_CU(fetch_rows(n_rows));
     } else {
       RS_CU(cuda::synchronize(stream_));
     }
@@ -781,15 +784,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     for (size_t i0 = 0; i0 < rows.size(); i0 += kMaxLogitRows) {
       const int64_t n = std::min<int64_t>(kMaxLogitRows, static_cast<int64_t>(rows.size() - i0));
       RS_CU(Head(rows, i0, n, greedy));
-      if (greedy) {
-        const size_t old = ids->size();
-        ids->resize(old + n);
-        RS_CU(cuda::copy_to_host(ids->data() + old, d_argmax_, n * 4, stream_));
-      } else {
-        const size_t old = logits->size();
-        logits->resize(old + n * V);
-        RS_CU(cuda::copy_to_host(logits->data() + old, F(o_logits_), n * V * 4, stream_));
-      }
+      RS_CU(fetch_rows(n));
     }
     if (rows.empty()) RS_CU(cuda::synchronize(stream_));
   }
