@@ -145,4 +145,12 @@ struct SamplerScratch {
 SampleResult sample_cpu(const float* logits, int64_t vocab, const SamplerParams& p,
                         const TokenCounts& counts, uint64_t step, SamplerScratch* scratch);
 
+// What one row of a batch is sampled with (the model's batched sampling entry points and the
+// GPU sampler take one per row). params == nullptr: the row is not sampled.
+struct SampleRequest {
+  const SamplerParams* params = nullptr;
+  const TokenCounts* counts = nullptr;  // may be null: no history
+  uint64_t step = 0;                    // keys the draw, as sample_cpu's `step`
+};
+
 }  // namespace rs

@@ -314,6 +314,50 @@ TEST_P(ModelSpecs, ForwardGreedyIsArgmaxOfMaskedLogits) {
   EXPECT_EQ(s2->n_past, 9);
 }
 
+// ForwardSample: per item the token sample_cpu draws from Forward's masked last row; items
+// without params get -1; all_logits items and bad params are refused.
+TEST_P(ModelSpecs, ForwardSampleIsSampleCpuOfMaskedLogits) {
+  auto m = Load(Tiny(GetParam()), Backend::kCpu);
+  const int64_t V = m->config().n_vocab;
+  const std::vector<int32_t> p = Prompt(9, 3, static_cast<int>(V));
+  SamplerParams sp;
+  sp.temperature = 0.8f;
+  sp.top_k = 20;
+  sp.top_p = 0.9f;
+  sp.presence_penalty = 0.5f;
+  sp.seed = 42;
+  TokenCounts counts;
+  counts.AddPrompt(p);
+  auto a1 = m->NewSequence(), a2 = m->NewSequence(), a3 = m->NewSequence();
+  auto b1 = m->NewSequence(), b2 = m->NewSequence(), b3 = m->NewSequence();
+  StepItem a[3] = {{a1.get(), p.data(), 9, false}, {a2.get(), p.data(), 5, false},
+                   {a3.get(), p.data(), 7, false}};
+  StepItem b[3] = {{b1.get(), p.data(), 9, false}, {b2.get(), p.data(), 5, false},
+                   {b3.get(), p.data(), 7, false}};
+  std::vector<float> logits;
+  ASSERT_TRUE(m->Forward(a, &logits).ok());
+  const SampleRequest reqs[3] = {{&sp, &counts, 3}, {nullptr, nullptr, 0}, {&sp, nullptr, 8}};
+  std::vector<SampleResult> out;
+  ASSERT_TRUE(m->ForwardSample(b, reqs, &out).ok());
+  ASSERT_EQ(out.size(), 3u);
+  SamplerScratch sc;
+  const TokenCounts none;
+  m->MaskUnused(logits.data(), 3);
+  EXPECT_EQ(out[0].token, sample_cpu(logits.data(), V, sp, counts, 3, &sc).token);
+  EXPECT_EQ(out[1].token, -1);
+  EXPECT_EQ(out[2].token, sample_cpu(logits.data() + 2 * V, V, sp, none, 8, &sc).token);
+  EXPECT_EQ(b3->n_past, 7);
+
+  StepItem all{b1.get(), p.data(), 2, true};
+  EXPECT_FALSE(m->ForwardSample({&all, 1}, {reqs, 1}, &out).ok());
+  SamplerParams bad = sp;
+  bad.top_p = 0.0f;
+  const SampleRequest bad_req{&bad, nullptr, 0};
+  const absl::Status st = m->ForwardSample({&b[0], 1}, {&bad_req, 1}, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(std::string(st.message()).find("top_p"), std::string::npos) << st;
+}
+
 }  // namespace
 }  // namespace rs
 

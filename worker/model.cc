@@ -552,6 +552,50 @@ absl::Status Model::ForwardGreedy(absl::Span<const StepItem> batch, std::vector<
   return absl::OkStatus();
 }
 
+absl::Status Model::ForwardSample(absl::Span<const StepItem> batch,
+                                  absl::Span<const SampleRequest> reqs,
+                                  std::vector<SampleResult>* out) {
+  if (reqs.size() != batch.size())
+    return absl::InvalidArgumentError(absl::StrCat("ForwardSample: ", reqs.size(),
+                                                   " requests for ", batch.size(), " items"));
+  bool logprobs = false;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].all_logits)
+      return absl::InvalidArgumentError(
+          absl::StrCat("ForwardSample: item ", i, " asks for all logits"));
+    if (reqs[i].params) {
+      const std::string err = validate_sampler_params(*reqs[i].params, cfg_.n_vocab);
+      if (!err.empty()) return absl::InvalidArgumentError(err);
+      logprobs = logprobs || reqs[i].params->top_logprobs >= 0;
+    }
+  }
+  out->assign(batch.size(), SampleResult{});
+  if (cuda_ && !logprobs) {
+    if (auto st = CheckBatch(batch); !st.ok()) return st;
+    std::vector<int32_t> ids;
+    if (auto st = cuda_->ForwardSample(batch, reqs, &ids); !st.ok()) return st;
+    if (ids.size() != batch.size())
+      return absl::InternalError(absl::StrCat("ForwardSample: ", ids.size(), " ids for ",
+                                              batch.size(), " items"));
+    for (size_t i = 0; i < batch.size(); ++i) (*out)[i].token = reqs[i].params ? ids[i] : -1;
+    return absl::OkStatus();
+  }
+  if (auto st = Forward(batch, &sample_logits_); !st.ok()) return st;
+  const int64_t V = cfg_.n_vocab;
+  static const TokenCounts kNoHistory;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!reqs[i].params) {
+      (*out)[i].token = -1;
+      continue;
+    }
+    float* x = sample_logits_.data() + static_cast<int64_t>(i) * V;
+    MaskUnused(x, 1);
+    (*out)[i] = sample_cpu(x, V, *reqs[i].params, reqs[i].counts ? *reqs[i].counts : kNoHistory,
+                           reqs[i].step, &sampler_scratch_);
+  }
+  return absl::OkStatus();
+}
+
 void Model::set_cuda_graphs(bool on) {
   if (cuda_) cuda_->SetGraphs(on);
 }

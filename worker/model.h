@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/matmul.h"
+#include "kernels/sampler.h"
 #include "parallel/communicator.h"
 #include "parallel/moe_dispatch.h"
 #include "worker/gguf.h"
@@ -126,6 +127,14 @@ class Model {
   // Greedy: the argmax of each logits row of Forward (unused ids never chosen), and nothing
   // else. On the CUDA backend the logits stay on the device.
   absl::Status ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids);
+  // Sampling: one token per item (no item may ask for all_logits) from its last logits row, by
+  // the pipeline of kernels/sampler.h with the unused ids masked; reqs[i] is item i's (params
+  // == nullptr: not sampled, result token -1). CPU: Forward + sample_cpu. CUDA: the logits stay
+  // on the device (kernels/cuda/cuda_sampler.h) unless a request asks for logprobs, which are
+  // then computed on the host as on the CPU.
+  absl::Status ForwardSample(absl::Span<const StepItem> batch,
+                             absl::Span<const SampleRequest> reqs,
+                             std::vector<SampleResult>* out);
   // CUDA backend: capture decode steps as CUDA graphs (default) or launch every kernel.
   void set_cuda_graphs(bool on);
 
@@ -207,6 +216,8 @@ class Model {
   std::vector<int64_t> attn_index_, dn_index_;  // layer -> index in SeqState::kv / conv
   std::vector<int32_t> unused_tokens_;
   std::unique_ptr<Workspace> ws_;
+  std::vector<float> sample_logits_;
+  SamplerScratch sampler_scratch_;
   std::unique_ptr<ExpertExecutor> local_experts_;
   ExpertExecutor* experts_ = nullptr;
   std::unique_ptr<class CudaBackend> cuda_;

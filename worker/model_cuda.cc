@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model&) {
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/cuda_glue.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_sampler.h"
 
 namespace rs {
 
@@ -99,6 +100,15 @@ class CudaModel : public CudaBackend {
   absl::Status ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids) override {
     return Run(batch, nullptr, ids);
   }
+  absl::Status ForwardSample(absl::Span<const StepItem> batch,
+                             absl::Span<const SampleRequest> reqs,
+                             std::vector<int32_t>* ids) override {
+    sample_reqs_ = reqs;
+    sample_next_ = 0;
+    absl::Status st = Run(batch, nullptr, ids);
+    sample_reqs_ = {};
+    return st;
+  }
   void SetGraphs(bool on) override { use_graphs_ = on; }
 
   // Layout of a sequence's device buffer.
@@ -136,7 +146,9 @@ class CudaModel : public CudaBackend {
   absl::Status Step(const std::vector<Piece>& pieces, std::vector<float>* logits,
                     std::vector<int32_t>* ids);
   absl::Status Layers(const std::vector<Piece>& ps, int64_t N, bool graph);
-  absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, bool greedy);
+  // What the LM head leaves: logits, an argmax per row, or masked logits for the sampler.
+  enum class HeadMode : int { kLogits = 0, kGreedy = 1, kSample = 2 };
+  absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, HeadMode mode);
   void DropGraphs();
   // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
   absl::Status Mm(const WeightView& w, const float* x, int64_t n, float* y);
@@ -177,6 +189,10 @@ class CudaModel : public CudaBackend {
   int32_t* d_unused_ = nullptr;
   int64_t n_unused_ = 0;
   int32_t* d_argmax_ = nullptr;
+  // ForwardSample: the requests of the rows (in row order) and the next one to use.
+  absl::Span<const SampleRequest> sample_reqs_;
+  size_t sample_next_ = 0;
+  cuda::DeviceSampler sampler_;
   bool use_graphs_ = true;
   std::map<std::vector<uintptr_t>, void*> graphs_;  // batch shape -> cudaGraphExec_t
 };
@@ -660,21 +676,20 @@ absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool gra
   return absl::OkStatus();
 }
 
-// Final norm + LM head for rows[i0, i0 + n) of the hidden states into the logits buffer; with
-// `greedy` also the unused ids masked and each row's argmax into d_argmax_.
+// Final norm + LM head for rows[i0, i0 + n) of the hidden states into the logits buffer; for
+// kGreedy and kSample also the unused ids masked, for kGreedy each row's argmax into d_argmax_.
 absl::Status CudaModel::Head(const std::vector<int64_t>& rows, size_t i0, int64_t n,
-                             bool greedy) {
+                             HeadMode mode) {
   const int64_t H = c_.n_embd;
   float* a = F(o_a_);
   for (int64_t i = 0; i < n; ++i)
     RS_CU(cuda::copy_device(a + i * H, F(o_hidden_) + rows[i0 + i] * H, H * 4, stream_));
   RS_CU(cuda::rms_norm(a, output_norm_, n, H, c_.eps, a, stream_));
   RS_CU(Mm(output_, a, n, F(o_logits_)));
-  if (greedy) {
-    if (n_unused_ > 0)
-      RS_CU(cuda::mask_ids(F(o_logits_), n, c_.n_vocab, d_unused_, n_unused_, stream_));
+  if (mode != HeadMode::kLogits && n_unused_ > 0)
+    RS_CU(cuda::mask_ids(F(o_logits_), n, c_.n_vocab, d_unused_, n_unused_, stream_));
+  if (mode == HeadMode::kGreedy)
     RS_CU(cuda::argmax_rows(F(o_logits_), n, c_.n_vocab, d_argmax_, stream_));
-  }
   return absl::OkStatus();
 }
 
@@ -707,10 +722,23 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
   }
   RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
-  const bool greedy = ids != nullptr;
-  // Appends the n rows the LM head just wrote: argmax ids (greedy) or the logits.
+  const HeadMode mode = ids == nullptr          ? HeadMode::kLogits
+                        : sample_reqs_.empty() ? HeadMode::kGreedy
+                                               : HeadMode::kSample;
+  // Appends the n rows the LM head just wrote: argmax ids (greedy), sampled ids, or the logits.
   auto fetch_rows = [&](int64_t n) -> absl::Status {
-    if (greedy) {
+    if (mode == HeadMode::kSample) {
+      if (sample_next_ + n > sample_reqs_.size())
+        return absl::InternalError("cuda: more logits rows than sampling requests");
+      const size_t old = ids->size();
+      ids->resize(old + n);
+      const absl::Status st =
+          sampler_.Sample(F(o_logits_), V, V, sample_reqs_.subspan(sample_next_, n),
+                          ids->data() + old, stream_);
+      sample_next_ += n;
+      return st;
+    }
+    if (mode == HeadMode::kGreedy) {
       const size_t old = ids->size();
       ids->resize(old + n);
       return cuda::copy_to_host(ids->data() + old, d_argmax_, n * 4, stream_);
@@ -725,7 +753,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     // ordered set of sequence buffers. The launches depend on the positions only through
     // d_pos_ (KV stores and attention read it on the device), and attention is split for each
     // sequence's capacity, so the same graph replays at every length.
-    std::vector<uintptr_t> key = {static_cast<uintptr_t>(greedy),
+    std::vector<uintptr_t> key = {static_cast<uintptr_t>(mode),
                                   reinterpret_cast<uintptr_t>(attn_ws_.get())};
     size_t need = 0;
     for (const Piece& p : ps) {
@@ -753,7 +781,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
       if (e != cudaSuccess)
         return absl::InternalError(absl::StrCat("cudaStreamBeginCapture: ", cudaGetErrorString(e)));
       absl::Status st = Layers(ps, N, /*graph=*/true);
-      if (st.ok() && n_rows > 0) st = Head(rows, 0, n_rows, greedy);
+      if (st.ok() && n_rows > 0) st = Head(rows, 0, n_rows, mode);
       cudaGraph_t g = nullptr;
       e = cudaStreamEndCapture(cs, &g);
       if (!st.ok()) {
@@ -783,7 +811,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     // Logits of the wanted rows, at most kMaxLogitRows per LM-head launch.
     for (size_t i0 = 0; i0 < rows.size(); i0 += kMaxLogitRows) {
       const int64_t n = std::min<int64_t>(kMaxLogitRows, static_cast<int64_t>(rows.size() - i0));
-      RS_CU(Head(rows, i0, n, greedy));
+      RS_CU(Head(rows, i0, n, mode));
       RS_CU(fetch_rows(n));
     }
     if (rows.empty()) RS_CU(cuda::synchronize(stream_));

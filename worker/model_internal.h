@@ -56,6 +56,11 @@ class CudaBackend {
   // As Forward, but only each logits row's argmax (unused ids masked) comes back to the host.
   virtual absl::Status ForwardGreedy(absl::Span<const StepItem> batch,
                                      std::vector<int32_t>* ids) = 0;
+  // As ForwardGreedy, but each row sampled on the device by its request (reqs: one per row, in
+  // row order; no logprobs).
+  virtual absl::Status ForwardSample(absl::Span<const StepItem> batch,
+                                     absl::Span<const SampleRequest> reqs,
+                                     std::vector<int32_t>* ids) = 0;
   // Decode steps as CUDA graphs (on by default; off: every kernel launched each step).
   virtual void SetGraphs(bool on) = 0;
 };

@@ -90,15 +90,28 @@ absl::StatusOr<std::vector<SeqOutput>> StepExecutor::Execute(const StepRequest& 
   }
   std::vector<SeqOutput> out;
   if (items.empty()) return out;
-  if (comm_) {
-    if (auto st = model_->ForwardDistributed(items, comm_.get(), placement_, &logits_); !st.ok()) return st;
-    if (!last_stage()) {
-      for (size_t i = 0; i < req.seqs.size(); ++i)
-        if (req.seqs[i].sample) ++seqs[i]->n_output;
-      return out;
+  if (!comm_) {
+    // One model call samples every row (on the GPU for the cuda backend).
+    std::vector<SampleRequest> reqs(req.seqs.size());
+    for (size_t i = 0; i < req.seqs.size(); ++i)
+      if (req.seqs[i].sample)
+        reqs[i] = {&seqs[i]->sampling, &seqs[i]->counts, static_cast<uint64_t>(seqs[i]->n_output)};
+    if (auto st = model_->ForwardSample(items, reqs, &sampled_); !st.ok()) return st;
+    for (size_t i = 0; i < req.seqs.size(); ++i) {
+      if (!req.seqs[i].sample) continue;
+      ++seqs[i]->n_output;
+      out.push_back({req.seqs[i].seq_id, sampled_[i].token, sampled_[i].logprob,
+                     std::move(sampled_[i].top)});
     }
-  } else if (auto st = model_->Forward(items, &logits_); !st.ok()) {
+    return out;
+  }
+  // Distributed: the last stage samples from the logits ForwardDistributed leaves it.
+  if (auto st = model_->ForwardDistributed(items, comm_.get(), placement_, &logits_); !st.ok())
     return st;
+  if (!last_stage()) {
+    for (size_t i = 0; i < req.seqs.size(); ++i)
+      if (req.seqs[i].sample) ++seqs[i]->n_output;
+    return out;
   }
   const int64_t V = model_->config().n_vocab;
   for (size_t i = 0; i < req.seqs.size(); ++i) {

@@ -75,6 +75,7 @@ class StepExecutor {
   Model::Placement placement_;
   SamplerScratch scratch_;
   std::vector<float> logits_;
+  std::vector<SampleResult> sampled_;
 };
 
 }  // namespace rs

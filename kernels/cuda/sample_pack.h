@@ -12,11 +12,7 @@
 
 namespace rs::cuda::sampling {
 
-struct RowRequest {
-  const SamplerParams* params = nullptr;
-  const TokenCounts* counts = nullptr;  // may be null: no history
-  uint64_t step = 0;                    // keys the draw, as sample_cpu's `step`
-};
+// A row without params is sampled greedily (the caller ignores its id).
 
 struct Packed {
   std::vector<RowParams> rows;
@@ -24,12 +20,13 @@ struct Packed {
   std::vector<BiasEntry> biases;
 };
 
-inline void pack_rows(std::span<const RowRequest> reqs, Packed* out) {
+inline void pack_rows(std::span<const SampleRequest> reqs, Packed* out) {
+  static const SamplerParams kGreedy{.temperature = 0.0f};
   out->rows.clear();
   out->pens.clear();
   out->biases.clear();
-  for (const RowRequest& r : reqs) {
-    const SamplerParams& p = *r.params;
+  for (const SampleRequest& r : reqs) {
+    const SamplerParams& p = r.params ? *r.params : kGreedy;
     RowParams rp{};
     rp.temperature = p.temperature;
     rp.top_k = p.top_k;
@@ -41,7 +38,7 @@ inline void pack_rows(std::span<const RowRequest> reqs, Packed* out) {
     rp.pen_begin = static_cast<int32_t>(out->pens.size());
     const bool penalised =
         p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f || p.repetition_penalty != 1.0f;
-    if (r.counts && penalised)
+    if (r.params && r.counts && penalised)
       for (const TokenCounts::Entry& e : r.counts->entries())
         out->pens.push_back({e.token, e.in_prompt ? 1 : 0, e.output_count});
     rp.pen_end = static_cast<int32_t>(out->pens.size());

@@ -302,6 +302,56 @@ TEST_P(CudaModelTest, GraphsAndGreedy) {
   EXPECT_EQ(s3->n_past, 29);
 }
 
+// ForwardSample on the device (penalties, top-k, top-p, the draw on the GPU) picks the token
+// sample_cpu picks from the same step's logits, with and without graphs, several rows a step.
+TEST_P(CudaModelTest, SamplingOnTheDevice) {
+  const std::vector<int32_t> prompt = Prompt(17, V_, 8);
+  SamplerParams sp[3];
+  sp[0].temperature = 0.7f;
+  sp[0].top_k = 40;
+  sp[1].temperature = 1.1f;
+  sp[1].top_p = 0.9f;
+  sp[1].frequency_penalty = 0.8f;
+  sp[1].repetition_penalty = 1.2f;
+  sp[2].temperature = 0.0f;  // greedy rows mix with sampled ones
+  sp[2].presence_penalty = 1.5f;
+  for (int i = 0; i < 3; ++i) sp[i].seed = 100 + i;
+  std::unique_ptr<SeqState> a[3], b[3];
+  TokenCounts counts[3];
+  for (int i = 0; i < 3; ++i) {
+    a[i] = gpu_->NewSequence();
+    b[i] = gpu_->NewSequence();
+    counts[i].AddPrompt(prompt);
+  }
+  std::vector<float> logits;
+  std::vector<SampleResult> out;
+  SamplerScratch sc;
+  int32_t tok[3] = {prompt[0], prompt[1], prompt[2]};
+  for (int step = 0; step < 8; ++step) {
+    gpu_->set_cuda_graphs(step % 2 == 0);
+    StepItem ia[3], ib[3];
+    SampleRequest reqs[3];
+    for (int i = 0; i < 3; ++i) {
+      const int32_t* t = step == 0 ? prompt.data() : &tok[i];
+      const int64_t n = step == 0 ? 17 - i : 1;
+      ia[i] = {a[i].get(), t, n, false};
+      ib[i] = {b[i].get(), t, n, false};
+      reqs[i] = {&sp[i], &counts[i], static_cast<uint64_t>(step)};
+    }
+    ASSERT_TRUE(gpu_->Forward(ia, &logits).ok());
+    auto st = gpu_->ForwardSample(ib, reqs, &out);
+    ASSERT_TRUE(st.ok()) << st;
+    gpu_->MaskUnused(logits.data(), 3);
+    for (int i = 0; i < 3; ++i) {
+      const int32_t want = sample_cpu(logits.data() + i * V_, V_, sp[i], counts[i],
+                                      static_cast<uint64_t>(step), &sc).token;
+      EXPECT_EQ(out[i].token, want) << "step " << step << " row " << i;
+      tok[i] = want;
+      counts[i].AddOutput(want);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaModelTest,
                          ::testing::Values("dense-tiny:F32", "moe-tiny:F32", "dense-tiny:Q4_K_M",
                                            "moe-tiny:Q4_K_M", "moe-tiny:Q8_0", "dense-tiny:Q6_K",

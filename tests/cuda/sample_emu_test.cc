@@ -18,7 +18,7 @@ using testing_sample::Case;
 std::vector<int32_t> run_emulated(std::vector<Case>& cases) {
   const int64_t V = cases[0].vocab;
   std::vector<float> x;
-  std::vector<RowRequest> reqs;
+  std::vector<SampleRequest> reqs;
   for (Case& c : cases) {
     x.insert(x.end(), c.logits.begin(), c.logits.end());
     reqs.push_back({&c.params, &c.counts, c.step});
