@@ -66,6 +66,7 @@ struct Row {
   std::string model;
   double weights_gb = 0, mb_per_tok = 0, load_s = 0;
   double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, decode_nograph = 0, frac = 0;
+  double decode_unfused = 0, decode_sampled = 0;
   std::vector<std::pair<int, double>> batch;
 };
 
@@ -105,7 +106,7 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
     const double sec = Prefill(model, s.get(), Ids(512, V, 3));
     r.prefill512 = 512 / sec;
   }
-  auto s = model.NewSequence(ctx + 2 * (n_decode + 3) + 16);
+  auto s = model.NewSequence(ctx + 4 * (n_decode + 3) + 16);
   {
     const double sec = Prefill(model, s.get(), Ids(ctx, V, 4));
     r.prefill_ctx = ctx / sec;
@@ -130,6 +131,38 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       (graphs ? r.decode : r.decode_nograph) = 1.0 / sec;
     }
     r.frac = r.mb_per_tok * 1e6 * r.decode / (bw * 1e9);
+    // The same with graphs but the DeltaNet layers as separate kernels (the fused kernel's gain),
+    // and with a sampled (not greedy) token: top-k 40, top-p 0.95, penalties, on the device.
+    auto timed = [&](auto&& step) {
+      for (int i = 0; i < 3; ++i) step();
+      const double t1 = Now();
+      for (int i = 0; i < n_decode; ++i) step();
+      return n_decode / (Now() - t1);
+    };
+    model.set_cuda_fused_deltanet(false);
+    r.decode_unfused = timed([&] {
+      StepItem it{s.get(), &tok, 1, false};
+      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
+      tok = ids[0];
+    });
+    model.set_cuda_fused_deltanet(true);
+    SamplerParams sp;
+    sp.temperature = 0.8f;
+    sp.top_k = 40;
+    sp.top_p = 0.95f;
+    sp.presence_penalty = 0.5f;
+    sp.frequency_penalty = 0.3f;
+    sp.seed = 7;
+    TokenCounts counts;
+    uint64_t step_no = 0;
+    std::vector<SampleResult> sampled;
+    r.decode_sampled = timed([&] {
+      StepItem it{s.get(), &tok, 1, false};
+      const SampleRequest req{&sp, &counts, step_no++};
+      if (auto st = model.ForwardSample({&it, 1}, {&req, 1}, &sampled); !st.ok()) Die("sample", st);
+      tok = sampled[0].token;
+      counts.AddOutput(tok);
+    });
   }
   s.reset();
   std::printf("[%s] prefill 512: %.0f tok/s; prefill %lld: %.0f tok/s; decode at %lld: %.1f tok/s "
@@ -137,6 +170,9 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
               spec.c_str(), r.prefill512, static_cast<long long>(ctx), r.prefill_ctx,
               static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
               bw, r.decode_nograph);
+  std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; sampled on the GPU "
+              "(top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
+              spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_sampled);
   std::fflush(stdout);
   if (do8k) {
     auto s8 = model.NewSequence(8192);

@@ -137,6 +137,9 @@ class Model {
                              std::vector<SampleResult>* out);
   // CUDA backend: capture decode steps as CUDA graphs (default) or launch every kernel.
   void set_cuda_graphs(bool on);
+  // CUDA backend: decode steps run each DeltaNet layer as one fused kernel (default) or as the
+  // separate conv / norm / gate / delta-rule / gated-norm kernels of prefill (for comparison).
+  void set_cuda_fused_deltanet(bool on);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
   void Embed(absl::Span<const StepItem> batch, float* hidden) const;

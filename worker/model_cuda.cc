@@ -110,6 +110,11 @@ class CudaModel : public CudaBackend {
     return st;
   }
   void SetGraphs(bool on) override { use_graphs_ = on; }
+  void SetFusedDeltaNet(bool on) override {
+    if (on == fused_dn_on_) return;
+    fused_dn_on_ = on;
+    DropGraphs();  // captured with the other path
+  }
 
   // Layout of a sequence's device buffer.
   size_t state_bytes() const { return state_bytes_; }
@@ -182,6 +187,10 @@ class CudaModel : public CudaBackend {
   size_t o_hidden_ = 0, o_a_ = 0, o_m_ = 0, o_x1_ = 0, o_x2_ = 0, o_x3_ = 0, o_x4_ = 0,
          o_x5_ = 0, o_x6_ = 0, o_x7_ = 0, o_x8_ = 0, o_x9_ = 0, o_logits_ = 0;
   int32_t* d_tokens_ = nullptr;
+  uint8_t** d_seq_base_ = nullptr;  // decode steps: each piece's state buffer
+  bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
+  bool fused_dn_on_ = true;         // ... and is used (SetFusedDeltaNet)
+  bool decode_step_ = false;        // the current step is all single tokens
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
   float* d_w_ = nullptr;
@@ -393,7 +402,8 @@ absl::Status CudaModel::Init() {
   auto act = cuda::DeviceBuffer::alloc(cuda::act_q8_bytes(max_cols, std::max<int64_t>(N * k, 8)));
   if (!act.ok()) return act.status();
   act_ws_ = std::move(*act);
-  auto tok = cuda::DeviceBuffer::alloc(Align256(N * 4) + Align256(N * 8) + 2 * Align256(N * k * 4));
+  auto tok = cuda::DeviceBuffer::alloc(Align256(N * 4) + Align256(N * 8) + 2 * Align256(N * k * 4) +
+                                       Align256(N * 8));
   if (!tok.ok()) return tok.status();
   tok_ws_ = std::move(*tok);
   uint8_t* t = static_cast<uint8_t*>(tok_ws_.get());
@@ -401,6 +411,14 @@ absl::Status CudaModel::Init() {
   d_pos_ = reinterpret_cast<int64_t*>(t + Align256(N * 4));
   d_ids_ = reinterpret_cast<int32_t*>(t + Align256(N * 4) + Align256(N * 8));
   d_w_ = reinterpret_cast<float*>(t + Align256(N * 4) + Align256(N * 8) + Align256(N * k * 4));
+  d_seq_base_ = reinterpret_cast<uint8_t**>(t + Align256(N * 4) + Align256(N * 8) +
+                                            2 * Align256(N * k * 4));
+  {
+    // The fused DeltaNet decode kernel covers these head shapes (cuda_glue.h dn_decode).
+    const int64_t P = c_.dv >= 1 && c_.dv <= cuda::dn::kDecodeThreads ? cuda::dn::kDecodeThreads / c_.dv : 0;
+    fused_dn_ = n_dn_ > 0 && P > 0 && c_.Hv % c_.Hk == 0 &&
+                (c_.dk + P - 1) / P <= cuda::dn::kDecodeMaxRows;
+  }
   {
     const auto& unused = m_.unused_token_ids();
     n_unused_ = static_cast<int64_t>(unused.size());
@@ -561,6 +579,32 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
   float* beta = g + N * Hv;
   float* o = F(o_x9_);
   RS_CU(MmGroup(a, N, H, {{&L.qkv, u}, {&L.gate, z}, {&L.beta, b}, {&L.alpha, al}}));
+  if (decode_step_ && fused_dn_ && fused_dn_on_) {
+    // One token per sequence: conv, norms, gates, state update, readout and gated norm in one
+    // kernel over all sequences.
+    cuda::dn::DecodeArgs da;
+    da.Hk = Hk;
+    da.Hv = Hv;
+    da.dk = dk;
+    da.dv = dv;
+    da.K = c_.conv_kernel;
+    da.u = u;
+    da.z = z;
+    da.b = b;
+    da.al = al;
+    da.conv_w = L.conv1d;
+    da.ssm_a = L.ssm_a;
+    da.dt_bias = L.dt_bias;
+    da.norm_w = L.ssm_norm;
+    da.q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
+    da.eps = c_.eps;
+    da.seq_base = d_seq_base_;
+    da.conv_off = static_cast<size_t>(di) * conv_bytes_;
+    da.ssm_off = static_cast<size_t>(n_dn_) * conv_bytes_ + static_cast<size_t>(di) * ssm_bytes_;
+    da.y = y;
+    RS_CU(cuda::dn_decode(da, N, stream_));
+    return Mm(L.ssm_out, y, N, F(o_m_));
+  }
   RS_CU(cuda::dn_gates(b, al, L.ssm_a, L.dt_bias, N, Hv, g, beta, stream_));
   int64_t r0 = 0;
   for (const Piece& p : ps) {
@@ -721,6 +765,13 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     N += p.n;
   }
   RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
+  decode_step_ = decode;
+  if (decode && fused_dn_ && fused_dn_on_) {
+    std::vector<uint8_t*> bases;
+    for (const Piece& p : ps)
+      bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
+    RS_CU(cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_));
+  }
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
   const HeadMode mode = ids == nullptr          ? HeadMode::kLogits
                         : sample_reqs_.empty() ? HeadMode::kGreedy

@@ -63,6 +63,8 @@ class CudaBackend {
                                      std::vector<int32_t>* ids) = 0;
   // Decode steps as CUDA graphs (on by default; off: every kernel launched each step).
   virtual void SetGraphs(bool on) = 0;
+  // Decode: the fused DeltaNet kernel (default) or the separate kernels.
+  virtual void SetFusedDeltaNet(bool on) = 0;
 };
 absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m);
 

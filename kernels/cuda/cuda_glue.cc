@@ -24,6 +24,23 @@ absl::Status bad(const char* what, int64_t a, int64_t b) {
 
 }  // namespace
 
+namespace dn {
+cudaError_t launch_dn_decode(const DecodeArgs& a, int64_t B, cudaStream_t s);
+}  // namespace dn
+
+absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {
+  if (B < 0 || a.Hk < 1 || a.Hv < a.Hk || a.Hv % a.Hk != 0 || a.K < 1)
+    return absl::InvalidArgumentError(absl::StrCat("dn_decode: bad shape: B ", B, ", Hk ", a.Hk,
+                                                   ", Hv ", a.Hv, ", K ", a.K));
+  if (a.dv < 1 || a.dv > dn::kDecodeThreads || a.dk < 1 ||
+      (a.dk + dn::kDecodeThreads / a.dv - 1) / (dn::kDecodeThreads / a.dv) > dn::kDecodeMaxRows)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dn_decode: head dims dk ", a.dk, ", dv ", a.dv, " exceed the kernel's tile (dv <= ",
+        dn::kDecodeThreads, ", dk <= ", dn::kDecodeMaxRows, " * ", dn::kDecodeThreads,
+        " / dv)"));
+  return st("dn_decode", dn::launch_dn_decode(a, B, as_stream(s)));
+}
+
 absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s) {
   if (n < 0) return bad("add_inplace", n, 0);
   return st("add_inplace", glue::launch_add(y, x, n, as_stream(s)));

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/dn_decode_types.h"
 #include "kernels/formats.h"
 
 namespace rs::cuda {
@@ -48,6 +49,11 @@ absl::Status add_rms_norm(float* hidden, const float* m, const float* w, int64_t
 // [n_tok][VD]. VD must be a multiple of Hk.
 absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
                      float q_scale, float* q, float* k, float* v, Stream s = nullptr);
+// The DeltaNet decode step of one layer for B sequences of one token each, in one kernel
+// (kernels/cuda/dn_decode_kernel.cuh: conv update + SiLU, L2 norms, gates, state update and
+// readout, gated RMSNorm; a.y gets the input of ssm_out). a.seq_base is a device array of B
+// state buffers. Refuses head shapes the kernel does not cover, naming them.
+absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s = nullptr);
 // ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                          Stream s = nullptr);

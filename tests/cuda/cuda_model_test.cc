@@ -302,6 +302,32 @@ TEST_P(CudaModelTest, GraphsAndGreedy) {
   EXPECT_EQ(s3->n_past, 29);
 }
 
+// Decode steps with the fused DeltaNet kernel equal the same steps through the separate
+// kernels (both carry the state the other leaves), with and without graphs.
+TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
+  const std::vector<int32_t> prompt = Prompt(19, V_, 4);
+  auto s1 = gpu_->NewSequence(), s2 = gpu_->NewSequence();
+  std::vector<float> l1, l2;
+  for (SeqState* s : {s1.get(), s2.get()}) {
+    StepItem it{s, prompt.data(), 19, false};
+    ASSERT_TRUE(gpu_->Forward({&it, 1}, &l1).ok());
+  }
+  int32_t tok = 3;
+  for (int step = 0; step < 6; ++step) {
+    gpu_->set_cuda_graphs(step % 3 != 0);
+    StepItem a{s1.get(), &tok, 1, false}, b{s2.get(), &tok, 1, false};
+    gpu_->set_cuda_fused_deltanet(true);
+    ASSERT_TRUE(gpu_->Forward({&a, 1}, &l1).ok());
+    gpu_->set_cuda_fused_deltanet(false);
+    ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
+    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), 1e-9) << "step " << step;
+    gpu_->MaskUnused(l1.data(), 1);
+    tok = Argmax(l1.data(), V_);
+  }
+  gpu_->set_cuda_fused_deltanet(true);
+  gpu_->set_cuda_graphs(true);
+}
+
 // ForwardSample on the device (penalties, top-k, top-p, the draw on the GPU) picks the token
 // sample_cpu picks from the same step's logits, with and without graphs, several rows a step.
 TEST_P(CudaModelTest, SamplingOnTheDevice) {

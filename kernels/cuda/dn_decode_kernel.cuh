@@ -1,0 +1,159 @@
+// The DeltaNet decode step of one layer as one kernel: for every sequence of the batch (one token
+// each) the causal conv update, SiLU, the L2 norms of q and k, the gates, the gated delta rule's
+// state update and readout, and the gated RMSNorm, from the projections' outputs (u, z, b, al)
+// to the input of ssm_out. The CPU definitions it follows: conv1d_silu_ref, l2_norm_ref (eps
+// 1e-6), q * 1/sqrt(dk), beta = sigmoid(b), g = ssm_a * softplus(al + dt_bias),
+// delta_rule_recurrent_ref, rms_norm_gated_ref (kernels/ops.h; the order of worker/model.cc).
+//
+// One block per (key head j, sequence): the block owns the conv channels of q_j, k_j and of the
+// value heads h = j + r * Hk (GGUF's tiled order), so each conv state channel has exactly one
+// writer, and runs those R value heads' states one after another. Per value head, thread
+// (part, c) keeps rows a = part, part + P, ... of state column c in registers (P = threads / dv
+// parts), so the state is read once and written once, with coalesced rows.
+//
+// Written against simt.h: tests/cuda/dn_decode_emu_test.cc runs this source on the host.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/dn_decode_types.h"
+#include "kernels/cuda/simt.h"
+
+namespace rs::cuda::dn {
+
+RS_DEVICE float dn_silu(float x) { return x / (1.0f + expf(-x)); }
+RS_DEVICE float dn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+RS_DEVICE float dn_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+// Sum over the block (all threads call; `red` holds 32 floats).
+RS_DEVICE float dn_block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int w = static_cast<int>(threadIdx.x) / 32, l = static_cast<int>(threadIdx.x) % 32;
+  __syncthreads();
+  if (l == 0) red[w] = v;
+  __syncthreads();
+  float r = 0.0f;
+  for (int i = 0; i < static_cast<int>(blockDim.x) / 32; ++i) r += red[i];
+  return r;
+}
+
+RS_KERNEL void dn_decode_kernel(DecodeArgs a) {
+  RS_DYN_SHARED(float, sm);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t j = blockIdx.x, seq = blockIdx.y;
+  const int64_t Hk = a.Hk, Hv = a.Hv, dk = a.dk, dv = a.dv, K = a.K;
+  const int64_t R = Hv / Hk, KD = Hk * dk, CD = 2 * KD + Hv * dv;
+  const int P = kDecodeThreads / static_cast<int>(dv);
+  float* sq = sm;                 // [dk]
+  float* sk = sq + dk;            // [dk]
+  float* sv = sk + dk;            // [R][dv]
+  float* sbeta = sv + R * dv;     // [R]
+  float* sdecay = sbeta + R;      // [R]
+  float* red = sdecay + R;        // [P][dv]
+  float* red2 = red + P * dv;     // [P][dv]
+  float* red32 = red2 + P * dv;   // [32]
+  uint8_t* base = a.seq_base[seq];
+  float* cstate = reinterpret_cast<float*>(base + a.conv_off);
+  float* S = reinterpret_cast<float*>(base + a.ssm_off);
+  const float* u = a.u + seq * CD;
+
+  // 1. conv + SiLU on the block's channels; shift each channel's state (one writer per channel).
+  const int64_t n_ch = 2 * dk + R * dv;
+  for (int64_t i = tid; i < n_ch; i += kDecodeThreads) {
+    int64_t c;
+    float* dst;
+    if (i < dk) {
+      c = j * dk + i;
+      dst = sq + i;
+    } else if (i < 2 * dk) {
+      c = KD + j * dk + (i - dk);
+      dst = sk + (i - dk);
+    } else {
+      const int64_t r = (i - 2 * dk) / dv, e = (i - 2 * dk) % dv;
+      c = 2 * KD + (j + r * Hk) * dv + e;
+      dst = sv + r * dv + e;
+    }
+    const float* w = a.conv_w + c * K;
+    float acc = 0.0f;
+    for (int64_t t = 0; t < K - 1; ++t) acc = fmaf(w[t], cstate[t * CD + c], acc);
+    const float x = u[c];
+    acc = fmaf(w[K - 1], x, acc);
+    for (int64_t t = 0; t + 1 < K - 1; ++t) cstate[t * CD + c] = cstate[(t + 1) * CD + c];
+    if (K > 1) cstate[(K - 2) * CD + c] = x;
+    *dst = dn_silu(acc);
+  }
+  if (tid < R) {
+    const int64_t h = j + tid * Hk;
+    sbeta[tid] = dn_sigmoid(a.b[seq * Hv + h]);
+    sdecay[tid] = expf(a.ssm_a[h] * dn_softplus(a.al[seq * Hv + h] + a.dt_bias[h]));
+  }
+  __syncthreads();
+  // 2. L2 norms of q and k (eps 1e-6), q also scaled.
+  float pq = 0.0f, pk = 0.0f;
+  for (int64_t i = tid; i < dk; i += kDecodeThreads) {
+    pq += sq[i] * sq[i];
+    pk += sk[i] * sk[i];
+  }
+  const float nq = dn_block_sum(pq, red32);
+  const float nk = dn_block_sum(pk, red32);
+  const float fq = a.q_scale / sqrtf(nq + 1e-6f), fk = 1.0f / sqrtf(nk + 1e-6f);
+  __syncthreads();
+  for (int64_t i = tid; i < dk; i += kDecodeThreads) {
+    sq[i] *= fq;
+    sk[i] *= fk;
+  }
+  __syncthreads();
+
+  // 3. per value head of the group: decay, kv readout, delta, update, output, gated norm.
+  const int part = tid / static_cast<int>(dv), c = tid % static_cast<int>(dv);
+  const bool active = part < P;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = j + r * Hk;
+    float* Sh = S + h * dk * dv;
+    const float decay = sdecay[r], beta = sbeta[r];
+    float s[kDecodeMaxRows];
+    float kv = 0.0f;
+    if (active) {
+#pragma unroll
+      for (int i = 0; i < kDecodeMaxRows; ++i) {
+        const int64_t row = part + static_cast<int64_t>(i) * P;
+        if (row < dk) {
+          s[i] = Sh[row * dv + c] * decay;
+          kv = fmaf(s[i], sk[row], kv);
+        }
+      }
+      red[part * dv + c] = kv;
+    }
+    __syncthreads();
+    float o = 0.0f;
+    if (active) {
+      float kv_all = 0.0f;
+      for (int p = 0; p < P; ++p) kv_all += red[p * dv + c];
+      const float delta = beta * (sv[r * dv + c] - kv_all);
+#pragma unroll
+      for (int i = 0; i < kDecodeMaxRows; ++i) {
+        const int64_t row = part + static_cast<int64_t>(i) * P;
+        if (row < dk) {
+          s[i] = fmaf(sk[row], delta, s[i]);
+          Sh[row * dv + c] = s[i];
+          o = fmaf(s[i], sq[row], o);
+        }
+      }
+      red2[part * dv + c] = o;
+    }
+    __syncthreads();
+    float out = 0.0f;
+    if (active && part == 0)
+      for (int p = 0; p < P; ++p) out += red2[p * dv + c];
+    const float ss = dn_block_sum(active && part == 0 ? out * out : 0.0f, red32);
+    if (active && part == 0) {
+      const float scale = 1.0f / sqrtf(ss / static_cast<float>(dv) + a.eps);
+      a.y[seq * Hv * dv + h * dv + c] =
+          out * scale * a.norm_w[c] * dn_silu(a.z[seq * Hv * dv + h * dv + c]);
+    }
+    __syncthreads();  // red / red2 are rewritten by the next head
+  }
+}
+
+}  // namespace rs::cuda::dn

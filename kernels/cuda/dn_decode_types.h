@@ -1,0 +1,37 @@
+// Arguments of the fused DeltaNet decode kernel (dn_decode_kernel.cuh), in a plain header that
+// the launcher, cuda_glue.h and the tests include without CUDA or the emulator.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace rs::cuda::dn {
+
+constexpr int kDecodeThreads = 512;
+constexpr int kDecodeMaxRows = 32;  // state rows per thread: ceil(dk / (threads / dv)) <= this
+
+struct DecodeArgs {
+  int64_t Hk = 0, Hv = 0, dk = 0, dv = 0, K = 0;
+  const float* u = nullptr;      // [B][conv_dim]: [q Hk*dk | k Hk*dk | v Hv*dv], not convolved
+  const float* z = nullptr;      // [B][Hv*dv]
+  const float* b = nullptr;      // [B][Hv]
+  const float* al = nullptr;     // [B][Hv]
+  const float* conv_w = nullptr; // [conv_dim][K]
+  const float* ssm_a = nullptr;  // [Hv]
+  const float* dt_bias = nullptr;  // [Hv]
+  const float* norm_w = nullptr;   // [dv]
+  float q_scale = 1.0f, eps = 1e-6f;
+  // Sequence i's layer state: conv state [(K-1)][conv_dim] at seq_base[i] + conv_off, recurrent
+  // state [Hv][dk][dv] at seq_base[i] + ssm_off (bytes).
+  uint8_t* const* seq_base = nullptr;
+  size_t conv_off = 0, ssm_off = 0;
+  float* y = nullptr;            // [B][Hv*dv]
+};
+
+// Shared memory the kernel needs (dynamic).
+inline size_t decode_smem_bytes(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
+  const int64_t R = Hv / Hk, P = kDecodeThreads / dv;
+  return sizeof(float) * static_cast<size_t>(2 * dk + R * dv + 2 * R + 2 * P * dv + 64);
+}
+
+}  // namespace rs::cuda::dn
