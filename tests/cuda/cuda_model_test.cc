@@ -320,7 +320,9 @@ TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
     ASSERT_TRUE(gpu_->Forward({&a, 1}, &l1).ok());
     gpu_->set_cuda_fused_deltanet(false);
     ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
-    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), 1e-9) << "step " << step;
+    // Exact models: float rounding only. Quantised ones: the q8 rounding of ssm_out's input
+    // amplifies it (see AllF32), still far below a wrong state or head (~1).
+    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), exact_ ? 1e-8 : 2e-2) << "step " << step;
     gpu_->MaskUnused(l1.data(), 1);
     tok = Argmax(l1.data(), V_);
   }
