@@ -46,6 +46,7 @@ namespace {
 
 constexpr int64_t kMaxStepTokens = 512;  // tokens per device sub-step
 constexpr int64_t kMaxLogitRows = 64;    // LM-head rows per launch
+constexpr int64_t kGroupedMoeTokens = 16;  // prefill steps from this size group the experts
 
 size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -154,6 +155,7 @@ class CudaModel : public CudaBackend {
   // What the LM head leaves: logits, an argmax per row, or masked logits for the sampler.
   enum class HeadMode : int { kLogits = 0, kGreedy = 1, kSample = 2 };
   absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, HeadMode mode);
+  absl::Status RoutedPerToken(const DevLayer& L, const float* f, int64_t N, float* out);
   void DropGraphs();
   // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
   absl::Status Mm(const WeightView& w, const float* x, int64_t n, float* y);
@@ -183,9 +185,10 @@ class CudaModel : public CudaBackend {
   GgmlType kv_type_ = GgmlType::F16;
 
   // Workspace (offsets into ws_), sized for kMaxStepTokens.
-  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_;
+  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_;
   size_t o_hidden_ = 0, o_a_ = 0, o_m_ = 0, o_x1_ = 0, o_x2_ = 0, o_x3_ = 0, o_x4_ = 0,
-         o_x5_ = 0, o_x6_ = 0, o_x7_ = 0, o_x8_ = 0, o_x9_ = 0, o_logits_ = 0;
+         o_x5_ = 0, o_x6_ = 0, o_x7_ = 0, o_x8_ = 0, o_x9_ = 0, o_logits_ = 0,
+         o_moe_d_ = 0;
   int32_t* d_tokens_ = nullptr;
   uint8_t** d_seq_base_ = nullptr;  // decode steps: each piece's state buffer
   bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
@@ -395,6 +398,12 @@ absl::Status CudaModel::Init() {
   o_x8_ = take(N * std::max<int64_t>(4 * c_.Hv, 1));                   // b, al, g, beta
   o_x9_ = take(N * std::max({VD, Is}));                                // o | shared swiglu
   o_logits_ = take(kMaxLogitRows * c_.n_vocab);
+  if (c_.n_expert > 0) {
+    o_moe_d_ = take(N * k * H);  // grouped prefill: each slot's down projection
+    auto mw = cuda::DeviceBuffer::alloc(cuda::moe_grouped_workspace_bytes(N * k, c_.n_expert));
+    if (!mw.ok()) return mw.status();
+    moe_ws_ = std::move(*mw);
+  }
   auto ws = cuda::DeviceBuffer::alloc(off);
   if (!ws.ok()) return ws.status();
   ws_ = std::move(*ws);
@@ -627,23 +636,10 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
   return Mm(L.ssm_out, y, N, F(o_m_));
 }
 
-absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
-  const int64_t H = c_.n_embd;
-  float* f = F(o_a_);
-  float* out = F(o_m_);
-  if (!c_.moe) {
-    float* g = F(o_x2_);
-    float* u = F(o_x7_);
-    RS_CU(MmGroup(f, N, H, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
-    RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
-    return Mm(L.ffn_down, g, N, out);
-  }
-  const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp, Is = c_.n_ff_shexp;
-  float* logits = F(o_x2_);
-  RS_CU(Mm(L.router, f, N, logits));
-  RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
-  // Routed experts, token by token: gate/up of the k selected experts in one launch each, then
-  // down with the routing weights summed in a fixed order.
+// Routed experts token by token (decode, short steps): gate/up of the k selected experts in one
+// launch per token, then down with the routing weights summed in a fixed order.
+absl::Status CudaModel::RoutedPerToken(const DevLayer& L, const float* f, int64_t N, float* out) {
+  const int64_t H = c_.n_embd, k = c_.n_expert_used, I = c_.n_ff_exp;
   float* eg = F(o_x1_);            // [N][k][2I] fused, else gate [N][k][I]
   float* eu = eg + N * k * I;      // up [N][k][I] (separate tensors)
   float* eh = F(o_x3_);            // swiglu [N][k][I]
@@ -683,6 +679,33 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
     at.n_tok = k;
     RS_CU(cuda::moe_matvec_down(L.down_exps, H, d_ids_ + t * k, d_w_ + t * k, k, at, out + t * H,
                                 /*accumulate=*/false, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
+  const int64_t H = c_.n_embd;
+  float* f = F(o_a_);
+  float* out = F(o_m_);
+  if (!c_.moe) {
+    float* g = F(o_x2_);
+    float* u = F(o_x7_);
+    RS_CU(MmGroup(f, N, H, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
+    RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
+    return Mm(L.ffn_down, g, N, out);
+  }
+  const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp, Is = c_.n_ff_shexp;
+  float* logits = F(o_x2_);
+  RS_CU(Mm(L.router, f, N, logits));
+  RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
+  if (!decode_step_ && N >= kGroupedMoeTokens) {
+    // Prefill: the slots bucketed by expert, each selected expert's weights read once per 32
+    // slots (cuda_glue.h moe_grouped).
+    RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, E,
+                            I, H, f, N, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
+                            moe_ws_.get(), moe_ws_.size(), out, stream_));
+  } else {
+    RS_CU(RoutedPerToken(L, f, N, out));
   }
   // Shared expert, gated by sigmoid(w . f).
   float* sg = F(o_x5_);

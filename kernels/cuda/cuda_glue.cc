@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_glue_launch.h"
+#include "kernels/cuda/moe_grouped_types.h"
 
 namespace rs::cuda {
 namespace {
@@ -27,6 +28,87 @@ absl::Status bad(const char* what, int64_t a, int64_t b) {
 namespace dn {
 cudaError_t launch_dn_decode(const DecodeArgs& a, int64_t B, cudaStream_t s);
 }  // namespace dn
+
+namespace moe {
+cudaError_t launch_moe_sort(const int32_t* ids, int64_t n_slots, int64_t E, int32_t* perm,
+                            int32_t* inv, int32_t* off, int32_t* tile_off, cudaStream_t s);
+cudaError_t launch_moe_gemm(GgmlType t, const GemmArgs& g, int64_t n_slots, cudaStream_t s);
+cudaError_t launch_moe_combine(const float* d, int64_t ldd, const int32_t* inv, const float* w,
+                               int64_t k, int64_t H, int64_t n_tok, float* out, cudaStream_t s);
+}  // namespace moe
+
+size_t moe_grouped_workspace_bytes(int64_t n_slots, int64_t E) {
+  return static_cast<size_t>(2 * n_slots + 2 * (E + 1)) * sizeof(int32_t) + 64;
+}
+
+absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const WeightView& down,
+                         int64_t E, int64_t I, int64_t H, const float* x, int64_t n_tok,
+                         const int32_t* d_ids, const float* d_w, int64_t k, float* gu, float* h,
+                         float* d, void* ws, size_t ws_bytes, float* out, Stream s) {
+  const int64_t S = n_tok * k;
+  const int64_t gate_rows = up ? I : 2 * I;
+  if (n_tok < 0 || k < 1 || E < 1 || I < 1 || H < 1 || gate.rows != E * gate_rows ||
+      gate.cols != H || (up && (up->rows != E * I || up->cols != H || up->type != gate.type)) ||
+      down.rows != E * H || down.cols != I)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "moe_grouped: shapes do not match: E ", E, ", I ", I, ", H ", H, ", gate ", gate.rows, "x",
+        gate.cols, ", down ", down.rows, "x", down.cols));
+  if (H % 32 != 0 || I % 32 != 0)
+    return absl::InvalidArgumentError(
+        absl::StrCat("moe_grouped: H = ", H, " and I = ", I, " must be multiples of 32"));
+  if (ws_bytes < moe_grouped_workspace_bytes(S, E))
+    return absl::InvalidArgumentError(absl::StrCat("moe_grouped: workspace of ", ws_bytes,
+                                                   " bytes, needs ",
+                                                   moe_grouped_workspace_bytes(S, E)));
+  if (S == 0) return absl::OkStatus();
+  int32_t* perm = static_cast<int32_t*>(ws);
+  int32_t* inv = perm + S;
+  int32_t* off = inv + S;
+  int32_t* tile_off = off + E + 1;
+  const cudaStream_t cs = as_stream(s);
+  if (auto e = moe::launch_moe_sort(d_ids, S, E, perm, inv, off, tile_off, cs); e != cudaSuccess)
+    return st("moe_sort", e);
+  moe::GemmArgs g;
+  g.w = static_cast<const uint8_t*>(gate.data);
+  g.row_stride = gate.row_stride;
+  g.expert_stride = gate.row_stride * static_cast<size_t>(gate_rows);
+  g.cols = H;
+  g.rows = gate_rows;
+  g.a = x;
+  g.lda = H;
+  g.by_token = true;
+  g.perm = perm;
+  g.k = k;
+  g.off = off;
+  g.tile_off = tile_off;
+  g.E = E;
+  g.y = gu;
+  g.ldy = 2 * I;
+  if (auto e = moe::launch_moe_gemm(gate.type, g, S, cs); e != cudaSuccess)
+    return st("moe_gemm gate", e);
+  if (up) {
+    g.w = static_cast<const uint8_t*>(up->data);
+    g.row_stride = up->row_stride;
+    g.expert_stride = up->row_stride * static_cast<size_t>(I);
+    g.y = gu + I;
+    if (auto e = moe::launch_moe_gemm(up->type, g, S, cs); e != cudaSuccess)
+      return st("moe_gemm up", e);
+  }
+  if (absl::Status r = swiglu_rows(gu, 2 * I, gu + I, 2 * I, S, I, h, s); !r.ok()) return r;
+  g.w = static_cast<const uint8_t*>(down.data);
+  g.row_stride = down.row_stride;
+  g.expert_stride = down.row_stride * static_cast<size_t>(H);
+  g.cols = I;
+  g.rows = H;
+  g.a = h;
+  g.lda = I;
+  g.by_token = false;
+  g.y = d;
+  g.ldy = H;
+  if (auto e = moe::launch_moe_gemm(down.type, g, S, cs); e != cudaSuccess)
+    return st("moe_gemm down", e);
+  return st("moe_combine", moe::launch_moe_combine(d, H, inv, d_w, k, H, n_tok, out, cs));
+}
 
 absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {
   if (B < 0 || a.Hk < 1 || a.Hv < a.Hk || a.Hv % a.Hk != 0 || a.K < 1)

@@ -54,6 +54,17 @@ absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int
 // readout, gated RMSNorm; a.y gets the input of ssm_out). a.seq_base is a device array of B
 // state buffers. Refuses head shapes the kernel does not cover, naming them.
 absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s = nullptr);
+// Routed experts of a prefill step, grouped by expert (kernels/cuda/moe_grouped_kernel.cuh):
+// out[t] = sum_i w[t][i] * down_e(silu(gate_e x_t) * up_e x_t) over the token's k slots, e =
+// ids[t][i], each selected expert's weights read once per 32 slots. gate: the experts' gate
+// (I rows each) or gate|up fused (2I rows each, up == nullptr); up: the separate up tensor;
+// down: H rows of I each. Scratch: gu [N*k][2I], h [N*k][I], d [N*k][H] floats and `ws` of
+// moe_grouped_workspace_bytes. Nothing leaves the device.
+size_t moe_grouped_workspace_bytes(int64_t n_slots, int64_t E);
+absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const WeightView& down,
+                         int64_t E, int64_t I, int64_t H, const float* x, int64_t n_tok,
+                         const int32_t* d_ids, const float* d_w, int64_t k, float* gu, float* h,
+                         float* d, void* ws, size_t ws_bytes, float* out, Stream s = nullptr);
 // ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                          Stream s = nullptr);
