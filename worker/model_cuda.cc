@@ -34,6 +34,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model&) {
 #include "kernels/cuda/cuda_glue.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_sampler.h"
+#include "kernels/cuda/flash_prefill_types.h"
 
 namespace rs {
 
@@ -47,6 +48,7 @@ namespace {
 constexpr int64_t kMaxStepTokens = 512;  // tokens per device sub-step
 constexpr int64_t kMaxLogitRows = 64;    // LM-head rows per launch
 constexpr int64_t kGroupedMoeTokens = 16;  // prefill steps from this size group the experts
+constexpr int64_t kFlashPrefillTokens = 2;  // pieces from this size use the flash prefill kernel
 
 size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -193,6 +195,7 @@ class CudaModel : public CudaBackend {
   uint8_t** d_seq_base_ = nullptr;  // decode steps: each piece's state buffer
   bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
   bool fused_dn_on_ = true;         // ... and is used (SetFusedDeltaNet)
+  bool flash_ok_ = false;           // the flash prefill kernel covers the attention shape
   bool decode_step_ = false;        // the current step is all single tokens
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
@@ -428,6 +431,8 @@ absl::Status CudaModel::Init() {
     fused_dn_ = n_dn_ > 0 && P > 0 && c_.Hv % c_.Hk == 0 &&
                 (c_.dk + P - 1) / P <= cuda::dn::kDecodeMaxRows;
   }
+  flash_ok_ = nkv > 0 && nh % nkv == 0 && nh / nkv <= cuda::flash::kFlashRows && hd % 32 == 0 &&
+              hd <= cuda::flash::kFlashMaxHd;
   {
     const auto& unused = m_.unused_token_ids();
     n_unused_ = static_cast<int64_t>(unused.size());
@@ -551,6 +556,15 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
                             stream_));
     RS_CU(cuda::kv_store_at(vv + r0 * nkv * hd, T, nkv * hd, kv_type_, V, kv_row_, d_pos_ + r0,
                             stream_));
+    const KvView kview{kv_type_, K, nkv, hd, kv_row_};
+    const KvView vview{kv_type_, V, nkv, hd, kv_row_};
+    if (!graph && T >= kFlashPrefillTokens && flash_ok_) {
+      // Prefill pieces: each block reads the cache once for all heads of a KV head.
+      RS_CU(cuda::attention_prefill(q + r0 * nh * hd, T, nh, hd, kview, vview, n_past, scale,
+                                    y + r0 * nh * hd, stream_));
+      r0 += T;
+      continue;
+    }
     const int64_t max_ctx = graph ? st->cap : n_past + T;
     const size_t need = cuda::attention_workspace_bytes(T, nh, hd, max_ctx - T);
     if (need > attn_ws_.size()) {  // never inside a capture: Step sized it first
@@ -560,8 +574,6 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
       if (!b.ok()) return b.status();
       attn_ws_ = std::move(*b);
     }
-    const KvView kview{kv_type_, K, nkv, hd, kv_row_};
-    const KvView vview{kv_type_, V, nkv, hd, kv_row_};
     RS_CU(cuda::attention_at(q + r0 * nh * hd, T, nh, hd, kview, vview, d_pos_ + r0, max_ctx,
                              scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_));
     r0 += T;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_glue_launch.h"
+#include "kernels/cuda/flash_prefill_types.h"
 #include "kernels/cuda/moe_grouped_types.h"
 
 namespace rs::cuda {
@@ -108,6 +109,42 @@ absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const Wei
   if (auto e = moe::launch_moe_gemm(down.type, g, S, cs); e != cudaSuccess)
     return st("moe_gemm down", e);
   return st("moe_combine", moe::launch_moe_combine(d, H, inv, d_w, k, H, n_tok, out, cs));
+}
+
+namespace flash {
+cudaError_t launch_flash_prefill(GgmlType kv, const PrefillArgs& a, cudaStream_t s);
+}  // namespace flash
+
+absl::Status attention_prefill(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                               const KvView& v, int64_t n_past, float scale, float* out,
+                               Stream s) {
+  const int64_t nkv = k.n_kv_heads;
+  if (T < 1 || n_past < 0 || nkv < 1 || nh % nkv != 0 || nh / nkv > flash::kFlashRows ||
+      hd % 32 != 0 || hd > flash::kFlashMaxHd || k.head_dim != hd || v.head_dim != hd ||
+      v.n_kv_heads != nkv)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention_prefill: unsupported shape: T ", T, ", nh ", nh, ", nkv ", nkv, ", hd ", hd,
+        " (hd a multiple of 32 up to ", flash::kFlashMaxHd, ", nh / nkv up to ", flash::kFlashRows,
+        ")"));
+  if (k.type != v.type || k.head_stride_bytes != 0 || v.head_stride_bytes != 0 ||
+      (k.type != GgmlType::F32 && k.type != GgmlType::F16 && k.type != GgmlType::Q8_0))
+    return absl::InvalidArgumentError(absl::StrCat("attention_prefill: cache ", type_name(k.type),
+                                                   "/", type_name(v.type),
+                                                   " (F32, F16 or Q8_0, interleaved heads)"));
+  flash::PrefillArgs a;
+  a.q = q;
+  a.T = T;
+  a.nh = nh;
+  a.nkv = nkv;
+  a.hd = hd;
+  a.k = static_cast<const uint8_t*>(k.data);
+  a.v = static_cast<const uint8_t*>(v.data);
+  a.k_stride = k.pos_stride_bytes;
+  a.v_stride = v.pos_stride_bytes;
+  a.n_past = n_past;
+  a.scale = scale;
+  a.out = out;
+  return st("attention_prefill", flash::launch_flash_prefill(k.type, a, as_stream(s)));
 }
 
 absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {

@@ -65,6 +65,13 @@ absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const Wei
                          int64_t E, int64_t I, int64_t H, const float* x, int64_t n_tok,
                          const int32_t* d_ids, const float* d_w, int64_t k, float* gu, float* h,
                          float* d, void* ws, size_t ws_bytes, float* out, Stream s = nullptr);
+// Prefill attention, flash style (kernels/cuda/flash_prefill_kernel.cuh): the contract of
+// attention_ref (kernels/ops.h) for T tokens at positions n_past.. over an interleaved cache
+// (head_stride_bytes 0) of F32, F16 or Q8_0; each block reads the cache once for all the query
+// heads of a KV head. hd: a multiple of 32 up to 256; nh / nkv up to 32.
+absl::Status attention_prefill(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
+                               const KvView& v, int64_t n_past, float scale, float* out,
+                               Stream s = nullptr);
 // ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                          Stream s = nullptr);
