@@ -39,6 +39,8 @@ cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRIGSERVE_WITH
 
 targets=(gpu_bench_main gpu_model_main)
 for src in "$ROOT"/tests/cuda/*_test.cc; do
+  # *_emu_test: the kernels in the host SIMT emulator; they run in the test suite, not here.
+  [[ "$src" == *_emu_test.cc ]] && continue
   targets+=("$(basename "$src" .cc)")
 done
 echo "gpu_pack: building ${targets[*]} in $BUILD (sm_$ARCH, -j$JOBS)"
