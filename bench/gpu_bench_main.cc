@@ -10,6 +10,7 @@
 // that the working set is far larger than L2; times are device-event times of back-to-back
 // launches divided by their count (launch gaps included, no CUDA graph).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -19,7 +20,9 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/cuda/cuda_glue.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_sampler.h"
 #include "kernels/formats.h"
 
 namespace rs::cuda {
@@ -249,6 +252,7 @@ Estimate estimate(Bench& b, bool moe_model) {
 // norm. Attention: RoPE, attention over a 4K F16 cache (split-K), plus 2 RMSNorms per layer.
 struct Mixer {
   double deltanet_us = -1, attention_us = -1;
+  double deltanet_fused_us = -1;  // the same layer's DeltaNet as the fused decode kernel
 };
 
 Mixer time_mixers(bool moe_model) {
@@ -324,7 +328,86 @@ Mixer time_mixers(bool moe_model) {
   };
   m.deltanet_us = time(deltanet);
   m.attention_us = time(attn);
+  // The fused decode kernel (one launch: conv, norms, gates, state update, readout, gated norm).
+  const size_t conv_bytes = size_t(3 * conv) * 4;
+  auto dstate = buf(conv_bytes + size_t(Hv * dk * dk) * 4), dbase = buf(64);
+  if (dstate.ok() && dbase.ok() && ok(fill_bytes(dstate->get(), 0, dstate->size())) &&
+      ok(copy_to_device(static_cast<uint8_t*>(dstate->get()) + conv_bytes, hs.data(),
+                        hs.size() * 4))) {
+    uint8_t* base = static_cast<uint8_t*>(dstate->get());
+    if (ok(copy_to_device(dbase->get(), &base, sizeof base))) {
+      dn::DecodeArgs a;
+      a.Hk = Hk;
+      a.Hv = Hv;
+      a.dk = dk;
+      a.dv = dk;
+      a.K = 4;
+      a.u = u;
+      a.z = z;
+      a.b = g + Hv;
+      a.al = g;
+      a.conv_w = cw;
+      a.ssm_a = g;
+      a.dt_bias = g + Hv;
+      a.norm_w = w;
+      a.q_scale = 1.0f / std::sqrt(float(dk));
+      a.seq_base = dbase->as<uint8_t*>();
+      a.ssm_off = conv_bytes;
+      a.y = out;
+      m.deltanet_fused_us = time([&] {
+        return ok(rms_norm(u, w, 1, H, 1e-6f, out)) && ok(dn_decode(a, 1)) &&
+               ok(rms_norm(u, w, 1, H, 1e-6f, out));
+      });
+    }
+  }
   return m;
+}
+
+// Sampling on the GPU over the real vocabulary (248320), per call (host packing, uploads, the
+// kernel and the ids back), for 1 and 32 rows.
+void time_sampler() {
+  const int64_t V = 248320;
+  std::vector<float> h(size_t{32} * V);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (auto& v : h) v = nd(rng);
+  auto d = DeviceBuffer::alloc(h.size() * 4);
+  if (!d.ok()) return;
+  SamplerParams topk, topp, greedy;
+  topk.temperature = 0.8f;
+  topk.top_k = 40;
+  topk.top_p = 0.95f;
+  topk.presence_penalty = 0.5f;
+  topp.temperature = 1.0f;
+  topp.top_p = 0.9f;
+  greedy.temperature = 0.0f;
+  TokenCounts counts;
+  std::vector<int32_t> hist(300);
+  for (auto& t : hist) t = static_cast<int32_t>(rng() % V);
+  counts.AddPrompt(hist);
+  DeviceSampler sampler;
+  std::printf("\nsampling on the GPU, vocabulary %lld (us per call: pack, upload, kernel, ids back)\n",
+              static_cast<long long>(V));
+  for (const auto& [name, p] : {std::pair<const char*, const SamplerParams*>{"top-k 40 + top-p 0.95 + presence", &topk},
+                                {"top-p 0.9 alone", &topp}, {"greedy", &greedy}})
+    for (int rows : {1, 32}) {
+      std::vector<SampleRequest> reqs(rows, SampleRequest{p, &counts, 0});
+      std::vector<int32_t> ids(rows);
+      double best = 1e30;
+      for (int rep = 0; rep < 5; ++rep) {
+        if (!copy_to_device(d->get(), h.data(), size_t(rows) * V * 4).ok()) return;
+        if (!synchronize().ok()) return;
+        const auto t0 = std::chrono::steady_clock::now();
+        const absl::Status st = sampler.Sample(d->as<float>(), V, V, reqs, ids.data(), nullptr);
+        const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+        if (!st.ok()) {
+          std::printf("sampler: %s\n", st.ToString().c_str());
+          return;
+        }
+        best = std::min(best, us);
+      }
+      std::printf("  %-36s %2d rows: %8.1f us\n", name, rows, best);
+    }
 }
 
 int run(int argc, char** argv) {
@@ -383,6 +466,9 @@ int run(int argc, char** argv) {
   std::printf("\nmixer kernels per layer (batch 1, 4K context): 35b DeltaNet %.1f us, attention "
               "%.1f us; 27b DeltaNet %.1f us, attention %.1f us\n",
               m35.deltanet_us, m35.attention_us, m27.deltanet_us, m27.attention_us);
+  std::printf("DeltaNet as the fused decode kernel: 35b %.1f us, 27b %.1f us per layer\n",
+              m35.deltanet_fused_us, m27.deltanet_fused_us);
+  time_sampler();
   auto with_mixers = [](const Estimate& e, const Mixer& m, int64_t layers) {
     if (m.deltanet_us < 0 || m.attention_us < 0) return -1.0;
     return e.us + (layers * 3 / 4) * m.deltanet_us + (layers / 4) * m.attention_us;

@@ -34,6 +34,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model&) {
 #include "kernels/cuda/cuda_glue.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_sampler.h"
+#include "kernels/cuda/dn_chunk_types.h"
 #include "kernels/cuda/flash_prefill_types.h"
 
 namespace rs {
@@ -49,6 +50,7 @@ constexpr int64_t kMaxStepTokens = 512;  // tokens per device sub-step
 constexpr int64_t kMaxLogitRows = 64;    // LM-head rows per launch
 constexpr int64_t kGroupedMoeTokens = 16;  // prefill steps from this size group the experts
 constexpr int64_t kFlashPrefillTokens = 2;  // pieces from this size use the flash prefill kernel
+constexpr int64_t kChunkedDeltaTokens = 32;  // pieces from this size run the chunked delta rule
 
 size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -196,6 +198,7 @@ class CudaModel : public CudaBackend {
   bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
   bool fused_dn_on_ = true;         // ... and is used (SetFusedDeltaNet)
   bool flash_ok_ = false;           // the flash prefill kernel covers the attention shape
+  bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
   bool decode_step_ = false;        // the current step is all single tokens
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
@@ -431,6 +434,7 @@ absl::Status CudaModel::Init() {
     fused_dn_ = n_dn_ > 0 && P > 0 && c_.Hv % c_.Hk == 0 &&
                 (c_.dk + P - 1) / P <= cuda::dn::kDecodeMaxRows;
   }
+  chunked_dn_ = n_dn_ > 0 && c_.dk % 2 == 0 && c_.dk <= cuda::dn::kChunkMaxDk;
   flash_ok_ = nkv > 0 && nh % nkv == 0 && nh / nkv <= cuda::flash::kFlashRows && hd % 32 == 0 &&
               hd <= cuda::flash::kFlashMaxHd;
   {
@@ -640,8 +644,25 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
   for (const Piece& p : ps) {
     auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
     const DeltaNetDims dims{p.n, Hk, Hv, dk, dv};
-    RS_CU(cuda::delta_rule(dims, q + r0 * KD, k + r0 * KD, v + r0 * VD, g + r0 * Hv,
-                           beta + r0 * Hv, ssm(st, di), o + r0 * VD, stream_));
+    bool done = false;
+    if (chunked_dn_ && p.n >= kChunkedDeltaTokens) {
+      // Long pieces: 64-token chunks (matrix form) instead of the token-by-token recurrence.
+      const absl::Status cs = cuda::delta_rule_chunked(dims, q + r0 * KD, k + r0 * KD, v + r0 * VD,
+                                                       g + r0 * Hv, beta + r0 * Hv, ssm(st, di),
+                                                       o + r0 * VD, stream_);
+      if (cs.ok()) {
+        done = true;
+      } else if (cs.code() == absl::StatusCode::kFailedPrecondition) {
+        std::fprintf(stderr, "cuda: %s; the delta rule runs token by token\n",
+                     std::string(cs.message()).c_str());
+        chunked_dn_ = false;
+      } else {
+        return cs;
+      }
+    }
+    if (!done)
+      RS_CU(cuda::delta_rule(dims, q + r0 * KD, k + r0 * KD, v + r0 * VD, g + r0 * Hv,
+                             beta + r0 * Hv, ssm(st, di), o + r0 * VD, stream_));
     r0 += p.n;
   }
   RS_CU(cuda::rms_norm_gated(o, L.ssm_norm, z, N * Hv, dv, c_.eps, y, stream_));

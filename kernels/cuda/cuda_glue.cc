@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_glue_launch.h"
+#include "kernels/cuda/dn_chunk_types.h"
 #include "kernels/cuda/flash_prefill_types.h"
 #include "kernels/cuda/moe_grouped_types.h"
 
@@ -145,6 +146,44 @@ absl::Status attention_prefill(const float* q, int64_t T, int64_t nh, int64_t hd
   a.scale = scale;
   a.out = out;
   return st("attention_prefill", flash::launch_flash_prefill(k.type, a, as_stream(s)));
+}
+
+namespace dn {
+cudaError_t prepare_dn_chunk(size_t need, size_t* granted);
+cudaError_t launch_dn_chunk(const ChunkArgs& a, cudaStream_t s);
+}  // namespace dn
+
+absl::Status delta_rule_chunked(const DeltaNetDims& d, const float* q, const float* k,
+                                const float* v, const float* g, const float* beta, float* S,
+                                float* out, Stream s) {
+  if (d.T < 0 || d.Hk < 1 || d.Hv < 1 || d.Hv % d.Hk != 0 || d.dk < 2 || d.dk % 2 != 0 ||
+      d.dk > dn::kChunkMaxDk || d.dv < 1)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "delta_rule_chunked: unsupported shape: Hk ", d.Hk, ", Hv ", d.Hv, ", dk ", d.dk, ", dv ",
+        d.dv, " (dk even, at most ", dn::kChunkMaxDk, ")"));
+  if (d.T == 0) return absl::OkStatus();
+  const size_t need = dn::chunk_smem_bytes(d.dk);
+  size_t granted = 0;
+  if (auto e = dn::prepare_dn_chunk(need, &granted); e != cudaSuccess)
+    return st("delta_rule_chunked", e);
+  if (need > granted)
+    return absl::FailedPreconditionError(absl::StrCat("delta_rule_chunked: needs ", need,
+                                                      " bytes of shared memory per block, the "
+                                                      "device grants ", granted));
+  dn::ChunkArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.g = g;
+  a.beta = beta;
+  a.S = S;
+  a.out = out;
+  a.T = d.T;
+  a.Hk = d.Hk;
+  a.Hv = d.Hv;
+  a.dk = d.dk;
+  a.dv = d.dv;
+  return st("delta_rule_chunked", dn::launch_dn_chunk(a, as_stream(s)));
 }
 
 absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {

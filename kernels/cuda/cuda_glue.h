@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/dn_decode_types.h"
+#include "kernels/ops.h"
 #include "kernels/formats.h"
 
 namespace rs::cuda {
@@ -72,6 +73,13 @@ absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const Wei
 absl::Status attention_prefill(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                                const KvView& v, int64_t n_past, float scale, float* out,
                                Stream s = nullptr);
+// The gated delta rule of one sequence's T tokens in chunks of 64 (kernels/cuda/
+// dn_chunk_kernel.cuh; delta_rule_chunked_ref's algebra): same contract as delta_rule. dk even
+// and at most 128. Needs ~97 KiB of shared memory per block (dk 128): FailedPrecondition, with
+// the numbers, on a device that grants less (then use delta_rule).
+absl::Status delta_rule_chunked(const DeltaNetDims& d, const float* q, const float* k,
+                                const float* v, const float* g, const float* beta, float* S,
+                                float* out, Stream s = nullptr);
 // ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                          Stream s = nullptr);
