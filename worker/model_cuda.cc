@@ -448,6 +448,9 @@ absl::Status CudaModel::Init() {
                                            Align256(kMaxLogitRows * 4));
     RS_CU(cuda::copy_to_device(d_unused_, unused.data(), n_unused_ * 4, stream_));
     use_graphs_ = m_.opts_.cuda_graphs;
+    // The sampler's buffers: one LM-head launch of rows, and the distinct tokens of a few full
+    // contexts (more only grows them, doubling).
+    RS_CU(sampler_.Reserve(kMaxLogitRows, 4 * std::max<int64_t>(m_.opts_.cuda_ctx, 4096)));
   }
   if (n_attn_ > 0) {
     auto aw = cuda::DeviceBuffer::alloc(

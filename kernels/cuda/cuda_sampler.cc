@@ -34,6 +34,13 @@ absl::Status upload(DeviceBuffer* b, const std::vector<T>& v, Stream s) {
 
 }  // namespace
 
+absl::Status DeviceSampler::Reserve(int64_t rows, int64_t entries) {
+  if (auto st = ensure(&rows_, rows * sizeof(sampling::RowParams)); !st.ok()) return st;
+  if (auto st = ensure(&pens_, entries * sizeof(sampling::PenEntry)); !st.ok()) return st;
+  if (auto st = ensure(&biases_, entries * sizeof(sampling::BiasEntry)); !st.ok()) return st;
+  return ensure(&ids_, rows * sizeof(int32_t));
+}
+
 absl::Status DeviceSampler::Sample(float* d_logits, int64_t ldx, int64_t vocab,
                                    std::span<const SampleRequest> reqs, int32_t* ids,
                                    Stream s) {

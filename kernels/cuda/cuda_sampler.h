@@ -20,6 +20,9 @@ class DeviceSampler {
   // Writes the n chosen ids to ids (host) and waits for them.
   absl::Status Sample(float* d_logits, int64_t ldx, int64_t vocab,
                       std::span<const SampleRequest> reqs, int32_t* ids, Stream s);
+  // Sizes the buffers up front (at model load) for `rows` rows and `entries` penalty / bias
+  // entries in all, so that steps allocate nothing unless a batch exceeds them.
+  absl::Status Reserve(int64_t rows, int64_t entries);
 
  private:
   sampling::Packed packed_;
