@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Several worker processes on loopback (serve --local-workers N, Gloo between them): greedy
-# output equals the single-process output with requests in flight concurrently; killing a
+# output equals the single-process output with requests in flight concurrently, and a sampled
+# request (penalties, top-k, top-p, seed) equals offline `generate` with the same seed; killing a
 # worker fails the running request with UNAVAILABLE within 2 s, health goes NOT_SERVING, and a
 # restarted worker rejoins and the daemon serves the same output again. The same with workers
 # started by hand that register with `coordinator --expect-workers 3` (planned placement, --rank,
@@ -39,7 +40,12 @@ check_model() {  # arch, n workers, layers
   for j in $(seq 0 $((i - 1))); do
     cmp -s "$T/want$j" "$T/got$j" || fail "$arch on $n workers, prompt $j: got '$(cat "$T/got$j")' want '$(cat "$T/want$j")'"
   done
-  echo "ok: $arch tiny on $n workers (layers $layers): ${#PROMPTS[@]} concurrent requests match the single process"
+  # Sampled (penalties, top-k, top-p, a seed): the daemon's tokens equal offline generate's.
+  local S=(--temperature 0.8 --top-k 20 --top-p 0.9 --presence-penalty 0.5 --frequency-penalty 0.3 --seed 11)
+  "$R" generate --model "$model" --prompt-ids "${PROMPTS[0]}" --max-tokens 12 "${S[@]}" --threads 1 --stop-at-eos >"$T/want-s" 2>/dev/null || fail "offline sampled generate"
+  "$R" client generate --server "127.0.0.1:$port" --prompt-ids "${PROMPTS[0]}" --max-tokens 12 "${S[@]}" >"$T/got-s" 2>"$T/client-s.log" || fail "sampled client"
+  cmp -s "$T/want-s" "$T/got-s" || fail "$arch on $n workers, sampled: got '$(cat "$T/got-s")' want '$(cat "$T/want-s")'"
+  echo "ok: $arch tiny on $n workers (layers $layers): ${#PROMPTS[@]} concurrent requests match the single process, and a sampled one"
   echo "$port $sp"
 }
 

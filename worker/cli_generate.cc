@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "worker/cli.h"
 #include "worker/model.h"
 #include "worker/model_loader.h"
+#include "kernels/sampler.h"
 
 namespace rs::cli {
 namespace {
@@ -81,11 +83,34 @@ bool write_floats(const std::string& path, const std::vector<float>& v) {
   return static_cast<bool>(f);
 }
 
-int32_t argmax(const float* x, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = i;
-  return static_cast<int32_t>(best);
+// The sampling flags of `generate` (the same names and meanings as `client generate`).
+bool parse_sampling(const Args& a, int64_t vocab, SamplerParams* p, std::string* err) {
+  auto num = [&](const char* name, float* out) {
+    double v = 0;
+    if (!absl::SimpleAtod(a.get(name), &v)) {
+      *err = std::string("--") + name + " must be a number";
+      return false;
+    }
+    *out = static_cast<float>(v);
+    return true;
+  };
+  if (!num("temperature", &p->temperature) || !num("top-p", &p->top_p) ||
+      !num("min-p", &p->min_p) || !num("presence-penalty", &p->presence_penalty) ||
+      !num("frequency-penalty", &p->frequency_penalty) ||
+      !num("repetition-penalty", &p->repetition_penalty))
+    return false;
+  if (!absl::SimpleAtoi(a.get("top-k"), &p->top_k)) {
+    *err = "--top-k must be an integer";
+    return false;
+  }
+  if (a.get("seed") == "random") {
+    p->seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  } else if (!absl::SimpleAtoi(a.get("seed"), &p->seed)) {
+    *err = "--seed must be an unsigned integer or 'random'";
+    return false;
+  }
+  *err = validate_sampler_params(*p, vocab);
+  return err->empty();
 }
 
 double now_s() {
@@ -95,11 +120,21 @@ double now_s() {
 }  // namespace
 
 int generate_main(int argc, char** argv) {
-  Args a("generate", "Generate tokens from prompt ids (greedy with --temperature 0).");
+  Args a("generate",
+         "Generate tokens from prompt ids: greedy by default, or sampled with the daemon's sampler "
+         "(penalties, temperature, min-p, top-k, top-p, a seeded draw; on the GPU with --backend "
+         "cuda). The same seed gives the same tokens as the daemon.");
   add_model_options(a);
   a.opt("prompt-ids", "prompt token ids, space or comma separated")
       .opt("max-tokens", "tokens to generate", "16")
       .opt("temperature", "sampling temperature (0 = greedy)", "0")
+      .opt("top-k", "keep the k most likely tokens (0 = off)", "0")
+      .opt("top-p", "nucleus sampling mass (1 = off)", "1")
+      .opt("min-p", "drop tokens below min-p times the top probability (0 = off)", "0")
+      .opt("presence-penalty", "OpenAI presence penalty [-2, 2]", "0")
+      .opt("frequency-penalty", "OpenAI frequency penalty [-2, 2]", "0")
+      .opt("repetition-penalty", "repetition penalty (> 0, 1 = off)", "1")
+      .opt("seed", "seed of the draws, or 'random' (printed)", "random")
       .opt("ids-out", "also write the generated ids to this file")
       .flag("stop-at-eos", "stop after an end-of-generation token (eos, <|im_end|>, <|endoftext|>, ...)");
   if (!a.parse(argc, argv)) return parse_exit(a);
@@ -109,35 +144,54 @@ int generate_main(int argc, char** argv) {
   int max_tokens = 0;
   if (!absl::SimpleAtoi(a.get("max-tokens"), &max_tokens) || max_tokens < 1)
     return a.usage_error("--max-tokens must be a positive integer");
-  double temperature = 0;
-  if (!absl::SimpleAtod(a.get("temperature"), &temperature) || temperature < 0)
-    return a.usage_error("--temperature must be >= 0");
-  if (temperature != 0)
-    return a.usage_error("only greedy decoding (--temperature 0) is available offline so far");
   std::vector<int32_t> eog;
   auto model = load(a, &eog);
   if (!model.ok()) return fail("generate", model.status());
   Model& m = **model;
   const int64_t V = m.config().n_vocab;
+  SamplerParams sp;
+  if (!parse_sampling(a, V, &sp, &err)) return a.usage_error(err);
+  if (sp.temperature >= kGreedyTemperature)
+    std::fprintf(stderr, "rigserve: sampling with seed %llu\n",
+                 static_cast<unsigned long long>(sp.seed));
 
   auto seq = m.NewSequence(static_cast<int64_t>(prompt.size()) + max_tokens);
   std::vector<float> logits, all_logits;
   std::vector<int32_t> out;
+  TokenCounts counts;  // penalty statistics: the prompt, then each generated token
+  counts.AddPrompt(prompt);
+  SamplerScratch scratch;
   const bool keep_logits = a.has("logits-out");
+  // One step: the logits back to the host (--logits-out) or only the token (ForwardSample: on
+  // the GPU the logits stay there).
+  auto step = [&](const int32_t* toks, int64_t n, int32_t* next) -> absl::Status {
+    StepItem it{seq.get(), toks, n, false};
+    const uint64_t draw = out.size();
+    if (!keep_logits) {
+      std::vector<SampleResult> r;
+      const SampleRequest req{&sp, &counts, draw};
+      if (auto st = m.ForwardSample({&it, 1}, {&req, 1}, &r); !st.ok()) return st;
+      *next = r[0].token;
+      return absl::OkStatus();
+    }
+    if (auto st = m.Forward({&it, 1}, &logits); !st.ok()) return st;
+    // The written logits are the model's; the choice skips the vocabulary's padding ids.
+    all_logits.insert(all_logits.end(), logits.begin(), logits.begin() + V);
+    m.MaskUnused(logits.data(), 1);
+    *next = sample_cpu(logits.data(), V, sp, counts, draw, &scratch).token;
+    return absl::OkStatus();
+  };
   const double t0 = now_s();
-  StepItem item{seq.get(), prompt.data(), static_cast<int64_t>(prompt.size()), false};
-  if (auto st = m.Forward({&item, 1}, &logits); !st.ok()) return fail("generate", st);
+  int32_t next = -1;
+  if (auto st = step(prompt.data(), static_cast<int64_t>(prompt.size()), &next); !st.ok())
+    return fail("generate", st);
   const double t1 = now_s();
   for (int i = 0; i < max_tokens; ++i) {
-    // The written logits are the model's; the choice skips the vocabulary's padding ids.
-    if (keep_logits) all_logits.insert(all_logits.end(), logits.begin(), logits.begin() + V);
-    m.MaskUnused(logits.data(), 1);
-    const int32_t next = argmax(logits.data(), V);
     out.push_back(next);
+    counts.AddOutput(next);
     if (a.has("stop-at-eos") && std::find(eog.begin(), eog.end(), next) != eog.end()) break;
     if (i + 1 == max_tokens) break;
-    StepItem d{seq.get(), &out.back(), 1, false};
-    if (auto st = m.Forward({&d, 1}, &logits); !st.ok()) return fail("generate", st);
+    if (auto st = step(&out.back(), 1, &next); !st.ok()) return fail("generate", st);
   }
   const double t2 = now_s();
   std::string line;
