@@ -115,6 +115,8 @@ class CudaModel : public CudaBackend {
     return st;
   }
   void SetGraphs(bool on) override { use_graphs_ = on; }
+  absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
+                     float* f) override;
   void SetFusedDeltaNet(bool on) override {
     if (on == fused_dn_on_) return;
     fused_dn_on_ = on;
@@ -928,6 +930,53 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
   }
   for (const Piece& p : ps) p.seq->n_past += p.n;
   return absl::OkStatus();
+}
+
+absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
+                             float* f) {
+  cudaSetDevice(device_);
+  const int64_t H = c_.n_embd;
+  std::vector<Piece> ps;
+  std::vector<int64_t> pos;
+  int64_t N = 0;
+  bool decode = true;
+  for (const StepItem& it : batch) {
+    auto* st = static_cast<CudaSeqState*>(it.seq->device.get());
+    if (!st)
+      return absl::FailedPreconditionError(
+          "cuda: sequence has no device state (its allocation failed; see the log)");
+    RS_CU(Grow(st, it.seq->n_past, it.seq->n_past + it.n_tok));
+    ps.push_back(Piece{it.seq, it.tokens, it.n_tok, 0});
+    for (int64_t t = 0; t < it.n_tok; ++t) pos.push_back(it.seq->n_past + t);
+    decode = decode && it.n_tok == 1;
+    N += it.n_tok;
+  }
+  if (N > kMaxStepTokens)
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda: a distributed step of ", N, " tokens; the device workspace holds ", kMaxStepTokens,
+        " (lower the daemon's step token budget)"));
+  if (N == 0) return absl::OkStatus();
+  RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
+  decode_step_ = decode;
+  if (decode && fused_dn_ && fused_dn_on_) {
+    std::vector<uint8_t*> bases;
+    for (const Piece& p : ps)
+      bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
+    RS_CU(cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_));
+  }
+  const DevLayer& L = layers_[l];
+  float* dh = F(o_hidden_);
+  float* a = F(o_a_);
+  RS_CU(cuda::copy_to_device(dh, hidden, N * H * 4, stream_));
+  RS_CU(cuda::rms_norm(dh, L.attn_norm, N, H, c_.eps, a, stream_));
+  if (L.kind == LayerKind::kAttention)
+    RS_CU(Attention(L, attn_slot_[l], ps, N, /*graph=*/false));
+  else
+    RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
+  RS_CU(cuda::add_rms_norm(dh, F(o_m_), L.post_norm, N, H, c_.eps, a, stream_));
+  RS_CU(cuda::copy_to_host(hidden, dh, N * H * 4, stream_));
+  RS_CU(cuda::copy_to_host(f, a, N * H * 4, stream_));
+  return cuda::synchronize(stream_);
 }
 
 absl::Status CudaModel::Run(absl::Span<const StepItem> batch, std::vector<float>* logits,

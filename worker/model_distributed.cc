@@ -11,6 +11,9 @@
 //     residual;
 //   - when layer l + 1 has another owner, SendHidden / RecvHidden hand the residual stream over.
 // The last layer's owner computes the logits.
+// On the cuda backend the mixers run on the GPU (where the sequences' states are), with the
+// residual stream copied in and out per layer; everything else runs on the host CPU from the
+// mapped weights, so a CUDA worker's experts all run as host experts.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -89,9 +92,6 @@ Model::CommStats Model::comm_stats(bool decode_only) const {
 
 absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                        const Placement& pl, std::vector<float>* logits) {
-  if (cuda_)
-    return absl::UnimplementedError(
-        "the cuda backend runs whole-model steps only; distributed workers use --backend cpu");
   const ModelConfig& c = cfg_;
   const int me = comm->rank();
   const int world = comm->size();
@@ -158,7 +158,19 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
     const Layer& L = layers_[l];
     const int owner = pl.layer_owner[l];
     const bool mine = owner == me;
-    if (mine) Mixer(L, batch, hidden.data(), f);
+    if (mine) {
+      if (cuda_) {
+        // The mixer where the sequence's KV cache and DeltaNet state live; the router, the
+        // experts, the shared expert and the LM head run on this host's CPU (the worker's
+        // experts in host RAM).
+        if (auto st = cuda_->Mixer(batch, l, hidden.data(), f); !st.ok()) {
+          Add(&d.all, step);
+          return absl::Status(st.code(), absl::StrCat("layer ", l, " mixer: ", st.message()));
+        }
+      } else {
+        Mixer(L, batch, hidden.data(), f);
+      }
+    }
     if (c.moe) {
       if (mine) {
         d.ids.resize(N * k);

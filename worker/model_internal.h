@@ -65,6 +65,12 @@ class CudaBackend {
   virtual void SetGraphs(bool on) = 0;
   // Decode: the fused DeltaNet kernel (default) or the separate kernels.
   virtual void SetFusedDeltaNet(bool on) = 0;
+  // ForwardDistributed's mixer of layer l on the device, for a batch of at most 512 tokens with
+  // host-side residual stream: hidden += mixer(attn_norm(hidden)); f = post_norm(hidden) (the
+  // CPU Model::Mixer). The sequences' KV and DeltaNet states stay on the device; n_past is not
+  // advanced (the caller does it after the last layer).
+  virtual absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
+                             float* f) = 0;
 };
 absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m);
 
