@@ -162,12 +162,16 @@ struct LoadedWorker {
   int threads = 0;
 };
 
-absl::StatusOr<LoadedWorker> LoadWorker(const Args& a, int max_states, Metrics* m) {
+// deferred_cuda: a worker process that may join a group makes its GPU copy when the
+// coordinator's Load says which layers it runs (or at its first step), not at start.
+absl::StatusOr<LoadedWorker> LoadWorker(const Args& a, int max_states, Metrics* m,
+                                        bool deferred_cuda = false) {
   auto opts = ModelOptionsFromFlags(a.get("backend"), a.get("threads"), a.get("kv-type"));
   if (!opts.ok()) return opts.status();
   ModelOptions& o = *opts;
   WorkerInventory inv = HostInventory();  // before the model takes memory
   if (auto st = ApplyDevice(a, &o, &inv); !st.ok()) return st;
+  o.cuda_deferred = deferred_cuda;
   auto file = OpenModelFile(a.get("model"), a.get("synthetic"));
   if (!file.ok()) return file.status();
   if (!a.has("no-prefault") && a.get("synthetic").empty()) Prefault(**file, m);
@@ -176,6 +180,9 @@ absl::StatusOr<LoadedWorker> LoadWorker(const Args& a, int max_states, Metrics* 
   Log("model: %s; backend %s%s, %d threads, KV %s", (*model)->config().summary().c_str(),
       BackendName(o.backend), o.backend == Backend::kCuda ? absl::StrCat(" on ", inv.device).c_str() : "",
       (*model)->n_threads(), type_name((*model)->kv_type()));
+  if (o.backend == Backend::kCuda && deferred_cuda)
+    Log("the GPU copy is made when the coordinator assigns this worker its layers (in a group: "
+        "only their mixers) or at the first step");
   LoadedWorker w;
   w.file = *file;
   w.threads = (*model)->n_threads();
@@ -619,7 +626,7 @@ int worker_main(int argc, char** argv) {
   } else if (listen.empty()) {
     listen = "127.0.0.1:50061";
   }
-  auto w = LoadWorker(a, static_cast<int>(states), nullptr);
+  auto w = LoadWorker(a, static_cast<int>(states), nullptr, /*deferred_cuda=*/true);
   if (!w.ok()) {
     Log("error: %s", std::string(w.status().message()).c_str());
     return 1;

@@ -267,12 +267,25 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::shared_ptr<const gguf::F
   m->ws_ = std::make_unique<Workspace>();
   m->local_experts_ = std::make_unique<LocalExpertExecutor>(m.get());
   m->experts_ = m->local_experts_.get();
-  if (opts.backend == Backend::kCuda) {
-    auto cuda = CreateCudaBackend(*m);
-    if (!cuda.ok()) return cuda.status();
-    m->cuda_ = std::move(*cuda);
-  }
+  if (opts.backend == Backend::kCuda && !opts.cuda_deferred)
+    if (auto st = m->EnsureCuda(); !st.ok()) return st;
   return m;
+}
+
+absl::Status Model::EnsureCuda() {
+  if (opts_.backend != Backend::kCuda || cuda_) return absl::OkStatus();
+  auto cuda = CreateCudaBackend(*this);
+  if (!cuda.ok()) return cuda.status();
+  cuda_ = std::move(*cuda);
+  return absl::OkStatus();
+}
+
+absl::Status Model::ShardCuda(const std::vector<char>& mixer_layers) {
+  if (opts_.backend != Backend::kCuda) return absl::OkStatus();
+  if (cuda_ && opts_.cuda_mixer_layers == mixer_layers) return absl::OkStatus();
+  cuda_.reset();  // frees the device copy first: the new one may not fit beside it
+  opts_.cuda_mixer_layers = mixer_layers;
+  return EnsureCuda();
 }
 
 absl::Status Model::Bind() {
@@ -479,6 +492,7 @@ absl::Status Model::CheckBatch(absl::Span<const StepItem> batch) const {
 }
 
 absl::Status Model::Forward(absl::Span<const StepItem> batch, std::vector<float>* logits) {
+  if (auto st = EnsureCuda(); !st.ok()) return st;
   if (auto st = CheckBatch(batch); !st.ok()) return st;
   if (cuda_) return cuda_->Forward(batch, logits);
   // CPU sub-steps of at most kCpuStepTokens tokens: the step's workspace (expert slot rows,
@@ -536,6 +550,7 @@ absl::Status Model::CpuStep(absl::Span<const StepItem> batch, const std::vector<
 }
 
 absl::Status Model::ForwardGreedy(absl::Span<const StepItem> batch, std::vector<int32_t>* ids) {
+  if (auto st = EnsureCuda(); !st.ok()) return st;
   if (cuda_) {
     if (auto st = CheckBatch(batch); !st.ok()) return st;
     return cuda_->ForwardGreedy(batch, ids);
@@ -570,6 +585,7 @@ absl::Status Model::ForwardSample(absl::Span<const StepItem> batch,
     }
   }
   out->assign(batch.size(), SampleResult{});
+  if (auto st = EnsureCuda(); !st.ok()) return st;
   if (cuda_ && !logprobs) {
     if (auto st = CheckBatch(batch); !st.ok()) return st;
     std::vector<int32_t> ids;

@@ -97,6 +97,14 @@ struct ModelOptions {
   int cuda_device = 0;
   int64_t cuda_ctx = 4096;
   bool cuda_graphs = true;  // decode steps captured as CUDA graphs and replayed
+  // CUDA backend, for workers that may join a group: load binds the weights on the host only;
+  // the device copy is made by EnsureCuda / ShardCuda (once the placement is known, or on first
+  // use).
+  bool cuda_deferred = false;
+  // CUDA backend of a group rank: when not empty, the device holds only the mixers (attention /
+  // DeltaNet weights and norms) of the layers marked here, and runs only ForwardDistributed
+  // (router, experts, shared expert and LM head run on the host).
+  std::vector<char> cuda_mixer_layers;
 };
 
 // One item of a step: `n_tok` tokens of one sequence, continuing its state.
@@ -137,6 +145,12 @@ class Model {
                              std::vector<SampleResult>* out);
   // CUDA backend: capture decode steps as CUDA graphs (default) or launch every kernel.
   void set_cuda_graphs(bool on);
+  // CUDA backend: makes the device copy now if it is deferred (no-op otherwise or on the CPU).
+  absl::Status EnsureCuda();
+  // CUDA backend: re-makes the device copy for this group role (mixer_layers: the layers whose
+  // mixers this rank runs; empty: the whole model). A no-op if it already holds exactly that.
+  // Sequences made before are invalid afterwards.
+  absl::Status ShardCuda(const std::vector<char>& mixer_layers);
   // CUDA backend: decode steps run each DeltaNet layer as one fused kernel (default) or as the
   // separate conv / norm / gate / delta-rule / gated-norm kernels of prefill (for comparison).
   void set_cuda_fused_deltanet(bool on);

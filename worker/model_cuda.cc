@@ -201,6 +201,7 @@ class CudaModel : public CudaBackend {
   bool fused_dn_on_ = true;         // ... and is used (SetFusedDeltaNet)
   bool flash_ok_ = false;           // the flash prefill kernel covers the attention shape
   bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
+  bool sharded_ = false;            // holds only some layers' mixers (a group rank)
   bool decode_step_ = false;        // the current step is all single tokens
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
@@ -294,15 +295,28 @@ absl::Status CudaModel::Init() {
   kv_type_ = m_.kv_type_;
   const int64_t H = c_.n_embd;
 
+  // A group rank's shard: only the mixers of the marked layers (ForwardDistributed's Mixer).
+  const std::vector<char>& shard = m_.opts_.cuda_mixer_layers;
+  sharded_ = !shard.empty();
+  if (sharded_ && static_cast<int64_t>(shard.size()) != c_.n_layer)
+    return absl::InvalidArgumentError(absl::StrCat("cuda: the mixer shard lists ", shard.size(),
+                                                   " layers, the model has ", c_.n_layer));
+  auto holds = [&](int64_t i) { return !sharded_ || shard[i] != 0; };
   // Weight bytes first, so that a model that cannot fit is refused before any copy.
   uint64_t need = 0;
   auto mb = [](const WeightView& w) -> uint64_t { return w.data ? w.row_stride * w.rows : 0; };
-  need += mb(m_.token_embd_) + (m_.output_.data != m_.token_embd_.data ? mb(m_.output_) : 0);
-  for (const auto& L : m_.layers_)
+  if (!sharded_)
+    need += mb(m_.token_embd_) + (m_.output_.data != m_.token_embd_.data ? mb(m_.output_) : 0);
+  for (int64_t i = 0; i < c_.n_layer; ++i) {
+    const Model::Layer& L = m_.layers_[i];
+    if (!holds(i)) continue;
     need += mb(L.wq) + mb(L.wk) + mb(L.wv) + mb(L.wo) + mb(L.qkv) + mb(L.gate) + mb(L.beta) +
-            mb(L.alpha) + mb(L.ssm_out) + mb(L.ffn_gate) + mb(L.ffn_up) + mb(L.ffn_down) +
-            mb(L.router) + mb(L.gate_exps) + mb(L.up_exps) + mb(L.down_exps) +
-            mb(L.shexp_gate_inp) + mb(L.shexp_gate) + mb(L.shexp_up) + mb(L.shexp_down);
+            mb(L.alpha) + mb(L.ssm_out);
+    if (!sharded_)
+      need += mb(L.ffn_gate) + mb(L.ffn_up) + mb(L.ffn_down) + mb(L.router) + mb(L.gate_exps) +
+              mb(L.up_exps) + mb(L.down_exps) + mb(L.shexp_gate_inp) + mb(L.shexp_gate) +
+              mb(L.shexp_up) + mb(L.shexp_down);
+  }
   const uint64_t reserve = uint64_t{1} << 30;  // workspace, states, CUDA context
   if (need + reserve > info->free_mem)
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -310,13 +324,16 @@ absl::Status CudaModel::Init() {
         "free of %.2f GiB",
         need / 1073741824.0, reserve / 1073741824.0, info->name, info->free_mem / 1073741824.0,
         info->total_mem / 1073741824.0));
-  std::fprintf(stderr, "rigserve: cuda: %s (sm_%d%d, %.1f GiB free); uploading %.2f GiB of weights\n",
+  std::fprintf(stderr, "rigserve: cuda: %s (sm_%d%d, %.1f GiB free); uploading %.2f GiB of weights%s\n",
                info->name.c_str(), info->cc_major, info->cc_minor,
-               info->free_mem / 1073741824.0, need / 1073741824.0);
+               info->free_mem / 1073741824.0, need / 1073741824.0,
+               sharded_ ? " (the mixers of this group rank's layers)" : "");
 
-  RS_CU(UploadMatrix(m_.token_embd_, &token_embd_));
-  RS_CU(UploadMatrix(m_.output_, &output_));
-  RS_CU(UploadVec(m_.output_norm_, H, &output_norm_));
+  if (!sharded_) {
+    RS_CU(UploadMatrix(m_.token_embd_, &token_embd_));
+    RS_CU(UploadMatrix(m_.output_, &output_));
+    RS_CU(UploadVec(m_.output_norm_, H, &output_norm_));
+  }
   const int64_t hd = c_.head_dim, nh = c_.n_head, nkv = c_.n_head_kv;
   const int64_t CD = c_.conv_dim(), VD = c_.value_dim(), KD = c_.key_dim();
   layers_.resize(c_.n_layer);
@@ -325,6 +342,7 @@ absl::Status CudaModel::Init() {
     DevLayer& D = layers_[i];
     D.kind = L.kind;
     D.fused_gate_up = L.fused_gate_up;
+    if (!holds(i)) continue;
     RS_CU(UploadVec(L.attn_norm, H, &D.attn_norm));
     RS_CU(UploadVec(L.post_norm, H, &D.post_norm));
     if (L.kind == LayerKind::kAttention) {
@@ -352,6 +370,7 @@ absl::Status CudaModel::Init() {
       RS_CU(UploadVec(L.ssm_a, c_.Hv, &D.ssm_a));
       RS_CU(UploadVec(L.ssm_norm, c_.dv, &D.ssm_norm));
     }
+    if (sharded_) continue;  // router, experts and FFN run on the host in a group
     RS_CU(UploadMatrix(L.ffn_gate, &D.ffn_gate));
     RS_CU(UploadMatrix(L.ffn_up, &D.ffn_up));
     RS_CU(UploadMatrix(L.ffn_down, &D.ffn_down));
@@ -964,6 +983,9 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
       bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
     RS_CU(cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_));
   }
+  if (sharded_ && !m_.opts_.cuda_mixer_layers[l])
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda: layer ", l, "'s mixer is not on this device (another rank's layer)"));
   const DevLayer& L = layers_[l];
   float* dh = F(o_hidden_);
   float* a = F(o_a_);
@@ -981,6 +1003,10 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
 
 absl::Status CudaModel::Run(absl::Span<const StepItem> batch, std::vector<float>* logits,
                             std::vector<int32_t>* ids) {
+  if (sharded_)
+    return absl::FailedPreconditionError(
+        "cuda: this worker holds only the mixers of its layers in a group; whole-model steps "
+        "need the whole model on the device (Model::ShardCuda with no layers)");
   cudaSetDevice(device_);
   if (logits) logits->clear();
   if (ids) ids->clear();

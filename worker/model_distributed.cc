@@ -92,6 +92,7 @@ Model::CommStats Model::comm_stats(bool decode_only) const {
 
 absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                        const Placement& pl, std::vector<float>* logits) {
+  if (auto st = EnsureCuda(); !st.ok()) return st;
   const ModelConfig& c = cfg_;
   const int me = comm->rank();
   const int world = comm->size();

@@ -34,6 +34,8 @@ absl::Status StepExecutor::Start(const SeqStep& s) {
         "no free state slot: %d running + %d kept of %d", running(), kept(), max_states_));
   const std::string err = validate_sampler_params(s.sampling, model_->config().n_vocab);
   if (!err.empty()) return absl::InvalidArgumentError(err);
+  // A deferred CUDA backend makes its device copy here, before the first sequence.
+  if (auto st = model_->EnsureCuda(); !st.ok()) return st;
   Seq seq;
   if (s.restore_from) {
     auto it = kept_.find(s.restore_from);

@@ -1,7 +1,8 @@
 // CUDA workers in a distributed group (pipeline + expert parallelism, Gloo over loopback, ranks
 // as threads of this process): ranks on the GPU run their layers' mixers on the device and the
 // rest on the host CPU. The last stage's logits must match one whole CPU model, for groups of
-// GPU + CPU ranks and of two GPU ranks. Skips without a GPU.
+// GPU + CPU ranks and of two GPU ranks, with the GPU ranks holding only their layers' mixers
+// (as group workers do) or the whole model. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -47,6 +48,7 @@ struct Case {
   const char* spec;
   std::vector<int> layer_owner;
   std::vector<bool> rank_on_gpu;
+  bool shard = true;  // GPU ranks keep only their layers' mixers on the device (as workers do)
 };
 
 class CudaDistributed : public ::testing::TestWithParam<Case> {
@@ -100,6 +102,17 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
       if (!comm.ok()) { errors[r] = std::string(comm.status().message()); return; }
       auto m = Load(f, c.rank_on_gpu[r]);
       if (!m) { errors[r] = "load failed"; return; }
+      if (c.rank_on_gpu[r] && c.shard) {
+        std::vector<char> mine(c.layer_owner.size());
+        for (size_t l = 0; l < mine.size(); ++l) mine[l] = c.layer_owner[l] == r;
+        if (auto st = m->ShardCuda(mine); !st.ok()) { errors[r] = st.ToString(); return; }
+        // A shard runs no whole-model step.
+        auto s = m->NewSequence();
+        std::vector<float> none;
+        const int32_t tok = 1;
+        StepItem it{s.get(), &tok, 1, false};
+        if (m->Forward({&it, 1}, &none).ok()) { errors[r] = "a shard ran a whole-model step"; return; }
+      }
       auto s1 = m->NewSequence(), s2 = m->NewSequence();
       std::vector<float> lg;
       StepItem a[2] = {{s1.get(), p1.data(), 23, false}, {s2.get(), p2.data(), 70, false}};
@@ -134,6 +147,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"moe-tiny:F32", {0, 0, 0, 1, 1, 1, 1, 1}, {true, false}},
                       Case{"moe-tiny:F32", {0, 0, 1, 1, 1, 1, 0, 0}, {false, true}},
                       Case{"moe-tiny:F32", {0, 0, 0, 0, 1, 1, 1, 1}, {true, true}},
+                      Case{"moe-tiny:F32", {0, 1, 0, 1, 0, 1, 0, 1}, {true, true}, false},
                       Case{"dense-tiny:F32", {0, 1, 1, 1, 1, 1, 1, 1}, {true, false}}),
     [](const ::testing::TestParamInfo<Case>& i) {
       std::string s = i.param.spec;

@@ -97,7 +97,12 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                             ((c.conv_kernel - 1) * c.conv_dim() + c.Hv * c.dk * c.dv) * 4));
   if (req->world_size() <= 1) {
     std::lock_guard<std::mutex> lock(mu_);
-    exec_.SetDistributed(nullptr, {});
+    exec_.SetDistributed(nullptr, {});  // also drops the sequences (and their device states)
+    if (auto st = model_->ShardCuda({}); !st.ok())  // the whole model on this worker's GPU
+      return grpc::Status(st.code() == absl::StatusCode::kResourceExhausted
+                              ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                              : grpc::StatusCode::FAILED_PRECONDITION,
+                          std::string(st.message()));
     return grpc::Status::OK;
   }
   // A rank of a group: check the placement, then meet the others through the coordinator.
@@ -130,6 +135,15 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                         absl::StrCat("rank ", req->rank(), " of ", req->world_size(), ": ", comm.status().message()));
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // A CUDA worker keeps only the mixers of its own layers on the device (no-op on the CPU).
+    std::vector<char> mine(c.n_layer, 0);
+    for (int64_t l = 0; l < c.n_layer; ++l) mine[l] = pl.layer_owner[l] == req->rank();
+    exec_.Reset();  // the sequences' device states go before the device copy is re-made
+    if (auto st = model_->ShardCuda(mine); !st.ok())
+      return grpc::Status(st.code() == absl::StatusCode::kResourceExhausted
+                              ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                              : grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("rank ", req->rank(), ": ", st.message()));
     exec_.SetDistributed(std::move(*comm), std::move(pl));
   }
   resp->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
