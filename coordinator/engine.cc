@@ -184,6 +184,7 @@ absl::Status Engine::ComputePlacement() {
     for (int64_t l = 0; l < L; ++l) layer_owner_[l] = static_cast<int>(l * n / L);
   }
   expert_owner_.clear();
+  expert_device_.clear();
   if (model_.n_expert() > 0)
     for (int64_t l = 0; l < L; ++l) {
       std::vector<int> owners(model_.n_expert());
@@ -256,6 +257,8 @@ absl::Status Engine::PlanPlacement(const std::vector<std::pair<int64_t, int64_t>
   layer_owner_.assign(owners.begin(), owners.end());
   expert_owner_.clear();
   for (const auto& l : plan::ExpertOwners(*p)) expert_owner_.emplace_back(l.begin(), l.end());
+  expert_device_.clear();
+  for (const auto& l : plan::ExpertDevices(*p)) expert_device_.emplace_back(l.begin(), l.end());
   std::string table = plan::PlanTable(*p);
   bool changed;
   {
@@ -304,6 +307,10 @@ absl::Status Engine::ConnectGroup() {
     for (const auto& eo : expert_owner_) {
       auto* x = req.add_expert_owner();
       for (int o : eo) x->add_rank(o);
+    }
+    for (const auto& ed : expert_device_) {
+      auto* x = req.add_expert_device();
+      for (int d : ed) x->add_device(d);
     }
     req.set_coordinator(opts_.coordinator_address);
     req.set_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));

@@ -222,6 +222,7 @@ class Engine {
   std::atomic<int> workers_up_{0};
   std::vector<int> layer_owner_;
   std::vector<std::vector<int>> expert_owner_;
+  std::vector<std::vector<int>> expert_device_;  // from the planner; empty otherwise
   std::string plan_table_;           // guarded by mu_
   std::string last_recovery_error_;
   std::vector<std::string> worker_names_;  // the metric labels in use

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
 #include "worker/model.h"
+#include "worker/model_internal.h"
 #include "worker/synthetic.h"
 
 namespace rs {
@@ -363,6 +364,23 @@ TEST_P(ModelSpecs, ForwardSampleIsSampleCpuOfMaskedLogits) {
 
 namespace rs {
 namespace {
+
+// A device shard's compact expert copy: the listed experts' rows, in list order.
+TEST(ModelShard, GatherExpertRowsTakesTheListedExperts) {
+  const int64_t E = 6, rows = 3, cols = 64;
+  const size_t rb = row_bytes(GgmlType::Q8_0, cols);
+  std::vector<uint8_t> data(E * rows * rb);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 3);
+  const WeightView w{GgmlType::Q8_0, data.data(), cols, E * rows, rb};
+  const std::vector<int32_t> experts = {4, 0, 5};
+  const std::vector<uint8_t> got = GatherExpertRows(w, rows, experts);
+  ASSERT_EQ(got.size(), experts.size() * rows * rb);
+  for (size_t i = 0; i < experts.size(); ++i)
+    EXPECT_EQ(0, std::memcmp(got.data() + i * rows * rb, data.data() + experts[i] * rows * rb,
+                             rows * rb))
+        << "expert " << experts[i];
+  EXPECT_TRUE(GatherExpertRows(w, rows, {}).empty());
+}
 
 TEST(ModelVocab, PaddingIdsAreMaskedForSampling) {
   auto f = MakeSyntheticModel("moe-tiny:F32", 7);

@@ -188,6 +188,21 @@ TEST(Planner, Outcome122bQ4kmOn2x24GiBSpillsToHostRam) {
     EXPECT_EQ(layer.back().device, -1);
   }
   EXPECT_NE(PlanTable(*p).find("spilled to host RAM"), std::string::npos);
+  // What LoadRequest carries to the workers: each expert's owner and device, matching the plan
+  // (a GPU worker keeps its device experts on the GPU and runs the -1 ones on its CPU).
+  const auto owners = ExpertOwners(*p);
+  const auto devices = ExpertDevices(*p);
+  ASSERT_EQ(devices.size(), p->experts.size());
+  int64_t host = 0;
+  for (size_t l = 0; l < devices.size(); ++l) {
+    ASSERT_EQ(devices[l].size(), p->experts[l].size());
+    for (size_t e = 0; e < devices[l].size(); ++e) {
+      EXPECT_EQ(devices[l][e], p->experts[l][e].device);
+      EXPECT_EQ(owners[l][e], p->experts[l][e].worker);
+      host += devices[l][e] < 0;
+    }
+  }
+  EXPECT_EQ(host, p->experts_spilled);
 }
 
 // Required outcome 3: 35B-A3B Q4_K_M on 1 x 24 GiB at 32K context.

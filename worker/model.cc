@@ -280,12 +280,26 @@ absl::Status Model::EnsureCuda() {
   return absl::OkStatus();
 }
 
-absl::Status Model::ShardCuda(const std::vector<char>& mixer_layers) {
+absl::Status Model::ShardCuda(const std::vector<char>& mixer_layers,
+                              const std::vector<std::vector<int32_t>>& gpu_experts) {
   if (opts_.backend != Backend::kCuda) return absl::OkStatus();
-  if (cuda_ && opts_.cuda_mixer_layers == mixer_layers) return absl::OkStatus();
+  if (cuda_ && opts_.cuda_mixer_layers == mixer_layers && opts_.cuda_experts == gpu_experts)
+    return absl::OkStatus();
+  if (!gpu_experts.empty() && mixer_layers.empty())
+    return absl::InvalidArgumentError("ShardCuda: experts on the device need a mixer shard");
   cuda_.reset();  // frees the device copy first: the new one may not fit beside it
   opts_.cuda_mixer_layers = mixer_layers;
+  opts_.cuda_experts = gpu_experts;
   return EnsureCuda();
+}
+
+std::vector<uint8_t> GatherExpertRows(const WeightView& w, int64_t rows_per_expert,
+                                      const std::vector<int32_t>& experts) {
+  const size_t per = static_cast<size_t>(rows_per_expert) * w.row_stride;
+  std::vector<uint8_t> out(per * experts.size());
+  for (size_t i = 0; i < experts.size(); ++i)
+    std::memcpy(out.data() + i * per, w.row(static_cast<int64_t>(experts[i]) * rows_per_expert), per);
+  return out;
 }
 
 absl::Status Model::Bind() {

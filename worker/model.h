@@ -105,6 +105,9 @@ struct ModelOptions {
   // DeltaNet weights and norms) of the layers marked here, and runs only ForwardDistributed
   // (router, experts, shared expert and LM head run on the host).
   std::vector<char> cuda_mixer_layers;
+  // With a mixer shard: per layer, the routed experts (ascending ids) this rank keeps on the
+  // device and runs there in ForwardDistributed; the rest of its experts run on the host CPU.
+  std::vector<std::vector<int32_t>> cuda_experts;
 };
 
 // One item of a step: `n_tok` tokens of one sequence, continuing its state.
@@ -150,7 +153,9 @@ class Model {
   // CUDA backend: re-makes the device copy for this group role (mixer_layers: the layers whose
   // mixers this rank runs; empty: the whole model). A no-op if it already holds exactly that.
   // Sequences made before are invalid afterwards.
-  absl::Status ShardCuda(const std::vector<char>& mixer_layers);
+  // gpu_experts: per layer, the routed experts to keep on the device (see ModelOptions).
+  absl::Status ShardCuda(const std::vector<char>& mixer_layers,
+                         const std::vector<std::vector<int32_t>>& gpu_experts = {});
   // CUDA backend: decode steps run each DeltaNet layer as one fused kernel (default) or as the
   // separate conv / norm / gate / delta-rule / gated-norm kernels of prefill (for comparison).
   void set_cuda_fused_deltanet(bool on);
@@ -169,6 +174,9 @@ class Model {
   struct Placement {
     std::vector<int> layer_owner;               // n_layer entries
     std::vector<std::vector<int>> expert_owner; // [n_layer][n_expert] (MoE only)
+    // [n_layer][n_expert]: -1 the owner's host RAM, >= 0 its GPU; empty: all in host RAM. A CPU
+    // worker runs every expert on its CPU either way.
+    std::vector<std::vector<int>> expert_device;
   };
   absl::Status ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                   const Placement& placement, std::vector<float>* logits);

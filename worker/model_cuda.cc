@@ -117,6 +117,15 @@ class CudaModel : public CudaBackend {
   void SetGraphs(bool on) override { use_graphs_ = on; }
   absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
                      float* f) override;
+  bool HoldsExpert(int64_t l, int32_t e) const override {
+    return l >= 0 && l < static_cast<int64_t>(expert_local_.size()) && e >= 0 &&
+           e < static_cast<int32_t>(expert_local_[l].size()) && expert_local_[l][e] >= 0;
+  }
+  absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
+                           const float* weights, float* slots) override;
+  // Uploads the rows of `experts` of the stacked tensor w as one compact device matrix.
+  absl::Status UploadExperts(const WeightView& w, int64_t rows_per_expert,
+                             const std::vector<int32_t>& experts, WeightView* out);
   void SetFusedDeltaNet(bool on) override {
     if (on == fused_dn_on_) return;
     fused_dn_on_ = on;
@@ -202,6 +211,11 @@ class CudaModel : public CudaBackend {
   bool flash_ok_ = false;           // the flash prefill kernel covers the attention shape
   bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
   bool sharded_ = false;            // holds only some layers' mixers (a group rank)
+  // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
+  // and the copies themselves.
+  std::vector<std::vector<int32_t>> expert_local_;
+  std::vector<int64_t> n_local_experts_;
+  std::vector<cuda::DeviceBuffer> expert_bufs_;
   bool decode_step_ = false;        // the current step is all single tokens
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
@@ -270,6 +284,24 @@ absl::Status CudaModel::UploadMatrix(const WeightView& w, WeightView* out) {
   return absl::OkStatus();
 }
 
+absl::Status CudaModel::UploadExperts(const WeightView& w, int64_t rows_per_expert,
+                                      const std::vector<int32_t>& experts, WeightView* out) {
+  *out = w;
+  if (!w.data) return absl::OkStatus();
+  if (!cuda::cuda_supports(w.type))
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda backend: weight type ", type_name(w.type), " has no CUDA kernel"));
+  const std::vector<uint8_t> host = GatherExpertRows(w, rows_per_expert, experts);
+  auto b = cuda::DeviceBuffer::alloc(host.size());
+  if (!b.ok()) return b.status();
+  RS_CU(cuda::copy_to_device(b->get(), host.data(), host.size(), stream_));
+  RS_CU(cuda::synchronize(stream_));  // `host` goes out of scope
+  out->data = b->get();
+  out->rows = rows_per_expert * static_cast<int64_t>(experts.size());
+  expert_bufs_.push_back(std::move(*b));
+  return absl::OkStatus();
+}
+
 absl::Status CudaModel::UploadVec(const float* host, int64_t n, const float** out) {
   *out = nullptr;
   if (!host) return absl::OkStatus();
@@ -317,6 +349,21 @@ absl::Status CudaModel::Init() {
               mb(L.up_exps) + mb(L.down_exps) + mb(L.shexp_gate_inp) + mb(L.shexp_gate) +
               mb(L.shexp_up) + mb(L.shexp_down);
   }
+  const auto& shard_experts = m_.opts_.cuda_experts;
+  if (!shard_experts.empty() && static_cast<int64_t>(shard_experts.size()) != c_.n_layer)
+    return absl::InvalidArgumentError(absl::StrCat("cuda: the expert shard lists ",
+                                                   shard_experts.size(), " layers, the model has ",
+                                                   c_.n_layer));
+  if (sharded_ && c_.moe && c_.n_expert > 0)
+    for (int64_t i = 0; i < static_cast<int64_t>(shard_experts.size()); ++i) {
+      const Model::Layer& L = m_.layers_[i];
+      for (int32_t e : shard_experts[i]) {
+        if (e < 0 || e >= c_.n_expert)
+          return absl::InvalidArgumentError(absl::StrCat("cuda: expert shard of layer ", i,
+                                                         " names expert ", e, " of ", c_.n_expert));
+        need += (mb(L.gate_exps) + mb(L.up_exps) + mb(L.down_exps)) / c_.n_expert;
+      }
+    }
   const uint64_t reserve = uint64_t{1} << 30;  // workspace, states, CUDA context
   if (need + reserve > info->free_mem)
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -342,6 +389,20 @@ absl::Status CudaModel::Init() {
     DevLayer& D = layers_[i];
     D.kind = L.kind;
     D.fused_gate_up = L.fused_gate_up;
+    if (sharded_ && c_.moe && i < static_cast<int64_t>(shard_experts.size()) &&
+        !shard_experts[i].empty()) {
+      // This rank's experts of layer i that stay on the device, compacted.
+      const int64_t I = c_.n_ff_exp;
+      expert_local_.resize(c_.n_layer);
+      n_local_experts_.resize(c_.n_layer, 0);
+      expert_local_[i].assign(c_.n_expert, -1);
+      for (size_t j = 0; j < shard_experts[i].size(); ++j)
+        expert_local_[i][shard_experts[i][j]] = static_cast<int32_t>(j);
+      n_local_experts_[i] = static_cast<int64_t>(shard_experts[i].size());
+      RS_CU(UploadExperts(L.gate_exps, L.fused_gate_up ? 2 * I : I, shard_experts[i], &D.gate_exps));
+      if (!L.fused_gate_up) RS_CU(UploadExperts(L.up_exps, I, shard_experts[i], &D.up_exps));
+      RS_CU(UploadExperts(L.down_exps, H, shard_experts[i], &D.down_exps));
+    }
     if (!holds(i)) continue;
     RS_CU(UploadVec(L.attn_norm, H, &D.attn_norm));
     RS_CU(UploadVec(L.post_norm, H, &D.post_norm));
@@ -999,6 +1060,49 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
   RS_CU(cuda::copy_to_host(hidden, dh, N * H * 4, stream_));
   RS_CU(cuda::copy_to_host(f, a, N * H * 4, stream_));
   return cuda::synchronize(stream_);
+}
+
+absl::Status CudaModel::ExpertSlots(int64_t l, const float* x, int64_t n_tok,
+                                   const int32_t* ids, const float* weights, float* slots) {
+  cudaSetDevice(device_);
+  const int64_t H = c_.n_embd, k = c_.n_expert_used, I = c_.n_ff_exp;
+  if (l < 0 || l >= static_cast<int64_t>(expert_local_.size()) || n_local_experts_[l] == 0)
+    return absl::OkStatus();
+  if (n_tok > kMaxStepTokens)
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda: ", n_tok, " tokens for the experts of layer ", l, "; the device workspace holds ",
+        kMaxStepTokens));
+  const int64_t S = n_tok * k;
+  // Local ids (-1: an expert this device does not hold), and the slots that are ours.
+  std::vector<int32_t> local(S);
+  int64_t n_ours = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    local[s] = HoldsExpert(l, ids[s]) ? expert_local_[l][ids[s]] : -1;
+    n_ours += local[s] >= 0;
+  }
+  if (n_ours == 0 || n_tok == 0) return absl::OkStatus();
+  const DevLayer& L = layers_[l];
+  float* dx = F(o_a_);
+  RS_CU(cuda::copy_to_device(dx, x, n_tok * H * 4, stream_));
+  RS_CU(cuda::copy_to_device(d_ids_, local.data(), S * 4, stream_));
+  RS_CU(cuda::copy_to_device(d_w_, weights, S * 4, stream_));
+  const int64_t El = n_local_experts_[l];
+  // Bucket positions [0, n_ours) of d hold the results of our slots; inv maps slot -> position.
+  RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, El,
+                          I, H, dx, n_tok, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
+                          moe_ws_.get(), moe_ws_.size(), /*out=*/nullptr, stream_));
+  std::vector<int32_t> inv(S);
+  std::vector<float> d(n_ours * H);
+  RS_CU(cuda::copy_to_host(inv.data(), cuda::moe_grouped_inv(moe_ws_.get(), S), S * 4, stream_));
+  RS_CU(cuda::copy_to_host(d.data(), F(o_moe_d_), n_ours * H * 4, stream_));
+  RS_CU(cuda::synchronize(stream_));
+  for (int64_t s = 0; s < S; ++s) {
+    if (local[s] < 0) continue;
+    const float* src = d.data() + static_cast<int64_t>(inv[s]) * H;
+    float* dst = slots + s * H;
+    for (int64_t h = 0; h < H; ++h) dst[h] = weights[s] * src[h];
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::Run(absl::Span<const StepItem> batch, std::vector<float>* logits,

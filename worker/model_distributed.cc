@@ -12,8 +12,9 @@
 //   - when layer l + 1 has another owner, SendHidden / RecvHidden hand the residual stream over.
 // The last layer's owner computes the logits.
 // On the cuda backend the mixers run on the GPU (where the sequences' states are), with the
-// residual stream copied in and out per layer; everything else runs on the host CPU from the
-// mapped weights, so a CUDA worker's experts all run as host experts.
+// residual stream copied in and out per layer, and so do the routed experts the device holds
+// (the plan's GPU experts of this rank, ModelOptions::cuda_experts); everything else (router,
+// host-RAM experts, shared expert, LM head) runs on the host CPU from the mapped weights.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -150,10 +151,20 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
   d.f.assign(N * H, 0.0f);
   float* f = d.f.data();
   if (pl.layer_owner[0] == me) Embed(batch, hidden.data());
-  const par::ExpertFn compute = [this](const par::ExpertWork& w) {
+  std::vector<int32_t> host_ids;
+  const par::ExpertFn compute = [this, &host_ids, k](const par::ExpertWork& w) {
     // Ids of experts held elsewhere arrive as -1 and leave their slot zero.
-    RunLocalExpertSlots(w.layer, w.x, static_cast<int64_t>(w.num_tokens), w.experts, w.weights, w.out);
-    return absl::OkStatus();
+    const int64_t n = static_cast<int64_t>(w.num_tokens);
+    if (!cuda_) {
+      RunLocalExpertSlots(w.layer, w.x, n, w.experts, w.weights, w.out);
+      return absl::OkStatus();
+    }
+    // A GPU rank: the experts its device holds run there, the rest (host RAM) on the CPU.
+    host_ids.assign(w.experts, w.experts + n * k);
+    for (int32_t& e : host_ids)
+      if (e >= 0 && cuda_->HoldsExpert(w.layer, e)) e = -1;
+    RunLocalExpertSlots(w.layer, w.x, n, host_ids.data(), w.weights, w.out);
+    return cuda_->ExpertSlots(w.layer, w.x, n, w.experts, w.weights, w.out);
   };
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];

@@ -46,6 +46,11 @@ struct Model::Workspace {
   }
 };
 
+// The rows of the listed experts of a stacked expert tensor (rows_per_expert rows each, in
+// list order), contiguous: a device shard's compact copy of the experts it runs.
+std::vector<uint8_t> GatherExpertRows(const WeightView& w, int64_t rows_per_expert,
+                                      const std::vector<int32_t>& experts);
+
 // The CUDA backend of Model (worker/model_cuda.cc; a stub that says so in builds without
 // CUDA). It uploads the bound weights once at load and runs Forward on the device.
 class CudaBackend {
@@ -71,6 +76,13 @@ class CudaBackend {
   // advanced (the caller does it after the last layer).
   virtual absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
                              float* f) = 0;
+  // The routed experts this shard keeps on the device (ModelOptions::cuda_experts).
+  virtual bool HoldsExpert(int64_t l, int32_t e) const = 0;
+  // For the slots whose expert this shard holds: slots[t][i] = weights[t][i] * expert(x[t]) (H
+  // floats), computed on the device; other slots are left as they are. x: n_tok rows of H on the
+  // host, ids / weights [n_tok][k] on the host.
+  virtual absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
+                                   const float* weights, float* slots) = 0;
 };
 absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m);
 

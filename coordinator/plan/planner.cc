@@ -682,6 +682,15 @@ std::vector<std::vector<int32_t>> ExpertOwners(const Plan& p) {
   return out;
 }
 
+std::vector<std::vector<int32_t>> ExpertDevices(const Plan& p) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& layer : p.experts) {
+    out.emplace_back();
+    for (const auto& e : layer) out.back().push_back(e.device);
+  }
+  return out;
+}
+
 std::string PlanTable(const Plan& p) {
   const ModelShape& m = p.shape;
   std::string o;

@@ -206,6 +206,8 @@ std::string FormatBytes(uint64_t b);  // "23.41 GiB", "512.0 MiB", "812 B"
 // layer, and of every routed expert of every layer ([layer][expert]; empty for dense models).
 std::vector<int32_t> LayerOwners(const Plan& p);
 std::vector<std::vector<int32_t>> ExpertOwners(const Plan& p);
+// And the device of each: -1 = the owner's host RAM, N = its N-th GPU ([layer][expert]).
+std::vector<std::vector<int32_t>> ExpertDevices(const Plan& p);
 
 std::string PlanTable(const Plan& p);  // readable table
 std::string PlanJson(const Plan& p);   // one JSON document (see cli_plan --help)

@@ -43,6 +43,10 @@ size_t moe_grouped_workspace_bytes(int64_t n_slots, int64_t E) {
   return static_cast<size_t>(2 * n_slots + 2 * (E + 1)) * sizeof(int32_t) + 64;
 }
 
+const int32_t* moe_grouped_inv(const void* ws, int64_t n_slots) {
+  return static_cast<const int32_t*>(ws) + n_slots;
+}
+
 absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const WeightView& down,
                          int64_t E, int64_t I, int64_t H, const float* x, int64_t n_tok,
                          const int32_t* d_ids, const float* d_w, int64_t k, float* gu, float* h,
@@ -109,6 +113,7 @@ absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const Wei
   g.ldy = H;
   if (auto e = moe::launch_moe_gemm(down.type, g, S, cs); e != cudaSuccess)
     return st("moe_gemm down", e);
+  if (!out) return absl::OkStatus();  // the caller weights and places the slots itself
   return st("moe_combine", moe::launch_moe_combine(d, H, inv, d_w, k, H, n_tok, out, cs));
 }
 

@@ -61,7 +61,11 @@ absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s = nullptr);
 // (I rows each) or gate|up fused (2I rows each, up == nullptr); up: the separate up tensor;
 // down: H rows of I each. Scratch: gu [N*k][2I], h [N*k][I], d [N*k][H] floats and `ws` of
 // moe_grouped_workspace_bytes. Nothing leaves the device.
+// out == nullptr: no combine; d then holds each of the step's valid slots' down projection
+// (unweighted) at the slot's bucket position, which moe_grouped_inv(ws, n_slots)[slot] gives
+// (-1 for a slot with a negative id).
 size_t moe_grouped_workspace_bytes(int64_t n_slots, int64_t E);
+const int32_t* moe_grouped_inv(const void* ws, int64_t n_slots);
 absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const WeightView& down,
                          int64_t E, int64_t I, int64_t H, const float* x, int64_t n_tok,
                          const int32_t* d_ids, const float* d_w, int64_t k, float* gu, float* h,

@@ -2,7 +2,8 @@
 // as threads of this process): ranks on the GPU run their layers' mixers on the device and the
 // rest on the host CPU. The last stage's logits must match one whole CPU model, for groups of
 // GPU + CPU ranks and of two GPU ranks, with the GPU ranks holding only their layers' mixers
-// (as group workers do) or the whole model. Skips without a GPU.
+// (as group workers do) or the whole model, and none, half or all of their routed experts on
+// the device (the rest run on the host CPU). Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -49,6 +50,8 @@ struct Case {
   std::vector<int> layer_owner;
   std::vector<bool> rank_on_gpu;
   bool shard = true;  // GPU ranks keep only their layers' mixers on the device (as workers do)
+  int gpu_experts = 0;  // 0: all experts on the host CPU; 1: every other of the rank's on its GPU;
+                        // 2: all of the rank's on its GPU
 };
 
 class CudaDistributed : public ::testing::TestWithParam<Case> {
@@ -105,7 +108,17 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
       if (c.rank_on_gpu[r] && c.shard) {
         std::vector<char> mine(c.layer_owner.size());
         for (size_t l = 0; l < mine.size(); ++l) mine[l] = c.layer_owner[l] == r;
-        if (auto st = m->ShardCuda(mine); !st.ok()) { errors[r] = st.ToString(); return; }
+        std::vector<std::vector<int32_t>> ge;
+        if (c.gpu_experts > 0 && cfg.moe) {
+          ge.resize(cfg.n_layer);
+          for (int64_t l = 0; l < cfg.n_layer; ++l) {
+            int nth = 0;
+            for (int64_t e = 0; e < cfg.n_expert; ++e)
+              if (pl.expert_owner[l][e] == r && (c.gpu_experts == 2 || nth++ % 2 == 0))
+                ge[l].push_back(static_cast<int32_t>(e));
+          }
+        }
+        if (auto st = m->ShardCuda(mine, ge); !st.ok()) { errors[r] = st.ToString(); return; }
         // A shard runs no whole-model step.
         auto s = m->NewSequence();
         std::vector<float> none;
@@ -148,6 +161,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe-tiny:F32", {0, 0, 1, 1, 1, 1, 0, 0}, {false, true}},
                       Case{"moe-tiny:F32", {0, 0, 0, 0, 1, 1, 1, 1}, {true, true}},
                       Case{"moe-tiny:F32", {0, 1, 0, 1, 0, 1, 0, 1}, {true, true}, false},
+                      Case{"moe-tiny:F32", {0, 0, 0, 1, 1, 1, 1, 1}, {true, false}, true, 1},
+                      Case{"moe-tiny:F32", {0, 0, 0, 0, 1, 1, 1, 1}, {true, true}, true, 2},
                       Case{"dense-tiny:F32", {0, 1, 1, 1, 1, 1, 1, 1}, {true, false}}),
     [](const ::testing::TestParamInfo<Case>& i) {
       std::string s = i.param.spec;

@@ -123,6 +123,16 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                             absl::StrCat("expert_owner lists ", eo.rank_size(), " experts, the model has ", c.n_expert));
       pl.expert_owner.emplace_back(eo.rank().begin(), eo.rank().end());
     }
+    if (req->expert_device_size() > 0) {
+      if (req->expert_device_size() != c.n_layer)
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expert_device must list every layer");
+      for (const auto& ed : req->expert_device()) {
+        if (ed.device_size() != c.n_expert)
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              absl::StrCat("expert_device lists ", ed.device_size(), " experts, the model has ", c.n_expert));
+        pl.expert_device.emplace_back(ed.device().begin(), ed.device().end());
+      }
+    }
   }
   store_ = MakeGrpcKvStore(req->coordinator());
   const auto timeout = std::chrono::milliseconds(req->collective_timeout_ms() > 0 ? req->collective_timeout_ms() : 10000);
@@ -138,8 +148,17 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
     // A CUDA worker keeps only the mixers of its own layers on the device (no-op on the CPU).
     std::vector<char> mine(c.n_layer, 0);
     for (int64_t l = 0; l < c.n_layer; ++l) mine[l] = pl.layer_owner[l] == req->rank();
+    // ... and the routed experts the plan puts on its GPU; its host-RAM experts run on its CPU.
+    std::vector<std::vector<int32_t>> gpu_experts;
+    if (!pl.expert_device.empty()) {
+      gpu_experts.resize(c.n_layer);
+      for (int64_t l = 0; l < c.n_layer; ++l)
+        for (int64_t e = 0; e < c.n_expert; ++e)
+          if (pl.expert_owner[l][e] == req->rank() && pl.expert_device[l][e] >= 0)
+            gpu_experts[l].push_back(static_cast<int32_t>(e));
+    }
     exec_.Reset();  // the sequences' device states go before the device copy is re-made
-    if (auto st = model_->ShardCuda(mine); !st.ok())
+    if (auto st = model_->ShardCuda(mine, gpu_experts); !st.ok())
       return grpc::Status(st.code() == absl::StatusCode::kResourceExhausted
                               ? grpc::StatusCode::RESOURCE_EXHAUSTED
                               : grpc::StatusCode::FAILED_PRECONDITION,
