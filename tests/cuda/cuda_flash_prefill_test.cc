@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -12,6 +11,7 @@
 #include "kernels/formats.h"
 #include "kernels/ops.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_check.h"
 
 namespace rs::cuda {
 namespace {
@@ -28,37 +28,15 @@ class CudaFlashPrefill : public ::testing::TestWithParam<Case> {
 
 TEST_P(CudaFlashPrefill, MatchesAttentionRef) {
   const Case c = GetParam();
-  std::mt19937 rng(3 + static_cast<uint32_t>(c.T));
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int64_t n_pos = c.n_past + c.T, row = c.nkv * c.hd;
-  const size_t rb = row_bytes(c.kv, row);
-  std::vector<uint8_t> kc(n_pos * rb), vc(n_pos * rb);
-  std::vector<float> tmp(row);
-  for (int64_t p = 0; p < n_pos; ++p) {
-    for (auto& x : tmp) x = nd(rng);
-    quantize_row_ref(c.kv, tmp.data(), kc.data() + p * rb, row);
-    for (auto& x : tmp) x = nd(rng);
-    quantize_row_ref(c.kv, tmp.data(), vc.data() + p * rb, row);
-  }
-  std::vector<float> q(c.T * c.nh * c.hd);
-  for (auto& x : q) x = 2.0f * nd(rng);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
-  std::vector<float> want(q.size());
-  attention_ref(q.data(), c.T, c.nh, c.hd, KvView{c.kv, kc.data(), c.nkv, c.hd, rb, 0},
-                KvView{c.kv, vc.data(), c.nkv, c.hd, rb, 0}, c.n_past, scale, want.data());
-  DeviceBuffer dq = testing::upload(q), dk = testing::upload(kc), dv = testing::upload(vc);
-  DeviceBuffer out = testing::poisoned<float>(q.size());
+  const auto p = testing_kernels::make_attn(c.kv, c.T, c.n_past, c.nh, c.nkv, c.hd);
+  DeviceBuffer dq = testing::upload(p.q), dk = testing::upload(p.k), dv = testing::upload(p.v);
+  DeviceBuffer out = testing::poisoned<float>(p.q.size());
   RS_ASSERT_OK(attention_prefill(dq.as<float>(), c.T, c.nh, c.hd,
-                                 KvView{c.kv, dk.get(), c.nkv, c.hd, rb, 0},
-                                 KvView{c.kv, dv.get(), c.nkv, c.hd, rb, 0}, c.n_past, scale,
+                                 KvView{c.kv, dk.get(), c.nkv, c.hd, p.rb, 0},
+                                 KvView{c.kv, dv.get(), c.nkv, c.hd, p.rb, 0}, c.n_past, p.scale,
                                  out.as<float>(), nullptr));
-  const auto got = testing::download<float>(out, q.size());
-  double max_err = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(e <= max_err)) max_err = e;
-  }
-  EXPECT_LE(max_err, 5e-5);  // device expf; outputs are mixtures of V rows (|v| ~ 1-4)
+  // Device expf; outputs are mixtures of V rows (|v| ~ 1-4).
+  EXPECT_LE(testing_kernels::max_abs(testing::download<float>(out, p.q.size()), p.want), 5e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -12,6 +12,7 @@
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_check.h"
 
 namespace rs::cuda {
 namespace {
@@ -26,13 +27,6 @@ class CudaMoeGrouped : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override { RS_SKIP_WITHOUT_CUDA(); }
 };
-
-std::vector<uint8_t> quantized(GgmlType t, const std::vector<float>& f, int64_t rows, int64_t cols) {
-  std::vector<uint8_t> out(rows * row_bytes(t, cols));
-  for (int64_t r = 0; r < rows; ++r)
-    quantize_row_ref(t, f.data() + r * cols, out.data() + r * row_bytes(t, cols), cols);
-  return out;
-}
 
 TEST_P(CudaMoeGrouped, MatchesPerTokenReference) {
   const Case c = GetParam();
@@ -52,10 +46,10 @@ TEST_P(CudaMoeGrouped, MatchesPerTokenReference) {
     g_f.insert(g_f.end(), b, b + c.I * c.H);
     u_f.insert(u_f.end(), b + c.I * c.H, b + 2 * c.I * c.H);
   }
-  const auto gu_q = quantized(c.type, gu_f, c.E * 2 * c.I, c.H);
-  const auto g_q = quantized(c.type, g_f, c.E * c.I, c.H);
-  const auto u_q = quantized(c.type, u_f, c.E * c.I, c.H);
-  const auto d_q = quantized(c.type, down_f, c.E * c.H, c.I);
+  const auto gu_q = testing_kernels::quantize_rows(c.type, gu_f, c.E * 2 * c.I, c.H);
+  const auto g_q = testing_kernels::quantize_rows(c.type, g_f, c.E * c.I, c.H);
+  const auto u_q = testing_kernels::quantize_rows(c.type, u_f, c.E * c.I, c.H);
+  const auto d_q = testing_kernels::quantize_rows(c.type, down_f, c.E * c.H, c.I);
   const std::vector<float> x = rnd(c.N * c.H, 1.0f);
   std::vector<int32_t> ids(c.N * c.k);
   std::vector<float> w(c.N * c.k);
@@ -83,27 +77,8 @@ TEST_P(CudaMoeGrouped, MatchesPerTokenReference) {
   RS_ASSERT_OK(moe_grouped(gate, c.fused ? nullptr : &up, down, c.E, c.I, c.H, dx.as<float>(), c.N,
                            dids.as<int32_t>(), dw.as<float>(), c.k, bgu.as<float>(), bh.as<float>(),
                            bd.as<float>(), ws.get(), wsb, out.as<float>(), nullptr));
-  const auto got = testing::download<float>(out, c.N * c.H);
-  double max_err = 0, scale = 0;
-  for (int64_t t = 0; t < c.N; ++t) {
-    std::vector<double> acc(c.H, 0.0);
-    for (int64_t i = 0; i < c.k; ++i) {
-      const int32_t e = ids[t * c.k + i];
-      std::vector<float> gate_up(2 * c.I), h(c.I), y(c.H);
-      const WeightView wu{c.type, gu_q.data() + e * 2 * c.I * hrb, c.H, 2 * c.I, hrb};
-      matmul_ref(wu, x.data() + t * c.H, c.H, 1, gate_up.data(), 2 * c.I);
-      for (int64_t j = 0; j < c.I; ++j) h[j] = silu(gate_up[j]) * gate_up[c.I + j];
-      const WeightView wd{c.type, d_q.data() + e * c.H * irb, c.I, c.H, irb};
-      matmul_ref(wd, h.data(), c.I, 1, y.data(), c.H);
-      for (int64_t j = 0; j < c.H; ++j) acc[j] += static_cast<double>(w[t * c.k + i]) * y[j];
-    }
-    for (int64_t j = 0; j < c.H; ++j) {
-      const double e = std::fabs(acc[j] - got[t * c.H + j]);
-      if (!(e <= max_err)) max_err = e;
-      scale = std::max(scale, std::fabs(acc[j]));
-    }
-  }
-  EXPECT_LE(max_err / scale, 1e-5) << "max abs err " << max_err << " of " << scale;
+  const auto want = testing_kernels::moe_reference(c.type, gu_q, d_q, c.H, c.I, x, c.N, c.k, ids, w);
+  EXPECT_LE(testing_kernels::max_rel(testing::download<float>(out, c.N * c.H), want), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(

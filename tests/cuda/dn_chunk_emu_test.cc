@@ -5,12 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/dn_chunk_kernel.cuh"
-#include "kernels/ops.h"
+#include "tests/cuda/kernel_check.h"
 
 namespace rs::cuda::dn {
 namespace {
@@ -19,47 +18,20 @@ struct Case {
   int64_t T, Hk, Hv, dk, dv;
 };
 
-std::vector<float> rnd(int64_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(n);
-  for (auto& x : v) x = u(rng);
-  return v;
-}
-
-double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  double mx = 1e-6, err = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    mx = std::max(mx, std::fabs(static_cast<double>(want[i])));
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(e <= err)) err = e;  // NaN sticks
-  }
-  return err / mx;
-}
-
 class DnChunkEmu : public ::testing::TestWithParam<Case> {};
 
 TEST_P(DnChunkEmu, MatchesRecurrence) {
   const Case c = GetParam();
-  const DeltaNetDims d{c.T, c.Hk, c.Hv, c.dk, c.dv};
-  auto q = rnd(c.T * c.Hk * c.dk, 1, -1, 1), k = rnd(c.T * c.Hk * c.dk, 2, -1, 1);
-  l2_norm_ref(q.data(), c.T * c.Hk, c.dk, 1e-6f);
-  l2_norm_ref(k.data(), c.T * c.Hk, c.dk, 1e-6f);
-  for (auto& x : q) x /= std::sqrt(static_cast<float>(c.dk));
-  const auto v = rnd(c.T * c.Hv * c.dv, 3, -1, 1), g = rnd(c.T * c.Hv, 4, -5, 0),
-             beta = rnd(c.T * c.Hv, 5, 0.01f, 0.99f), S0 = rnd(c.Hv * c.dk * c.dv, 6, -0.5f, 0.5f);
-  std::vector<float> S_ref = S0, o_ref(c.T * c.Hv * c.dv);
-  delta_rule_recurrent_ref(d, q.data(), k.data(), v.data(), g.data(), beta.data(), S_ref.data(),
-                           o_ref.data());
+  const auto p = testing_kernels::make_delta(c.T, c.Hk, c.Hv, c.dk, c.dv);
   for (simt::Order order : {simt::Order::kForward, simt::Order::kReverse}) {
     simt::set_order(order);
-    std::vector<float> S = S0, o(o_ref.size(), NAN);
+    std::vector<float> S = p.S0, o(p.o_want.size(), NAN);
     ChunkArgs a;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
-    a.g = g.data();
-    a.beta = beta.data();
+    a.q = p.q.data();
+    a.k = p.k.data();
+    a.v = p.v.data();
+    a.g = p.g.data();
+    a.beta = p.beta.data();
     a.S = S.data();
     a.out = o.data();
     a.T = c.T;
@@ -71,8 +43,8 @@ TEST_P(DnChunkEmu, MatchesRecurrence) {
         {static_cast<unsigned>(c.Hv), static_cast<unsigned>((c.dv + kChunkCols - 1) / kChunkCols)},
         {kChunkThreads}, chunk_smem_bytes(c.dk), dn_chunk_kernel, a);
     ASSERT_EQ(err, "");
-    EXPECT_LT(rel_err(o, o_ref), 1e-4) << "T=" << c.T;
-    EXPECT_LT(rel_err(S, S_ref), 1e-4) << "T=" << c.T;
+    EXPECT_LT(testing_kernels::max_rel(o, p.o_want), 1e-4) << "T=" << c.T;
+    EXPECT_LT(testing_kernels::max_rel(S, p.S_want), 1e-4) << "T=" << c.T;
   }
   simt::set_order(simt::Order::kForward);
 }

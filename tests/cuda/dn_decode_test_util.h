@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "tests/cuda/kernel_check.h"
 
 namespace rs::testing_dn {
 
@@ -75,14 +76,6 @@ inline std::vector<float> reference(Problem& p) {
   return y;
 }
 
-inline double max_rel(const float* got, const float* want, int64_t n) {
-  double scale = 1e-6, err = 0;
-  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, static_cast<double>(std::fabs(want[i])));
-  for (int64_t i = 0; i < n; ++i) {
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(e <= err)) err = e;  // NaN (an unwritten output) sticks
-  }
-  return err / scale;
-}
+using testing_kernels::max_rel;
 
 }  // namespace rs::testing_dn

@@ -4,13 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/flash_prefill_kernel.cuh"
 #include "kernels/formats.h"
 #include "kernels/ops.h"
+#include "tests/cuda/kernel_check.h"
 
 namespace rs::cuda::flash {
 namespace {
@@ -24,36 +24,19 @@ class FlashPrefillEmu : public ::testing::TestWithParam<Case> {};
 
 TEST_P(FlashPrefillEmu, MatchesAttentionRef) {
   const Case c = GetParam();
-  std::mt19937 rng(3 + static_cast<uint32_t>(c.T));
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int64_t n_pos = c.n_past + c.T, row = c.nkv * c.hd;
-  const size_t rb = row_bytes(c.kv, row);
-  std::vector<uint8_t> kc(n_pos * rb), vc(n_pos * rb);
-  std::vector<float> tmp(row);
-  for (int64_t p = 0; p < n_pos; ++p) {
-    for (auto& x : tmp) x = nd(rng);
-    quantize_row_ref(c.kv, tmp.data(), kc.data() + p * rb, row);
-    for (auto& x : tmp) x = nd(rng);
-    quantize_row_ref(c.kv, tmp.data(), vc.data() + p * rb, row);
-  }
-  std::vector<float> q(c.T * c.nh * c.hd);
-  for (auto& x : q) x = 2.0f * nd(rng);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
-  std::vector<float> want(q.size()), got(q.size(), NAN);
-  const KvView kv_k{c.kv, kc.data(), c.nkv, c.hd, rb, 0}, kv_v{c.kv, vc.data(), c.nkv, c.hd, rb, 0};
-  attention_ref(q.data(), c.T, c.nh, c.hd, kv_k, kv_v, c.n_past, scale, want.data());
-
+  const auto p = testing_kernels::make_attn(c.kv, c.T, c.n_past, c.nh, c.nkv, c.hd);
+  std::vector<float> got(p.q.size(), NAN);
   PrefillArgs a;
-  a.q = q.data();
+  a.q = p.q.data();
   a.T = c.T;
   a.nh = c.nh;
   a.nkv = c.nkv;
   a.hd = c.hd;
-  a.k = kc.data();
-  a.v = vc.data();
-  a.k_stride = a.v_stride = rb;
+  a.k = p.k.data();
+  a.v = p.v.data();
+  a.k_stride = a.v_stride = p.rb;
   a.n_past = c.n_past;
-  a.scale = scale;
+  a.scale = p.scale;
   a.out = got.data();
   const int64_t tpb = tokens_per_block(c.nh / c.nkv);
   const simt::Dim grid(static_cast<unsigned>((c.T + tpb - 1) / tpb), static_cast<unsigned>(c.nkv));
@@ -65,12 +48,7 @@ TEST_P(FlashPrefillEmu, MatchesAttentionRef) {
     default: break;
   }
   ASSERT_EQ(err, "");
-  double max_err = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(e <= max_err)) max_err = e;  // NaN (an unwritten output) sticks
-  }
-  EXPECT_LE(max_err, 2e-5);  // outputs are convex mixtures of V rows (|v| ~ 1-4)
+  EXPECT_LE(testing_kernels::max_abs(got, p.want), 2e-5);  // mixtures of V rows (|v| ~ 1-4)
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -13,16 +13,10 @@
 #include "kernels/formats.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "tests/cuda/kernel_check.h"
 
 namespace rs::cuda::moe {
 namespace {
-
-std::vector<uint8_t> quantized(GgmlType t, const std::vector<float>& f, int64_t rows, int64_t cols) {
-  std::vector<uint8_t> out(rows * row_bytes(t, cols) + 64);
-  for (int64_t r = 0; r < rows; ++r)
-    quantize_row_ref(t, f.data() + r * cols, out.data() + r * row_bytes(t, cols), cols);
-  return out;
-}
 
 void run_gemm(GgmlType t, const GemmArgs& g, unsigned gy, std::string* err) {
   const unsigned gx = static_cast<unsigned>((g.rows + kTileN - 1) / kTileN);
@@ -48,8 +42,8 @@ TEST_P(MoeGroupedEmu, MatchesPerTokenReference) {
   };
   // Experts: up (gate|up fused, 2I rows of H) and down (H rows of I).
   const std::vector<float> up_f = rnd(c.E * 2 * c.I * c.H, 0.1f), down_f = rnd(c.E * c.H * c.I, 0.1f);
-  const auto up_q = quantized(c.type, up_f, c.E * 2 * c.I, c.H);
-  const auto down_q = quantized(c.type, down_f, c.E * c.H, c.I);
+  const auto up_q = testing_kernels::quantize_rows(c.type, up_f, c.E * 2 * c.I, c.H);
+  const auto down_q = testing_kernels::quantize_rows(c.type, down_f, c.E * c.H, c.I);
   const size_t up_rb = row_bytes(c.type, c.H), down_rb = row_bytes(c.type, c.I);
   const std::vector<float> x = rnd(c.N * c.H, 1.0f);
   // Routing: k distinct experts per token, skewed (expert 0 popular, the last one never used).
@@ -126,27 +120,9 @@ TEST_P(MoeGroupedEmu, MatchesPerTokenReference) {
                          w.data(), c.k, c.H, out.data()),
             "");
 
-  // Reference: per token, per slot, exact dequantised products.
-  double max_err = 0, scale = 0;
-  for (int64_t t = 0; t < c.N; ++t) {
-    std::vector<double> acc(c.H, 0.0);
-    for (int64_t i = 0; i < c.k; ++i) {
-      const int32_t e = ids[t * c.k + i];
-      std::vector<float> gate_up(2 * c.I), h(c.I), y(c.H);
-      WeightView wu{c.type, up_q.data() + e * 2 * c.I * up_rb, c.H, 2 * c.I, up_rb};
-      matmul_ref(wu, x.data() + t * c.H, c.H, 1, gate_up.data(), 2 * c.I);
-      for (int64_t j = 0; j < c.I; ++j) h[j] = silu(gate_up[j]) * gate_up[c.I + j];
-      WeightView wd{c.type, down_q.data() + e * c.H * down_rb, c.I, c.H, down_rb};
-      matmul_ref(wd, h.data(), c.I, 1, y.data(), c.H);
-      for (int64_t j = 0; j < c.H; ++j) acc[j] += static_cast<double>(w[t * c.k + i]) * y[j];
-    }
-    for (int64_t j = 0; j < c.H; ++j) {
-      const double e = std::fabs(acc[j] - out[t * c.H + j]);
-      if (!(e <= max_err)) max_err = e;  // NaN (an unwritten output) sticks
-      scale = std::max(scale, std::fabs(acc[j]));
-    }
-  }
-  EXPECT_LE(max_err / scale, 1e-5) << "max abs err " << max_err << " of " << scale;
+  const auto want = testing_kernels::moe_reference(c.type, up_q, down_q, c.H, c.I, x, c.N, c.k,
+                                                   ids, w);
+  EXPECT_LE(testing_kernels::max_rel(out, want), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(
