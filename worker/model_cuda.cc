@@ -171,6 +171,7 @@ class CudaModel : public CudaBackend {
   enum class HeadMode : int { kLogits = 0, kGreedy = 1, kSample = 2 };
   absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, HeadMode mode);
   absl::Status RoutedPerToken(const DevLayer& L, const float* f, int64_t N, float* out);
+  absl::Status BeginStep(const std::vector<Piece>& ps, bool decode);
   void DropGraphs();
   // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
   absl::Status Mm(const WeightView& w, const float* x, int64_t n, float* y);
@@ -906,13 +907,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     N += p.n;
   }
   RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
-  decode_step_ = decode;
-  if (decode && fused_dn_ && fused_dn_on_) {
-    std::vector<uint8_t*> bases;
-    for (const Piece& p : ps)
-      bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
-    RS_CU(cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_));
-  }
+  RS_CU(BeginStep(ps, decode));
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
   const HeadMode mode = ids == nullptr          ? HeadMode::kLogits
                         : sample_reqs_.empty() ? HeadMode::kGreedy
@@ -1012,6 +1007,17 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
   return absl::OkStatus();
 }
 
+// The step's kind for the kernels that differ by it; for decode with the fused DeltaNet kernel,
+// each piece's state buffer where that kernel finds it.
+absl::Status CudaModel::BeginStep(const std::vector<Piece>& ps, bool decode) {
+  decode_step_ = decode;
+  if (!decode || !fused_dn_ || !fused_dn_on_) return absl::OkStatus();
+  std::vector<uint8_t*> bases;
+  for (const Piece& p : ps)
+    bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
+  return cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_);
+}
+
 absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
                              float* f) {
   cudaSetDevice(device_);
@@ -1037,13 +1043,7 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
         " (lower the daemon's step token budget)"));
   if (N == 0) return absl::OkStatus();
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
-  decode_step_ = decode;
-  if (decode && fused_dn_ && fused_dn_on_) {
-    std::vector<uint8_t*> bases;
-    for (const Piece& p : ps)
-      bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
-    RS_CU(cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_));
-  }
+  RS_CU(BeginStep(ps, decode));
   if (sharded_ && !m_.opts_.cuda_mixer_layers[l])
     return absl::FailedPreconditionError(
         absl::StrCat("cuda: layer ", l, "'s mixer is not on this device (another rank's layer)"));
