@@ -159,6 +159,9 @@ class Model {
   // CUDA backend: decode steps run each DeltaNet layer as one fused kernel (default) or as the
   // separate conv / norm / gate / delta-rule / gated-norm kernels of prefill (for comparison).
   void set_cuda_fused_deltanet(bool on);
+  // CUDA backend: decode steps of 16+ sequences run the routed experts grouped by expert (as
+  // prefill does) instead of per-token matvecs. Off by default until measured on a GPU.
+  void set_cuda_grouped_moe_decode(bool on);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
   void Embed(absl::Span<const StepItem> batch, float* hidden) const;

@@ -126,6 +126,11 @@ class CudaModel : public CudaBackend {
   // Uploads the rows of `experts` of the stacked tensor w as one compact device matrix.
   absl::Status UploadExperts(const WeightView& w, int64_t rows_per_expert,
                              const std::vector<int32_t>& experts, WeightView* out);
+  void SetGroupedMoeDecode(bool on) override {
+    if (on == grouped_decode_) return;
+    grouped_decode_ = on;
+    DropGraphs();  // captured with the other path
+  }
   void SetFusedDeltaNet(bool on) override {
     if (on == fused_dn_on_) return;
     fused_dn_on_ = on;
@@ -212,6 +217,7 @@ class CudaModel : public CudaBackend {
   bool flash_ok_ = false;           // the flash prefill kernel covers the attention shape
   bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
   bool sharded_ = false;            // holds only some layers' mixers (a group rank)
+  bool grouped_decode_ = false;     // decode batches of kGroupedMoeTokens+ use moe_grouped
   // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
   // and the copies themselves.
   std::vector<std::vector<int32_t>> expert_local_;
@@ -817,7 +823,7 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   float* logits = F(o_x2_);
   RS_CU(Mm(L.router, f, N, logits));
   RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
-  if (!decode_step_ && N >= kGroupedMoeTokens) {
+  if (N >= kGroupedMoeTokens && (!decode_step_ || grouped_decode_)) {
     // Prefill: the slots bucketed by expert, each selected expert's weights read once per 32
     // slots (cuda_glue.h moe_grouped).
     RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, E,

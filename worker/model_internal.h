@@ -70,6 +70,8 @@ class CudaBackend {
   virtual void SetGraphs(bool on) = 0;
   // Decode: the fused DeltaNet kernel (default) or the separate kernels.
   virtual void SetFusedDeltaNet(bool on) = 0;
+  // Decode batches of 16+ tokens: routed experts grouped by expert (default off).
+  virtual void SetGroupedMoeDecode(bool on) = 0;
   // ForwardDistributed's mixer of layer l on the device, for a batch of at most 512 tokens with
   // host-side residual stream: hidden += mixer(attn_norm(hidden)); f = post_norm(hidden) (the
   // CPU Model::Mixer). The sequences' KV and DeltaNet states stay on the device; n_past is not

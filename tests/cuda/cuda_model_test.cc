@@ -330,6 +330,39 @@ TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
   gpu_->set_cuda_graphs(true);
 }
 
+// A decode batch of 17 sequences with the routed experts grouped by expert equals the same
+// batch with per-token expert matvecs (f32 activations vs q8: the tolerance of AllF32).
+TEST_P(CudaModelTest, GroupedMoeDecodeMatchesPerToken) {
+  constexpr int kSeqs = 17;
+  std::vector<std::unique_ptr<SeqState>> a, b;
+  std::vector<int32_t> toks(kSeqs);
+  std::vector<float> la, lb;
+  for (int i = 0; i < kSeqs; ++i) {
+    const std::vector<int32_t> p = Prompt(5 + i % 4, V_, 20 + i);
+    a.push_back(gpu_->NewSequence());
+    b.push_back(gpu_->NewSequence());
+    StepItem x{a.back().get(), p.data(), static_cast<int64_t>(p.size()), false};
+    StepItem y{b.back().get(), p.data(), static_cast<int64_t>(p.size()), false};
+    ASSERT_TRUE(gpu_->Forward({&x, 1}, &la).ok());
+    ASSERT_TRUE(gpu_->Forward({&y, 1}, &lb).ok());
+    toks[i] = p.back();
+  }
+  for (int step = 0; step < 3; ++step) {
+    std::vector<StepItem> ia, ib;
+    for (int i = 0; i < kSeqs; ++i) {
+      ia.push_back({a[i].get(), &toks[i], 1, false});
+      ib.push_back({b[i].get(), &toks[i], 1, false});
+    }
+    gpu_->set_cuda_grouped_moe_decode(false);
+    ASSERT_TRUE(gpu_->Forward(ia, &la).ok());
+    gpu_->set_cuda_grouped_moe_decode(true);
+    ASSERT_TRUE(gpu_->Forward(ib, &lb).ok());
+    EXPECT_LE(Nmse(lb.data(), la.data(), kSeqs * V_), exact_ ? 1e-8 : 2e-2) << "step " << step;
+    for (int i = 0; i < kSeqs; ++i) toks[i] = Argmax(la.data() + i * V_, V_);
+  }
+  gpu_->set_cuda_grouped_moe_decode(false);
+}
+
 // ForwardSample on the device (penalties, top-k, top-p, the draw on the GPU) picks the token
 // sample_cpu picks from the same step's logits, with and without graphs, several rows a step.
 TEST_P(CudaModelTest, SamplingOnTheDevice) {
