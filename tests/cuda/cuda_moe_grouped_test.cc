@@ -88,7 +88,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GgmlType::BF16, 6, 3, 20, 96, 64, true},
                       Case{GgmlType::Q8_0, 7, 2, 45, 64, 160, false},
                       Case{GgmlType::Q4_0, 7, 2, 45, 64, 160, true},
-                      Case{GgmlType::Q4_K, 64, 8, 300, 512, 256, true},  // many slots per expert
+                      Case{GgmlType::Q4_K, 64, 8, 120, 512, 256, true},  // many slots per expert
                       Case{GgmlType::Q5_K, 6, 3, 33, 256, 256, false},
                       Case{GgmlType::Q6_K, 4, 2, 40, 256, 512, true},
                       Case{GgmlType::IQ4_XS, 9, 4, 19, 256, 256, false}),
