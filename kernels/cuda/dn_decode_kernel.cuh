@@ -38,7 +38,7 @@ RS_DEVICE float dn_block_sum(float v, float* red) {
   return r;
 }
 
-RS_KERNEL void dn_decode_kernel(DecodeArgs a) {
+RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
   RS_DYN_SHARED(float, sm);
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t j = blockIdx.x, seq = blockIdx.y;

@@ -23,7 +23,7 @@ namespace rs::cuda::flash {
 // Grid: (ceil(T / tokens_per_block(R)), nkv); kFlashThreads threads. hd: a multiple of 32, at
 // most kFlashMaxHd.
 template <GgmlType KT>
-RS_KERNEL void flash_prefill_kernel(PrefillArgs a) {
+RS_KERNEL void RS_LAUNCH_BOUNDS(kFlashThreads) flash_prefill_kernel(PrefillArgs a) {
   __shared__ float Ks[kFlashBK][kFlashMaxHd];
   __shared__ float Vs[kFlashBK][kFlashMaxHd];
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;

@@ -65,7 +65,7 @@ RS_KERNEL void moe_sort_kernel(const int32_t* ids, int64_t n_slots, int64_t E, i
 
 // Grid: x = ceil(rows / kTileN), y >= tile_off[E] (extra blocks return); kGemmThreads threads.
 template <GgmlType T>
-RS_KERNEL void moe_gemm_kernel(GemmArgs g) {
+RS_KERNEL void RS_LAUNCH_BOUNDS(kGemmThreads) moe_gemm_kernel(GemmArgs g) {
   __shared__ float As[kTileM][kTileK + 1];
   __shared__ float Ws[kTileN][kTileK + 1];
   __shared__ int32_t arow[kTileM];

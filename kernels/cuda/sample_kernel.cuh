@@ -111,7 +111,7 @@ RS_DEVICE uint32_t radix_kth(KeyFn key, int64_t V, uint32_t lo_key, int64_t k, i
 }
 
 // The whole pipeline on row blockIdx.x of x (V floats, row stride ldx), in place.
-RS_KERNEL void sample_rows_kernel(float* x_all, int64_t ldx, int64_t V, const RowParams* rows,
+RS_KERNEL void RS_LAUNCH_BOUNDS(kThreads) sample_rows_kernel(float* x_all, int64_t ldx, int64_t V, const RowParams* rows,
                                   const PenEntry* pens, const BiasEntry* biases,
                                   int32_t* out_ids) {
   __shared__ double sh_d[kWarps];

@@ -18,9 +18,12 @@
   T* name = reinterpret_cast<T*>(rs_dyn_smem_raw_)
 #define RS_KERNEL __global__
 #define RS_DEVICE __device__ __forceinline__
+// The block size a kernel is always launched with (lets ptxas budget registers for it).
+#define RS_LAUNCH_BOUNDS(n) __launch_bounds__(n)
 #else
 #include "kernels/cuda/simt_host.h"
 #define RS_DYN_SHARED(T, name) T* name = reinterpret_cast<T*>(::rs::simt::dynamic_shared())
 #define RS_KERNEL
 #define RS_DEVICE inline
+#define RS_LAUNCH_BOUNDS(n)
 #endif
