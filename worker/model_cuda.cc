@@ -459,7 +459,10 @@ absl::Status CudaModel::Init() {
 
   attn_slot_.assign(c_.n_layer, -1);
   dn_slot_.assign(c_.n_layer, -1);
+  // A sequence's device state covers the layers whose mixers this device runs (a shard: only
+  // its own layers' KV caches and DeltaNet states).
   for (int64_t i = 0; i < c_.n_layer; ++i) {
+    if (!holds(i)) continue;
     if (c_.layers[i] == LayerKind::kAttention)
       attn_slot_[i] = n_attn_++;
     else
