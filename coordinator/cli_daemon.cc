@@ -172,6 +172,7 @@ absl::StatusOr<LoadedWorker> LoadWorker(const Args& a, int max_states, Metrics* 
   WorkerInventory inv = HostInventory();  // before the model takes memory
   if (auto st = ApplyDevice(a, &o, &inv); !st.ok()) return st;
   o.cuda_deferred = deferred_cuda;
+  o.cuda_state_slots = max_states;  // the GPU keeps this many sequence states from load on
   auto file = OpenModelFile(a.get("model"), a.get("synthetic"));
   if (!file.ok()) return file.status();
   if (!a.has("no-prefault") && a.get("synthetic").empty()) Prefault(**file, m);

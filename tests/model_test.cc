@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "worker/model.h"
 #include "worker/model_internal.h"
+#include "worker/buffer_pool.h"
 #include "worker/synthetic.h"
 
 namespace rs {
@@ -380,6 +381,32 @@ TEST(ModelShard, GatherExpertRowsTakesTheListedExperts) {
                              rows * rb))
         << "expert " << experts[i];
   EXPECT_TRUE(GatherExpertRows(w, rows, {}).empty());
+}
+
+// The CUDA model's state-slot pool: the smallest free buffer that fits; nothing too small.
+TEST(ModelShard, BufferPoolGivesTheSmallestThatFits) {
+  struct Buf {
+    size_t n;
+    int id;
+    size_t size() const { return n; }
+  };
+  BufferPool<Buf> pool;
+  EXPECT_FALSE(pool.Take(1).has_value());
+  pool.Give({100, 1});
+  pool.Give({300, 2});
+  pool.Give({200, 3});
+  EXPECT_EQ(pool.free_count(), 3u);
+  EXPECT_FALSE(pool.Take(301).has_value());
+  auto a = pool.Take(150);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->id, 3);
+  auto b = pool.Take(100);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->id, 1);
+  pool.Give(*a);
+  EXPECT_EQ(pool.Take(0)->id, 3);
+  EXPECT_EQ(pool.Take(0)->id, 2);
+  EXPECT_EQ(pool.free_count(), 0u);
 }
 
 TEST(ModelVocab, PaddingIdsAreMaskedForSampling) {

@@ -97,6 +97,9 @@ struct ModelOptions {
   int cuda_device = 0;
   int64_t cuda_ctx = 4096;
   bool cuda_graphs = true;  // decode steps captured as CUDA graphs and replayed
+  // Sequence-state buffers (KV caches of cuda_ctx positions + DeltaNet states) allocated at
+  // load and recycled (the worker's state slots); 0: allocated as sequences start.
+  int cuda_state_slots = 0;
   // CUDA backend, for workers that may join a group: load binds the weights on the host only;
   // the device copy is made by EnsureCuda / ShardCuda (once the placement is known, or on first
   // use).

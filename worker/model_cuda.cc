@@ -36,6 +36,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model&) {
 #include "kernels/cuda/cuda_sampler.h"
 #include "kernels/cuda/dn_chunk_types.h"
 #include "kernels/cuda/flash_prefill_types.h"
+#include "worker/buffer_pool.h"
 
 namespace rs {
 
@@ -78,13 +79,19 @@ struct DevLayer {
 class CudaModel;
 
 // One sequence's device state: [conv states][ssm states][K and V caches of `cap` positions].
+using StatePool = BufferPool<cuda::DeviceBuffer>;
+
 class CudaSeqState : public SeqState::DeviceState {
  public:
-  CudaSeqState(CudaModel* m) : m_(m) {}
+  CudaSeqState(CudaModel* m, std::shared_ptr<StatePool> pool) : m_(m), pool_(std::move(pool)) {}
+  ~CudaSeqState() override {
+    if (pool_ && buf.get()) pool_->Give(std::move(buf));  // recycled, not freed
+  }
   void reset() override;
   std::unique_ptr<DeviceState> clone() const override;
 
   CudaModel* m_;
+  std::shared_ptr<StatePool> pool_;
   cuda::DeviceBuffer buf;
   int64_t cap = 0;
 };
@@ -156,6 +163,8 @@ class CudaModel : public CudaBackend {
   }
   cuda::Stream stream() const { return stream_; }
   absl::Status Grow(CudaSeqState* s, int64_t n_past, int64_t need);
+  // A sequence-state buffer of at least `bytes`: a recycled one, else a new allocation.
+  absl::StatusOr<cuda::DeviceBuffer> StateBuffer(size_t bytes);
 
  private:
   struct Piece {
@@ -218,6 +227,7 @@ class CudaModel : public CudaBackend {
   bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
   bool sharded_ = false;            // holds only some layers' mixers (a group rank)
   bool grouped_decode_ = false;     // decode batches of kGroupedMoeTokens+ use moe_grouped
+  std::shared_ptr<StatePool> pool_ = std::make_shared<StatePool>();
   // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
   // and the copies themselves.
   std::vector<std::vector<int32_t>> expert_local_;
@@ -246,8 +256,8 @@ void CudaSeqState::reset() {
 }
 
 std::unique_ptr<SeqState::DeviceState> CudaSeqState::clone() const {
-  auto s = std::make_unique<CudaSeqState>(m_);
-  auto b = cuda::DeviceBuffer::alloc(buf.size());
+  auto s = std::make_unique<CudaSeqState>(m_, pool_);
+  auto b = m_->StateBuffer(buf.size());
   if (!b.ok()) {
     std::fprintf(stderr, "rigserve: cuda: cannot copy a sequence state: %s\n",
                  std::string(b.status().message()).c_str());
@@ -550,20 +560,33 @@ absl::Status CudaModel::Init() {
     if (!aw.ok()) return aw.status();
     attn_ws_ = std::move(*aw);
   }
+  // The worker's state slots, allocated now: sequences then start without allocating.
+  const int64_t ctx = m_.opts_.cuda_ctx > 0 ? m_.opts_.cuda_ctx : 4096;
+  for (int i = 0; i < m_.opts_.cuda_state_slots; ++i) {
+    auto b = cuda::DeviceBuffer::alloc(seq_bytes(ctx));
+    if (!b.ok())
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cuda: %d sequence states of %.1f MiB (%lld positions each) do not fit beside the "
+          "weights; %d did (lower the context or the number of sequences): %s",
+          m_.opts_.cuda_state_slots, seq_bytes(ctx) / 1048576.0, static_cast<long long>(ctx), i,
+          b.status().message()));
+    pool_->Give(std::move(*b));
+  }
   std::fprintf(stderr,
                "rigserve: cuda: %.2f GiB of weights on the device; workspace %.1f MiB; KV %s, "
-               "%zu bytes per position and layer\n",
+               "%zu bytes per position and layer; %d sequence states of %.1f MiB\n",
                uploaded_bytes_ / 1073741824.0,
                (ws_.size() + act_ws_.size() + attn_ws_.size() + tok_ws_.size()) / 1048576.0,
-               type_name(kv_type_), 2 * kv_row_);
+               type_name(kv_type_), 2 * kv_row_, m_.opts_.cuda_state_slots,
+               seq_bytes(ctx) / 1048576.0);
   return absl::OkStatus();
 }
 
 std::unique_ptr<SeqState::DeviceState> CudaModel::NewState(int64_t reserve_ctx) {
   cudaSetDevice(device_);
-  auto s = std::make_unique<CudaSeqState>(this);
+  auto s = std::make_unique<CudaSeqState>(this, pool_);
   const int64_t cap = std::max<int64_t>(reserve_ctx, m_.opts_.cuda_ctx > 0 ? m_.opts_.cuda_ctx : 4096);
-  auto b = cuda::DeviceBuffer::alloc(seq_bytes(cap));
+  auto b = StateBuffer(seq_bytes(cap));
   if (!b.ok()) {
     std::fprintf(stderr, "rigserve: cuda: a sequence state of %.1f MiB (%lld positions): %s\n",
                  seq_bytes(cap) / 1048576.0, static_cast<long long>(cap),
@@ -580,7 +603,7 @@ absl::Status CudaModel::Grow(CudaSeqState* s, int64_t n_past, int64_t need) {
   if (need <= s->cap) return absl::OkStatus();
   int64_t cap = std::max<int64_t>(s->cap, 1);
   while (cap < need) cap *= 2;
-  auto b = cuda::DeviceBuffer::alloc(seq_bytes(cap));
+  auto b = StateBuffer(seq_bytes(cap));
   if (!b.ok())
     return absl::ResourceExhaustedError(absl::StrFormat(
         "cuda: growing a sequence's KV cache to %d positions (%.1f MiB): %s", cap,
@@ -593,9 +616,15 @@ absl::Status CudaModel::Grow(CudaSeqState* s, int64_t n_past, int64_t need) {
       RS_CU(cuda::copy_device(kv(b->get(), cap, i, which), kv(s->buf.get(), s->cap, i, which),
                               kv_row_ * static_cast<size_t>(n_past), stream_));
   RS_CU(cuda::synchronize(stream_));
+  pool_->Give(std::move(s->buf));  // the smaller buffer serves a later sequence
   s->buf = std::move(*b);
   s->cap = cap;
   return absl::OkStatus();
+}
+
+absl::StatusOr<cuda::DeviceBuffer> CudaModel::StateBuffer(size_t bytes) {
+  if (auto b = pool_->Take(bytes)) return std::move(*b);
+  return cuda::DeviceBuffer::alloc(bytes);
 }
 
 absl::Status CudaModel::Mm(const WeightView& w, const float* x, int64_t n, float* y) {
