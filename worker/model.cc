@@ -280,15 +280,15 @@ absl::Status Model::EnsureCuda() {
   return absl::OkStatus();
 }
 
-absl::Status Model::ShardCuda(const std::vector<char>& mixer_layers,
+absl::Status Model::ShardCuda(const std::vector<char>& layers,
                               const std::vector<std::vector<int32_t>>& gpu_experts) {
   if (opts_.backend != Backend::kCuda) return absl::OkStatus();
-  if (cuda_ && opts_.cuda_mixer_layers == mixer_layers && opts_.cuda_experts == gpu_experts)
+  if (cuda_ && opts_.cuda_layers == layers && opts_.cuda_experts == gpu_experts)
     return absl::OkStatus();
-  if (!gpu_experts.empty() && mixer_layers.empty())
-    return absl::InvalidArgumentError("ShardCuda: experts on the device need a mixer shard");
+  if (!gpu_experts.empty() && layers.empty())
+    return absl::InvalidArgumentError("ShardCuda: experts on the device need a layer shard");
   cuda_.reset();  // frees the device copy first: the new one may not fit beside it
-  opts_.cuda_mixer_layers = mixer_layers;
+  opts_.cuda_layers = layers;
   opts_.cuda_experts = gpu_experts;
   return EnsureCuda();
 }

@@ -104,11 +104,11 @@ struct ModelOptions {
   // the device copy is made by EnsureCuda / ShardCuda (once the placement is known, or on first
   // use).
   bool cuda_deferred = false;
-  // CUDA backend of a group rank: when not empty, the device holds only the mixers (attention /
-  // DeltaNet weights and norms) of the layers marked here, and runs only ForwardDistributed
-  // (router, experts, shared expert and LM head run on the host).
-  std::vector<char> cuda_mixer_layers;
-  // With a mixer shard: per layer, the routed experts (ascending ids) this rank keeps on the
+  // CUDA backend of a group rank: when not empty, the device holds only the layers marked here
+  // (mixer, norms, router, shared expert or FFN; not the routed experts, see cuda_experts) and
+  // runs only ForwardDistributed (embedding, host-RAM experts and LM head run on the host).
+  std::vector<char> cuda_layers;
+  // With a layer shard: per layer, the routed experts (ascending ids) this rank keeps on the
   // device and runs there in ForwardDistributed; the rest of its experts run on the host CPU.
   std::vector<std::vector<int32_t>> cuda_experts;
 };
@@ -153,11 +153,11 @@ class Model {
   void set_cuda_graphs(bool on);
   // CUDA backend: makes the device copy now if it is deferred (no-op otherwise or on the CPU).
   absl::Status EnsureCuda();
-  // CUDA backend: re-makes the device copy for this group role (mixer_layers: the layers whose
-  // mixers this rank runs; empty: the whole model). A no-op if it already holds exactly that.
+  // CUDA backend: re-makes the device copy for this group role (layers: the layers this rank
+  // runs; empty: the whole model). A no-op if it already holds exactly that.
   // Sequences made before are invalid afterwards.
   // gpu_experts: per layer, the routed experts to keep on the device (see ModelOptions).
-  absl::Status ShardCuda(const std::vector<char>& mixer_layers,
+  absl::Status ShardCuda(const std::vector<char>& layers,
                          const std::vector<std::vector<int32_t>>& gpu_experts = {});
   // CUDA backend: decode steps run each DeltaNet layer as one fused kernel (default) or as the
   // separate conv / norm / gate / delta-rule / gated-norm kernels of prefill (for comparison).

@@ -122,8 +122,8 @@ class CudaModel : public CudaBackend {
     return st;
   }
   void SetGraphs(bool on) override { use_graphs_ = on; }
-  absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
-                     float* f) override;
+  absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden, float* f,
+                     int32_t* ids, float* weights, float* ffn) override;
   bool HoldsExpert(int64_t l, int32_t e) const override {
     return l >= 0 && l < static_cast<int64_t>(expert_local_.size()) && e >= 0 &&
            e < static_cast<int32_t>(expert_local_[l].size()) && expert_local_[l][e] >= 0;
@@ -185,6 +185,8 @@ class CudaModel : public CudaBackend {
   enum class HeadMode : int { kLogits = 0, kGreedy = 1, kSample = 2 };
   absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, HeadMode mode);
   absl::Status RoutedPerToken(const DevLayer& L, const float* f, int64_t N, float* out);
+  absl::Status DenseFfn(const DevLayer& L, const float* f, int64_t N, float* out);
+  absl::Status SharedExpertAdd(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status BeginStep(const std::vector<Piece>& ps, bool decode);
   void DropGraphs();
   // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
@@ -344,11 +346,12 @@ absl::Status CudaModel::Init() {
   kv_type_ = m_.kv_type_;
   const int64_t H = c_.n_embd;
 
-  // A group rank's shard: only the mixers of the marked layers (ForwardDistributed's Mixer).
-  const std::vector<char>& shard = m_.opts_.cuda_mixer_layers;
+  // A group rank's shard: only the marked layers (mixer, router, shared expert or FFN: what
+  // ForwardDistributed's Mixer runs) and its GPU experts.
+  const std::vector<char>& shard = m_.opts_.cuda_layers;
   sharded_ = !shard.empty();
   if (sharded_ && static_cast<int64_t>(shard.size()) != c_.n_layer)
-    return absl::InvalidArgumentError(absl::StrCat("cuda: the mixer shard lists ", shard.size(),
+    return absl::InvalidArgumentError(absl::StrCat("cuda: the layer shard lists ", shard.size(),
                                                    " layers, the model has ", c_.n_layer));
   auto holds = [&](int64_t i) { return !sharded_ || shard[i] != 0; };
   // Weight bytes first, so that a model that cannot fit is refused before any copy.
@@ -360,11 +363,10 @@ absl::Status CudaModel::Init() {
     const Model::Layer& L = m_.layers_[i];
     if (!holds(i)) continue;
     need += mb(L.wq) + mb(L.wk) + mb(L.wv) + mb(L.wo) + mb(L.qkv) + mb(L.gate) + mb(L.beta) +
-            mb(L.alpha) + mb(L.ssm_out);
-    if (!sharded_)
-      need += mb(L.ffn_gate) + mb(L.ffn_up) + mb(L.ffn_down) + mb(L.router) + mb(L.gate_exps) +
-              mb(L.up_exps) + mb(L.down_exps) + mb(L.shexp_gate_inp) + mb(L.shexp_gate) +
-              mb(L.shexp_up) + mb(L.shexp_down);
+            mb(L.alpha) + mb(L.ssm_out) + mb(L.ffn_gate) + mb(L.ffn_up) + mb(L.ffn_down) +
+            mb(L.router) + mb(L.shexp_gate_inp) + mb(L.shexp_gate) + mb(L.shexp_up) +
+            mb(L.shexp_down);
+    if (!sharded_) need += mb(L.gate_exps) + mb(L.up_exps) + mb(L.down_exps);
   }
   const auto& shard_experts = m_.opts_.cuda_experts;
   if (!shard_experts.empty() && static_cast<int64_t>(shard_experts.size()) != c_.n_layer)
@@ -448,7 +450,19 @@ absl::Status CudaModel::Init() {
       RS_CU(UploadVec(L.ssm_a, c_.Hv, &D.ssm_a));
       RS_CU(UploadVec(L.ssm_norm, c_.dv, &D.ssm_norm));
     }
-    if (sharded_) continue;  // router, experts and FFN run on the host in a group
+    if (sharded_) {
+      // A group rank: its layers' router and shared expert (MoE) or FFN (dense); the routed
+      // experts are dispatched (its GPU ones were uploaded above).
+      RS_CU(UploadMatrix(L.ffn_gate, &D.ffn_gate));
+      RS_CU(UploadMatrix(L.ffn_up, &D.ffn_up));
+      RS_CU(UploadMatrix(L.ffn_down, &D.ffn_down));
+      RS_CU(UploadMatrix(L.router, &D.router));
+      RS_CU(UploadMatrix(L.shexp_gate_inp, &D.shexp_gate_inp));
+      RS_CU(UploadMatrix(L.shexp_gate, &D.shexp_gate));
+      RS_CU(UploadMatrix(L.shexp_up, &D.shexp_up));
+      RS_CU(UploadMatrix(L.shexp_down, &D.shexp_down));
+      continue;
+    }
     RS_CU(UploadMatrix(L.ffn_gate, &D.ffn_gate));
     RS_CU(UploadMatrix(L.ffn_up, &D.ffn_up));
     RS_CU(UploadMatrix(L.ffn_down, &D.ffn_down));
@@ -840,18 +854,34 @@ absl::Status CudaModel::RoutedPerToken(const DevLayer& L, const float* f, int64_
   return absl::OkStatus();
 }
 
+absl::Status CudaModel::DenseFfn(const DevLayer& L, const float* f, int64_t N, float* out) {
+  float* g = F(o_x2_);
+  float* u = F(o_x7_);
+  RS_CU(MmGroup(f, N, c_.n_embd, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
+  RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
+  return Mm(L.ffn_down, g, N, out);
+}
+
+// out += sigmoid(w_gate . f) * shared_expert(f), per token (uses o_x2_, o_x4_, o_x5_, o_x9_).
+absl::Status CudaModel::SharedExpertAdd(const DevLayer& L, const float* f, int64_t N, float* out) {
+  const int64_t H = c_.n_embd, Is = c_.n_ff_shexp;
+  float* sg = F(o_x5_);
+  float* sgu = F(o_x2_);
+  float* suu = F(o_x9_);
+  float* sd = F(o_x4_);
+  RS_CU(Mm(L.shexp_gate_inp, f, N, sg));
+  RS_CU(MmGroup(f, N, H, {{&L.shexp_gate, sgu}, {&L.shexp_up, suu}}));
+  RS_CU(cuda::swiglu(sgu, suu, N * Is, sgu, stream_));
+  RS_CU(Mm(L.shexp_down, sgu, N, sd));
+  return cuda::add_sigmoid_scaled(out, sd, sg, N, H, stream_);
+}
+
 absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   const int64_t H = c_.n_embd;
   float* f = F(o_a_);
   float* out = F(o_m_);
-  if (!c_.moe) {
-    float* g = F(o_x2_);
-    float* u = F(o_x7_);
-    RS_CU(MmGroup(f, N, H, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
-    RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
-    return Mm(L.ffn_down, g, N, out);
-  }
-  const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp, Is = c_.n_ff_shexp;
+  if (!c_.moe) return DenseFfn(L, f, N, out);
+  const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp;
   float* logits = F(o_x2_);
   RS_CU(Mm(L.router, f, N, logits));
   RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
@@ -864,16 +894,8 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   } else {
     RS_CU(RoutedPerToken(L, f, N, out));
   }
-  // Shared expert, gated by sigmoid(w . f).
-  float* sg = F(o_x5_);
-  float* sgu = F(o_x2_);  // the router logits are consumed
-  float* suu = F(o_x9_);
-  float* sd = F(o_x4_);
-  RS_CU(Mm(L.shexp_gate_inp, f, N, sg));
-  RS_CU(MmGroup(f, N, H, {{&L.shexp_gate, sgu}, {&L.shexp_up, suu}}));
-  RS_CU(cuda::swiglu(sgu, suu, N * Is, sgu, stream_));
-  RS_CU(Mm(L.shexp_down, sgu, N, sd));
-  return cuda::add_sigmoid_scaled(out, sd, sg, N, H, stream_);
+  // Shared expert, gated by sigmoid(w . f) (the router logits in o_x2_ are consumed).
+  return SharedExpertAdd(L, f, N, out);
 }
 
 absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool graph) {
@@ -1057,7 +1079,7 @@ absl::Status CudaModel::BeginStep(const std::vector<Piece>& ps, bool decode) {
 }
 
 absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
-                             float* f) {
+                             float* f, int32_t* ids, float* weights, float* ffn) {
   cudaSetDevice(device_);
   const int64_t H = c_.n_embd;
   std::vector<Piece> ps;
@@ -1082,7 +1104,7 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
   if (N == 0) return absl::OkStatus();
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));
   RS_CU(BeginStep(ps, decode));
-  if (sharded_ && !m_.opts_.cuda_mixer_layers[l])
+  if (sharded_ && !m_.opts_.cuda_layers[l])
     return absl::FailedPreconditionError(
         absl::StrCat("cuda: layer ", l, "'s mixer is not on this device (another rank's layer)"));
   const DevLayer& L = layers_[l];
@@ -1095,6 +1117,26 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
   else
     RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
   RS_CU(cuda::add_rms_norm(dh, F(o_m_), L.post_norm, N, H, c_.eps, a, stream_));
+  // The layer's router, and its shared expert (MoE) or FFN (dense), on the device as well: only
+  // the routed experts are dispatched.
+  const int64_t k = c_.n_expert_used;
+  if (c_.moe && ids) {
+    float* logits = F(o_x2_);
+    RS_CU(Mm(L.router, a, N, logits));
+    RS_CU(cuda::router_topk(logits, N, c_.n_expert, k, d_ids_, d_w_, stream_));
+    RS_CU(cuda::copy_to_host(ids, d_ids_, N * k * 4, stream_));
+    RS_CU(cuda::copy_to_host(weights, d_w_, N * k * 4, stream_));
+  }
+  if (ffn) {
+    float* out = F(o_m_);  // the mixer output is consumed
+    if (c_.moe) {
+      RS_CU(cuda::fill_bytes(out, 0, N * H * 4, stream_));
+      RS_CU(SharedExpertAdd(L, a, N, out));
+    } else {
+      RS_CU(DenseFfn(L, a, N, out));
+    }
+    RS_CU(cuda::copy_to_host(ffn, out, N * H * 4, stream_));
+  }
   RS_CU(cuda::copy_to_host(hidden, dh, N * H * 4, stream_));
   RS_CU(cuda::copy_to_host(f, a, N * H * 4, stream_));
   return cuda::synchronize(stream_);
@@ -1147,7 +1189,7 @@ absl::Status CudaModel::Run(absl::Span<const StepItem> batch, std::vector<float>
                             std::vector<int32_t>* ids) {
   if (sharded_)
     return absl::FailedPreconditionError(
-        "cuda: this worker holds only the mixers of its layers in a group; whole-model steps "
+        "cuda: this worker holds only its layers of a group; whole-model steps "
         "need the whole model on the device (Model::ShardCuda with no layers)");
   cudaSetDevice(device_);
   if (logits) logits->clear();

@@ -11,10 +11,11 @@
 //     residual;
 //   - when layer l + 1 has another owner, SendHidden / RecvHidden hand the residual stream over.
 // The last layer's owner computes the logits.
-// On the cuda backend the mixers run on the GPU (where the sequences' states are), with the
-// residual stream copied in and out per layer, and so do the routed experts the device holds
-// (the plan's GPU experts of this rank, ModelOptions::cuda_experts); everything else (router,
-// host-RAM experts, shared expert, LM head) runs on the host CPU from the mapped weights.
+// On the cuda backend an owned layer's mixer, router and shared expert (or dense FFN) run on the
+// GPU (where the sequences' states are), with the residual stream copied in and out per layer,
+// and so do the routed experts the device holds (the plan's GPU experts of this rank,
+// ModelOptions::cuda_experts); the host-RAM experts, the embedding and the LM head run on the
+// host CPU from the mapped weights.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -34,7 +35,7 @@ struct DistributedState {
   par::Communicator* comm = nullptr;
   std::unique_ptr<par::MoeDispatcher> dispatcher;
   Model::CommStats all, decode;
-  std::vector<float> hidden, f, partial, ew, slots;
+  std::vector<float> hidden, f, partial, ew, slots, ffn;
   std::vector<int32_t> ids;
   // RIGSERVE_COMM_STATS=N (N > 0): log this rank's counters to stderr every N steps.
   int64_t log_every = 0;
@@ -171,26 +172,26 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
     const int owner = pl.layer_owner[l];
     const bool mine = owner == me;
     if (mine) {
+      d.ids.resize(N * k);
+      d.ew.resize(N * k);
+      d.slots.resize(N * k * H);
+      d.partial.resize(N * H);
       if (cuda_) {
-        // The mixer where the sequence's KV cache and DeltaNet state live; the router, the
-        // experts, the shared expert and the LM head run on this host's CPU (the worker's
-        // experts in host RAM).
-        if (auto st = cuda_->Mixer(batch, l, hidden.data(), f); !st.ok()) {
+        // Where the sequence's KV cache and DeltaNet state live: the mixer, the router, the
+        // shared expert (MoE) or the FFN (dense); only the routed experts are dispatched.
+        d.ffn.resize(N * H);
+        if (auto st = cuda_->Mixer(batch, l, hidden.data(), f, c.moe ? d.ids.data() : nullptr,
+                                   c.moe ? d.ew.data() : nullptr, d.ffn.data());
+            !st.ok()) {
           Add(&d.all, step);
-          return absl::Status(st.code(), absl::StrCat("layer ", l, " mixer: ", st.message()));
+          return absl::Status(st.code(), absl::StrCat("layer ", l, " on the device: ", st.message()));
         }
       } else {
         Mixer(L, batch, hidden.data(), f);
       }
     }
     if (c.moe) {
-      if (mine) {
-        d.ids.resize(N * k);
-        d.ew.resize(N * k);
-        d.slots.resize(N * k * H);
-        d.partial.resize(N * H);
-        Route(L, f, N, d.ids.data(), d.ew.data());
-      }
+      if (mine && !cuda_) Route(L, f, N, d.ids.data(), d.ew.data());
       if (world == 1) {
         RunLocalExpertSlots(l, f, N, d.ids.data(), d.ew.data(), d.slots.data());
       } else {
@@ -219,12 +220,18 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
       }
       if (mine) {
         SumExpertSlots(d.slots.data(), N, k, H, d.partial.data(), n_threads_);
-        SharedExpertAdd(L, f, N, d.partial.data());
+        if (cuda_) {
+          for (int64_t i = 0; i < N * H; ++i) d.partial[i] += d.ffn[i];  // the shared expert
+        } else {
+          SharedExpertAdd(L, f, N, d.partial.data());
+        }
         for (int64_t i = 0; i < N * H; ++i) hidden[i] += d.partial[i];
       }
     } else if (mine) {
-      d.partial.resize(N * H);
-      FfnLayer(L, l, f, N, d.partial.data());
+      if (cuda_)
+        d.partial = d.ffn;
+      else
+        FfnLayer(L, l, f, N, d.partial.data());
       for (int64_t i = 0; i < N * H; ++i) hidden[i] += d.partial[i];
     }
     // Pipeline hand-off of the residual stream to the next layer's owner.

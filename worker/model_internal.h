@@ -72,12 +72,14 @@ class CudaBackend {
   virtual void SetFusedDeltaNet(bool on) = 0;
   // Decode batches of 16+ tokens: routed experts grouped by expert (default off).
   virtual void SetGroupedMoeDecode(bool on) = 0;
-  // ForwardDistributed's mixer of layer l on the device, for a batch of at most 512 tokens with
+  // ForwardDistributed's layer l on the device, for a batch of at most 512 tokens with
   // host-side residual stream: hidden += mixer(attn_norm(hidden)); f = post_norm(hidden) (the
-  // CPU Model::Mixer). The sequences' KV and DeltaNet states stay on the device; n_past is not
-  // advanced (the caller does it after the last layer).
+  // CPU Model::Mixer); then, where not null, the router's ids / weights ([N][k], MoE) and `ffn`
+  // ([N][H]): the shared expert's gated output (MoE) or the FFN's output (dense). The
+  // sequences' KV and DeltaNet states stay on the device; n_past is not advanced (the caller
+  // does it after the last layer).
   virtual absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
-                             float* f) = 0;
+                             float* f, int32_t* ids, float* weights, float* ffn) = 0;
   // The routed experts this shard keeps on the device (ModelOptions::cuda_experts).
   virtual bool HoldsExpert(int64_t l, int32_t e) const = 0;
   // For the slots whose expert this shard holds: slots[t][i] = weights[t][i] * expert(x[t]) (H

@@ -145,7 +145,7 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                         absl::StrCat("rank ", req->rank(), " of ", req->world_size(), ": ", comm.status().message()));
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // A CUDA worker keeps only the mixers of its own layers on the device (no-op on the CPU).
+    // A CUDA worker keeps only its own layers on the device (no-op on the CPU).
     std::vector<char> mine(c.n_layer, 0);
     for (int64_t l = 0; l < c.n_layer; ++l) mine[l] = pl.layer_owner[l] == req->rank();
     // ... and the routed experts the plan puts on its GPU; its host-RAM experts run on its CPU.
