@@ -74,45 +74,34 @@ absl::Status moe_grouped(const WeightView& gate, const WeightView* up, const Wei
   const cudaStream_t cs = as_stream(s);
   if (auto e = moe::launch_moe_sort(d_ids, S, E, perm, inv, off, tile_off, cs); e != cudaSuccess)
     return st("moe_sort", e);
-  moe::GemmArgs g;
-  g.w = static_cast<const uint8_t*>(gate.data);
-  g.row_stride = gate.row_stride;
-  g.expert_stride = gate.row_stride * static_cast<size_t>(gate_rows);
-  g.cols = H;
-  g.rows = gate_rows;
-  g.a = x;
-  g.lda = H;
-  g.by_token = true;
-  g.perm = perm;
-  g.k = k;
-  g.off = off;
-  g.tile_off = tile_off;
-  g.E = E;
-  g.y = gu;
-  g.ldy = 2 * I;
-  if (auto e = moe::launch_moe_gemm(gate.type, g, S, cs); e != cudaSuccess)
-    return st("moe_gemm gate", e);
-  if (up) {
-    g.w = static_cast<const uint8_t*>(up->data);
-    g.row_stride = up->row_stride;
-    g.expert_stride = up->row_stride * static_cast<size_t>(I);
-    g.y = gu + I;
-    if (auto e = moe::launch_moe_gemm(up->type, g, S, cs); e != cudaSuccess)
-      return st("moe_gemm up", e);
-  }
+  // One grouped gemm over every expert's tile: y[pos] = W_e . a[row(pos)], W_e the
+  // rows_per_expert rows of expert e in w.
+  auto gemm = [&](const char* what, const WeightView& w, int64_t rows_per_expert, int64_t cols,
+                  const float* a, bool by_token, float* y, int64_t ldy) {
+    moe::GemmArgs g;
+    g.w = static_cast<const uint8_t*>(w.data);
+    g.row_stride = w.row_stride;
+    g.expert_stride = w.row_stride * static_cast<size_t>(rows_per_expert);
+    g.cols = cols;
+    g.rows = rows_per_expert;
+    g.a = a;
+    g.lda = cols;
+    g.by_token = by_token;
+    g.perm = perm;
+    g.k = k;
+    g.off = off;
+    g.tile_off = tile_off;
+    g.E = E;
+    g.y = y;
+    g.ldy = ldy;
+    return st(what, moe::launch_moe_gemm(w.type, g, S, cs));
+  };
+  if (absl::Status r = gemm("moe_gemm gate", gate, gate_rows, H, x, true, gu, 2 * I); !r.ok())
+    return r;
+  if (up)
+    if (absl::Status r = gemm("moe_gemm up", *up, I, H, x, true, gu + I, 2 * I); !r.ok()) return r;
   if (absl::Status r = swiglu_rows(gu, 2 * I, gu + I, 2 * I, S, I, h, s); !r.ok()) return r;
-  g.w = static_cast<const uint8_t*>(down.data);
-  g.row_stride = down.row_stride;
-  g.expert_stride = down.row_stride * static_cast<size_t>(H);
-  g.cols = I;
-  g.rows = H;
-  g.a = h;
-  g.lda = I;
-  g.by_token = false;
-  g.y = d;
-  g.ldy = H;
-  if (auto e = moe::launch_moe_gemm(down.type, g, S, cs); e != cudaSuccess)
-    return st("moe_gemm down", e);
+  if (absl::Status r = gemm("moe_gemm down", down, H, I, h, false, d, H); !r.ok()) return r;
   if (!out) return absl::OkStatus();  // the caller weights and places the slots itself
   return st("moe_combine", moe::launch_moe_combine(d, H, inv, d_w, k, H, n_tok, out, cs));
 }
