@@ -165,6 +165,9 @@ class Model {
   // CUDA backend: decode steps of 16+ sequences run the routed experts grouped by expert (as
   // prefill does) instead of per-token matvecs. Off by default until measured on a GPU.
   void set_cuda_grouped_moe_decode(bool on);
+  // CUDA backend: steps below the grouped size run each MoE layer's routed and shared experts
+  // in two fused launches (default) or as per-token matvecs plus the separate shared expert.
+  void set_cuda_fused_moe_decode(bool on);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
   void Embed(absl::Span<const StepItem> batch, float* hidden) const;

@@ -50,6 +50,7 @@ namespace {
 constexpr int64_t kMaxStepTokens = 512;  // tokens per device sub-step
 constexpr int64_t kMaxLogitRows = 64;    // LM-head rows per launch
 constexpr int64_t kGroupedMoeTokens = 16;  // prefill steps from this size group the experts
+constexpr int64_t kMoeDecodeChunk = 16;    // tokens per fused MoE decode call
 constexpr int64_t kFlashPrefillTokens = 2;  // pieces from this size use the flash prefill kernel
 constexpr int64_t kChunkedDeltaTokens = 32;  // pieces from this size run the chunked delta rule
 
@@ -143,6 +144,11 @@ class CudaModel : public CudaBackend {
     fused_dn_on_ = on;
     DropGraphs();  // captured with the other path
   }
+  void SetFusedMoeDecode(bool on) override {
+    if (on == fused_moe_on_) return;
+    fused_moe_on_ = on;
+    DropGraphs();  // captured with the other path
+  }
 
   // Layout of a sequence's device buffer.
   size_t state_bytes() const { return state_bytes_; }
@@ -185,6 +191,8 @@ class CudaModel : public CudaBackend {
   enum class HeadMode : int { kLogits = 0, kGreedy = 1, kSample = 2 };
   absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, HeadMode mode);
   absl::Status RoutedPerToken(const DevLayer& L, const float* f, int64_t N, float* out);
+  // Routed + shared experts of a short step through the fused kernels (cuda::moe_decode).
+  absl::Status MoeDecode(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status DenseFfn(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status SharedExpertAdd(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status BeginStep(const std::vector<Piece>& ps, bool decode);
@@ -220,7 +228,7 @@ class CudaModel : public CudaBackend {
   cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_;
   size_t o_hidden_ = 0, o_a_ = 0, o_m_ = 0, o_x1_ = 0, o_x2_ = 0, o_x3_ = 0, o_x4_ = 0,
          o_x5_ = 0, o_x6_ = 0, o_x7_ = 0, o_x8_ = 0, o_x9_ = 0, o_logits_ = 0,
-         o_moe_d_ = 0;
+         o_moe_d_ = 0, o_moe_h_ = 0;
   int32_t* d_tokens_ = nullptr;
   uint8_t** d_seq_base_ = nullptr;  // decode steps: each piece's state buffer
   bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
@@ -229,6 +237,7 @@ class CudaModel : public CudaBackend {
   bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
   bool sharded_ = false;            // holds only some layers' mixers (a group rank)
   bool grouped_decode_ = false;     // decode batches of kGroupedMoeTokens+ use moe_grouped
+  bool fused_moe_on_ = true;        // short steps' experts through moe_decode (SetFusedMoeDecode)
   std::shared_ptr<StatePool> pool_ = std::make_shared<StatePool>();
   // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
   // and the copies themselves.
@@ -522,7 +531,12 @@ absl::Status CudaModel::Init() {
   o_logits_ = take(kMaxLogitRows * c_.n_vocab);
   if (c_.n_expert > 0) {
     o_moe_d_ = take(N * k * H);  // grouped prefill: each slot's down projection
-    auto mw = cuda::DeviceBuffer::alloc(cuda::moe_grouped_workspace_bytes(N * k, c_.n_expert));
+    // Fused decode (MoeDecode): kMoeDecodeChunk tokens' slots of SwiGLU output, and their q8.
+    const int64_t dec_slots = kMoeDecodeChunk * (k + 1), ldh = cuda::moe_decode_ldh(I, Is);
+    o_moe_h_ = take(dec_slots * ldh);
+    auto mw = cuda::DeviceBuffer::alloc(
+        std::max(cuda::moe_grouped_workspace_bytes(N * k, c_.n_expert),
+                 cuda::moe_decode_workspace_bytes(dec_slots, ldh)));
     if (!mw.ok()) return mw.status();
     moe_ws_ = std::move(*mw);
   }
@@ -891,11 +905,52 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
     RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, E,
                             I, H, f, N, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
                             moe_ws_.get(), moe_ws_.size(), out, stream_));
+  } else if (fused_moe_on_) {
+    return MoeDecode(L, f, N, out);
   } else {
     RS_CU(RoutedPerToken(L, f, N, out));
   }
   // Shared expert, gated by sigmoid(w . f) (the router logits in o_x2_ are consumed).
   return SharedExpertAdd(L, f, N, out);
+}
+
+// The experts of a short step in two launches per kMoeDecodeChunk tokens (gate/up + SwiGLU + q8
+// for every slot, then down + the weighted sum), the shared expert among them when its types
+// match the routed experts' (else it runs on its own after them).
+absl::Status CudaModel::MoeDecode(const DevLayer& L, const float* f, int64_t N, float* out) {
+  const int64_t H = c_.n_embd, E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp,
+                Is = c_.n_ff_shexp;
+  const bool sh = cuda::moe_decode_shared_fits(L.gate_exps, L.down_exps, L.shexp_gate,
+                                               L.shexp_up, L.shexp_down);
+  float* sg = F(o_x5_);
+  // The shared expert's gate logit first: its matvec may use the activation workspace.
+  if (sh) RS_CU(Mm(L.shexp_gate_inp, f, N, sg));
+  cuda::DeviceAct fa{f, H, nullptr, nullptr, H, N};
+  if (cuda::matvec_uses_q8(L.gate_exps.type))
+    RS_CU(cuda::quantize_act(f, H, N, H, act_ws_.get(), act_ws_.size(), &fa, stream_));
+  cuda::MoeDecodeWeights w;
+  w.gate = &L.gate_exps;
+  w.up = L.fused_gate_up ? nullptr : &L.up_exps;
+  w.down = &L.down_exps;
+  if (sh) {
+    w.sh_gate = &L.shexp_gate;
+    w.sh_up = &L.shexp_up;
+    w.sh_down = &L.shexp_down;
+  }
+  for (int64_t t0 = 0; t0 < N; t0 += kMoeDecodeChunk) {
+    const int64_t n = std::min(kMoeDecodeChunk, N - t0);
+    cuda::DeviceAct a = fa;
+    a.x = f + t0 * H;
+    if (fa.q) {
+      a.q = fa.q + t0 * H;
+      a.ds = fa.ds + t0 * (H / 32) * 2;
+    }
+    a.n_tok = n;
+    RS_CU(cuda::moe_decode(w, E, I, Is, a, d_ids_ + t0 * k, d_w_ + t0 * k, k,
+                           sh ? sg + t0 : nullptr, F(o_moe_h_), moe_ws_.get(), moe_ws_.size(),
+                           out + t0 * H, /*accumulate=*/false, stream_));
+  }
+  return sh ? absl::OkStatus() : SharedExpertAdd(L, f, N, out);
 }
 
 absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool graph) {

@@ -72,6 +72,9 @@ class CudaBackend {
   virtual void SetFusedDeltaNet(bool on) = 0;
   // Decode batches of 16+ tokens: routed experts grouped by expert (default off).
   virtual void SetGroupedMoeDecode(bool on) = 0;
+  // Steps below the grouped size: experts through the fused decode kernels (default) or
+  // per-token matvecs and the separate shared expert.
+  virtual void SetFusedMoeDecode(bool on) = 0;
   // ForwardDistributed's layer l on the device, for a batch of at most 512 tokens with
   // host-side residual stream: hidden += mixer(attn_norm(hidden)); f = post_norm(hidden) (the
   // CPU Model::Mixer); then, where not null, the router's ids / weights ([N][k], MoE) and `ffn`

@@ -11,8 +11,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/moe_decode_types.h"
 
 namespace rs::cuda {
+namespace moed {
+cudaError_t launch_moe_up(GgmlType t, const UpArgs& a, cudaStream_t s);
+cudaError_t launch_moe_down(GgmlType t, const DownArgs& a, cudaStream_t s);
+}  // namespace moed
 namespace detail {
 
 std::string cuda_error_text(const char* what, cudaError_t e) {
@@ -385,6 +390,132 @@ absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
   p.y = y;
   p.ldy = rows_per_expert;
   return cuda_status("moe_matvec_down", detail::launch_matvec(p, as_stream(s)));
+}
+
+int64_t moe_decode_ldh(int64_t I, int64_t Is) { return (std::max(I, Is) + 31) / 32 * 32; }
+
+size_t moe_decode_workspace_bytes(int64_t n_slots, int64_t ldh) {
+  return round_up(static_cast<size_t>(n_slots * ldh), 256) +
+         static_cast<size_t>(n_slots * (ldh / 32)) * 8 + 256;
+}
+
+bool moe_decode_shared_fits(const WeightView& gate, const WeightView& down,
+                            const WeightView& sh_gate, const WeightView& sh_up,
+                            const WeightView& sh_down) {
+  return sh_gate.type == gate.type && sh_up.type == gate.type && sh_down.type == down.type;
+}
+
+absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t Is,
+                        const DeviceAct& x, const int32_t* d_ids, const float* d_w, int64_t k,
+                        const float* d_sh_logit, float* h, void* ws, size_t ws_bytes, float* out,
+                        bool accumulate, Stream s) {
+  if (w.gate == nullptr || w.down == nullptr) return bad("moe_decode: gate or down is null");
+  const WeightView& g = *w.gate;
+  const WeightView& d = *w.down;
+  const bool shared = w.sh_gate != nullptr;
+  const int64_t H = g.cols, n_tok = x.n_tok;
+  if (E < 1 || I < 1 || k < 1 || k > E || g.rows != E * (w.up ? I : 2 * I) ||
+      (w.up && (w.up->rows != E * I || w.up->cols != H || w.up->type != g.type ||
+                w.up->row_stride != g.row_stride)) ||
+      d.rows != E * H || d.cols != I)
+    return bad(absl::StrCat("moe_decode: shapes do not match: E ", E, ", k ", k, ", I ", I,
+                            ", H ", H, ", gate ", g.rows, "x", g.cols, ", down ", d.rows, "x",
+                            d.cols));
+  if (k + (shared ? 1 : 0) > moed::kMaxSlots)
+    return bad(absl::StrCat("moe_decode: ", k + (shared ? 1 : 0), " slots per token, at most ",
+                            moed::kMaxSlots));
+  const int64_t gate_mult = detail::type_uses_q8(g.type) ? 32 : 8;
+  const int64_t down_mult = detail::type_uses_q8(d.type) ? 32 : 8;
+  for (const WeightView* v : {w.gate, w.up}) {
+    if (v == nullptr) continue;
+    if (absl::Status st = check_weight("moe_decode", *v, gate_mult); !st.ok()) return st;
+    if (absl::Status st = check_matvec_alignment("moe_decode", *v); !st.ok()) return st;
+  }
+  if (absl::Status st = check_weight("moe_decode", d, down_mult); !st.ok()) return st;
+  if (absl::Status st = check_matvec_alignment("moe_decode", d); !st.ok()) return st;
+  if (shared) {
+    if (w.sh_up == nullptr || w.sh_down == nullptr || d_sh_logit == nullptr)
+      return bad("moe_decode: a shared expert needs sh_up, sh_down and the gate logits");
+    if (!moe_decode_shared_fits(g, d, *w.sh_gate, *w.sh_up, *w.sh_down))
+      return bad(absl::StrCat("moe_decode: shared expert types (", type_name(w.sh_gate->type), ", ",
+                              type_name(w.sh_up->type), ", ", type_name(w.sh_down->type),
+                              ") differ from the routed ones (", type_name(g.type), ", ",
+                              type_name(d.type), ")"));
+    if (Is < 1 || w.sh_gate->rows != Is || w.sh_up->rows != Is || w.sh_gate->cols != H ||
+        w.sh_up->cols != H || w.sh_up->row_stride != w.sh_gate->row_stride ||
+        w.sh_gate->row_stride != g.row_stride || w.sh_down->rows != H || w.sh_down->cols != Is)
+      return bad(absl::StrCat("moe_decode: shared expert shapes do not match: Is ", Is,
+                              ", gate ", w.sh_gate->rows, "x", w.sh_gate->cols, ", down ",
+                              w.sh_down->rows, "x", w.sh_down->cols));
+    for (const WeightView* v : {w.sh_gate, w.sh_up}) {
+      if (absl::Status st = check_weight("moe_decode", *v, gate_mult); !st.ok()) return st;
+      if (absl::Status st = check_matvec_alignment("moe_decode", *v); !st.ok()) return st;
+    }
+    if (absl::Status st = check_weight("moe_decode", *w.sh_down, down_mult); !st.ok()) return st;
+    if (absl::Status st = check_matvec_alignment("moe_decode", *w.sh_down); !st.ok()) return st;
+  }
+  if (absl::Status st = check_act("moe_decode", g, x, 64); !st.ok()) return st;
+  if (x.x != nullptr && x.ldx != H)
+    return bad(absl::StrCat("moe_decode: activations need ldx == cols (", x.ldx, " vs ", H, ")"));
+  if (d_ids == nullptr || d_w == nullptr || h == nullptr || out == nullptr)
+    return bad("moe_decode: ids, weights, h or out is null");
+  const int64_t ldh = moe_decode_ldh(I, shared ? Is : 0);
+  const int64_t n_slots = n_tok * (k + (shared ? 1 : 0));
+  const bool hq8 = detail::type_uses_q8(d.type);
+  if (hq8 && ws_bytes < moe_decode_workspace_bytes(n_slots, ldh))
+    return bad(absl::StrCat("moe_decode: workspace of ", ws_bytes, " bytes, needs ",
+                            moe_decode_workspace_bytes(n_slots, ldh)));
+  if (!aligned(h, 16)) return bad("moe_decode: h must be 16-byte aligned");
+  uint8_t* wsb = static_cast<uint8_t*>(ws);
+  moed::UpArgs ua;
+  ua.gate = static_cast<const uint8_t*>(g.data);
+  ua.up = w.up ? static_cast<const uint8_t*>(w.up->data) : ua.gate + I * g.row_stride;
+  ua.expert_stride = g.row_stride * static_cast<size_t>(w.up ? I : 2 * I);
+  ua.I = I;
+  if (shared) {
+    ua.sh_gate = static_cast<const uint8_t*>(w.sh_gate->data);
+    ua.sh_up = static_cast<const uint8_t*>(w.sh_up->data);
+    ua.Is = Is;
+  }
+  ua.row_stride = g.row_stride;
+  ua.H = H;
+  ua.ids = d_ids;
+  ua.k = k;
+  ua.n_tok = n_tok;
+  ua.x = x.x;
+  ua.xq = x.q;
+  ua.xds = x.ds;
+  ua.h = h;
+  ua.hq = hq8 ? reinterpret_cast<int8_t*>(wsb) : nullptr;
+  ua.hds = hq8 ? reinterpret_cast<float*>(wsb + round_up(static_cast<size_t>(n_slots * ldh), 256))
+               : nullptr;
+  ua.ldh = ldh;
+  if (absl::Status st = cuda_status("moe_decode (up)", moed::launch_moe_up(g.type, ua, as_stream(s)));
+      !st.ok())
+    return st;
+  moed::DownArgs da;
+  da.down = static_cast<const uint8_t*>(d.data);
+  da.expert_stride = d.row_stride * static_cast<size_t>(H);
+  da.row_stride = d.row_stride;
+  da.I = I;
+  if (shared) {
+    da.sh_down = static_cast<const uint8_t*>(w.sh_down->data);
+    da.sh_row_stride = w.sh_down->row_stride;
+    da.Is = Is;
+    da.sh_logit = d_sh_logit;
+  }
+  da.H = H;
+  da.ids = d_ids;
+  da.w = d_w;
+  da.k = k;
+  da.n_tok = n_tok;
+  da.h = h;
+  da.hq = ua.hq;
+  da.hds = ua.hds;
+  da.ldh = ldh;
+  da.out = out;
+  da.accumulate = accumulate;
+  return cuda_status("moe_decode (down)", moed::launch_moe_down(d.type, da, as_stream(s)));
 }
 
 // ---- ops ----------------------------------------------------------------------------------------

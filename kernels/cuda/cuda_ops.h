@@ -148,6 +148,36 @@ absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
                              const int32_t* d_ids, const float* d_weights, int64_t n_sel,
                              const DeviceAct& a, float* y, bool accumulate, Stream s = nullptr);
 
+// Fused MoE decode (kernels/cuda/moe_decode_kernel.cuh): the routed experts of n_tok tokens and,
+// with sh_gate set, the shared expert, in two launches and nothing in between:
+//   out[t] (+)= sum_i w[t][i] * down_e(silu(gate_e x_t) * up_e x_t)   (e = ids[t][i], i < k;
+//               a negative id is skipped)
+//             + sigmoid(sh_logit[t]) * sh_down(silu(sh_gate x_t) * sh_up x_t).
+// gate: E experts of I rows (up == nullptr: gate|up fused, 2I rows each), down: E experts of H
+// rows of I; sh_gate, sh_up: Is rows of H and sh_down: H rows of Is, each of its routed
+// counterpart's type (moe_decode_shared_fits). x: the tokens (ldx == cols; q8 when the gate type
+// reads q8). Scratch: h of n_slots * moe_decode_ldh(I, Is) floats and ws of
+// moe_decode_workspace_bytes(n_slots, ldh), n_slots = n_tok * (k + 1 with a shared expert, else
+// k). The per-token sum runs in slot order (deterministic).
+struct MoeDecodeWeights {
+  const WeightView* gate = nullptr;
+  const WeightView* up = nullptr;
+  const WeightView* down = nullptr;
+  const WeightView* sh_gate = nullptr;  // nullptr: no shared expert in the call
+  const WeightView* sh_up = nullptr;
+  const WeightView* sh_down = nullptr;
+};
+int64_t moe_decode_ldh(int64_t I, int64_t Is);
+size_t moe_decode_workspace_bytes(int64_t n_slots, int64_t ldh);
+// Whether a shared expert can run inside moe_decode next to these routed experts (same types).
+bool moe_decode_shared_fits(const WeightView& gate, const WeightView& down,
+                            const WeightView& sh_gate, const WeightView& sh_up,
+                            const WeightView& sh_down);
+absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t Is,
+                        const DeviceAct& x, const int32_t* d_ids, const float* d_w, int64_t k,
+                        const float* d_sh_logit, float* h, void* ws, size_t ws_bytes, float* out,
+                        bool accumulate, Stream s = nullptr);
+
 // ---- ops (same semantics as kernels/ops.h) ---------------------------------------------------
 absl::Status rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* y,
                       Stream s = nullptr);

@@ -390,6 +390,8 @@ T atomicCAS(T* p, T cmp, T v) {
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+// Round to nearest, ties to even (the default rounding mode), as the device does.
+inline int __float2int_rn(float x) { return static_cast<int>(std::nearbyint(x)); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __saturatef(float x) { return std::min(1.0f, std::max(0.0f, x)); }
 inline unsigned __float_as_uint(float f) { return rs::simt::detail::from_bits<unsigned>(rs::simt::detail::to_bits(f)); }
