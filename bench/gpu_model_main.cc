@@ -66,7 +66,7 @@ struct Row {
   std::string model;
   double weights_gb = 0, mb_per_tok = 0, load_s = 0;
   double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, decode_nograph = 0, frac = 0;
-  double decode_unfused = 0, decode_sampled = 0;
+  double decode_unfused = 0, decode_unfused_moe = 0, decode_sampled = 0;
   std::vector<std::pair<int, double>> batch;
 };
 
@@ -146,6 +146,15 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       tok = ids[0];
     });
     model.set_cuda_fused_deltanet(true);
+    // The experts as per-token matvecs plus the separate shared expert (the fused MoE kernels'
+    // gain; dense models: the same path twice).
+    model.set_cuda_fused_moe_decode(false);
+    r.decode_unfused_moe = timed([&] {
+      StepItem it{s.get(), &tok, 1, false};
+      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
+      tok = ids[0];
+    });
+    model.set_cuda_fused_moe_decode(true);
     SamplerParams sp;
     sp.temperature = 0.8f;
     sp.top_k = 40;
@@ -170,9 +179,10 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
               spec.c_str(), r.prefill512, static_cast<long long>(ctx), r.prefill_ctx,
               static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
               bw, r.decode_nograph);
-  std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; sampled on the GPU "
-              "(top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
-              spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_sampled);
+  std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; MoE unfused %.1f "
+              "tok/s; sampled on the GPU (top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
+              spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_unfused_moe,
+              r.decode_sampled);
   std::fflush(stdout);
   if (do8k) {
     auto s8 = model.NewSequence(8192);

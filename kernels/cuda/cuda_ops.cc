@@ -424,15 +424,6 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
   if (k + (shared ? 1 : 0) > moed::kMaxSlots)
     return bad(absl::StrCat("moe_decode: ", k + (shared ? 1 : 0), " slots per token, at most ",
                             moed::kMaxSlots));
-  const int64_t gate_mult = detail::type_uses_q8(g.type) ? 32 : 8;
-  const int64_t down_mult = detail::type_uses_q8(d.type) ? 32 : 8;
-  for (const WeightView* v : {w.gate, w.up}) {
-    if (v == nullptr) continue;
-    if (absl::Status st = check_weight("moe_decode", *v, gate_mult); !st.ok()) return st;
-    if (absl::Status st = check_matvec_alignment("moe_decode", *v); !st.ok()) return st;
-  }
-  if (absl::Status st = check_weight("moe_decode", d, down_mult); !st.ok()) return st;
-  if (absl::Status st = check_matvec_alignment("moe_decode", d); !st.ok()) return st;
   if (shared) {
     if (w.sh_up == nullptr || w.sh_down == nullptr || d_sh_logit == nullptr)
       return bad("moe_decode: a shared expert needs sh_up, sh_down and the gate logits");
@@ -447,6 +438,17 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
       return bad(absl::StrCat("moe_decode: shared expert shapes do not match: Is ", Is,
                               ", gate ", w.sh_gate->rows, "x", w.sh_gate->cols, ", down ",
                               w.sh_down->rows, "x", w.sh_down->cols));
+  }
+  const int64_t gate_mult = detail::type_uses_q8(g.type) ? 32 : 8;
+  const int64_t down_mult = detail::type_uses_q8(d.type) ? 32 : 8;
+  for (const WeightView* v : {w.gate, w.up}) {
+    if (v == nullptr) continue;
+    if (absl::Status st = check_weight("moe_decode", *v, gate_mult); !st.ok()) return st;
+    if (absl::Status st = check_matvec_alignment("moe_decode", *v); !st.ok()) return st;
+  }
+  if (absl::Status st = check_weight("moe_decode", d, down_mult); !st.ok()) return st;
+  if (absl::Status st = check_matvec_alignment("moe_decode", d); !st.ok()) return st;
+  if (shared) {
     for (const WeightView* v : {w.sh_gate, w.sh_up}) {
       if (absl::Status st = check_weight("moe_decode", *v, gate_mult); !st.ok()) return st;
       if (absl::Status st = check_matvec_alignment("moe_decode", *v); !st.ok()) return st;

@@ -158,7 +158,9 @@ absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
 // counterpart's type (moe_decode_shared_fits). x: the tokens (ldx == cols; q8 when the gate type
 // reads q8). Scratch: h of n_slots * moe_decode_ldh(I, Is) floats and ws of
 // moe_decode_workspace_bytes(n_slots, ldh), n_slots = n_tok * (k + 1 with a shared expert, else
-// k). The per-token sum runs in slot order (deterministic).
+// k). The per-token sum runs in slot order (deterministic). Afterwards ws holds h's q8 blocks
+// (integer down types): q [n_slots][ldh] int8, then at the next 256-byte boundary {d, sum}
+// [n_slots][ldh / 32] floats.
 struct MoeDecodeWeights {
   const WeightView* gate = nullptr;
   const WeightView* up = nullptr;

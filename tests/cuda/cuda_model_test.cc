@@ -330,8 +330,45 @@ TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
   gpu_->set_cuda_graphs(true);
 }
 
+// Decode steps (1 and 3 sequences) with the fused MoE kernels (routed + shared experts in two
+// launches) equal the same steps through the per-token matvecs and the separate shared expert,
+// with and without graphs. Dense models take neither path: trivially equal.
+TEST_P(CudaModelTest, FusedMoeDecodeMatchesPerToken) {
+  constexpr int kSeqs = 3;
+  std::vector<std::unique_ptr<SeqState>> a, b;
+  std::vector<int32_t> toks(kSeqs);
+  std::vector<float> la, lb;
+  for (int i = 0; i < kSeqs; ++i) {
+    const std::vector<int32_t> p = Prompt(7 + i, V_, 40 + i);
+    a.push_back(gpu_->NewSequence());
+    b.push_back(gpu_->NewSequence());
+    StepItem x{a.back().get(), p.data(), static_cast<int64_t>(p.size()), false};
+    StepItem y{b.back().get(), p.data(), static_cast<int64_t>(p.size()), false};
+    ASSERT_TRUE(gpu_->Forward({&x, 1}, &la).ok());
+    ASSERT_TRUE(gpu_->Forward({&y, 1}, &lb).ok());
+    toks[i] = p.back();
+  }
+  for (int step = 0; step < 6; ++step) {
+    gpu_->set_cuda_graphs(step % 3 != 0);
+    const int n = step % 2 ? kSeqs : 1;
+    std::vector<StepItem> ia, ib;
+    for (int i = 0; i < n; ++i) {
+      ia.push_back({a[i].get(), &toks[i], 1, false});
+      ib.push_back({b[i].get(), &toks[i], 1, false});
+    }
+    gpu_->set_cuda_fused_moe_decode(true);
+    ASSERT_TRUE(gpu_->Forward(ia, &la).ok());
+    gpu_->set_cuda_fused_moe_decode(false);
+    ASSERT_TRUE(gpu_->Forward(ib, &lb).ok());
+    EXPECT_LE(Nmse(la.data(), lb.data(), n * V_), exact_ ? 1e-8 : 2e-2) << "step " << step;
+    for (int i = 0; i < n; ++i) toks[i] = Argmax(la.data() + i * V_, V_);
+  }
+  gpu_->set_cuda_fused_moe_decode(true);
+  gpu_->set_cuda_graphs(true);
+}
+
 // A decode batch of 17 sequences with the routed experts grouped by expert equals the same
-// batch with per-token expert matvecs (f32 activations vs q8: the tolerance of AllF32).
+// batch through the fused decode kernels (f32 activations vs q8: the tolerance of AllF32).
 TEST_P(CudaModelTest, GroupedMoeDecodeMatchesPerToken) {
   constexpr int kSeqs = 17;
   std::vector<std::unique_ptr<SeqState>> a, b;
