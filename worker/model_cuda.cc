@@ -191,8 +191,13 @@ class CudaModel : public CudaBackend {
   enum class HeadMode : int { kLogits = 0, kGreedy = 1, kSample = 2 };
   absl::Status Head(const std::vector<int64_t>& rows, size_t i0, int64_t n, HeadMode mode);
   absl::Status RoutedPerToken(const DevLayer& L, const float* f, int64_t N, float* out);
-  // Routed + shared experts of a short step through the fused kernels (cuda::moe_decode).
+  // Routed + shared experts of a short step through the fused kernels (cuda::moe_decode); with
+  // SharedFused, the shared expert's gate logits must be in o_x5_ already.
   absl::Status MoeDecode(const DevLayer& L, const float* f, int64_t N, float* out);
+  bool SharedFused(const DevLayer& L) const {
+    return cuda::moe_decode_shared_fits(L.gate_exps, L.down_exps, L.shexp_gate, L.shexp_up,
+                                        L.shexp_down);
+  }
   absl::Status DenseFfn(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status SharedExpertAdd(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status BeginStep(const std::vector<Piece>& ps, bool decode);
@@ -680,8 +685,16 @@ absl::Status CudaModel::MmGroup(const float* x, int64_t n, int64_t cols,
   for (const auto& [w, y] : outs) q8 = q8 || cuda::matvec_uses_q8(w->type);
   cuda::DeviceAct a{x, cols, nullptr, nullptr, cols, n};
   if (q8) RS_CU(cuda::quantize_act(x, cols, n, cols, act_ws_.get(), act_ws_.size(), &a, stream_));
-  for (const auto& [w, y] : outs) RS_CU(cuda::matvec(*w, a, y, w->rows, stream_));
-  return absl::OkStatus();
+  cuda::MatvecOut mo[8];
+  size_t n_out = 0;
+  for (const auto& [w, y] : outs) {
+    if (n_out == 8) {
+      RS_CU(cuda::matvec_multi(mo, n_out, a, stream_));
+      n_out = 0;
+    }
+    mo[n_out++] = {w, y, w->rows};
+  }
+  return cuda::matvec_multi(mo, n_out, a, stream_);
 }
 
 absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vector<Piece>& ps,
@@ -897,9 +910,15 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   if (!c_.moe) return DenseFfn(L, f, N, out);
   const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp;
   float* logits = F(o_x2_);
-  RS_CU(Mm(L.router, f, N, logits));
+  const bool grouped = N >= kGroupedMoeTokens && (!decode_step_ || grouped_decode_);
+  if (!grouped && fused_moe_on_ && SharedFused(L)) {
+    // The router and the shared expert's gate in one launch where their types allow.
+    RS_CU(MmGroup(f, N, H, {{&L.router, logits}, {&L.shexp_gate_inp, F(o_x5_)}}));
+  } else {
+    RS_CU(Mm(L.router, f, N, logits));
+  }
   RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
-  if (N >= kGroupedMoeTokens && (!decode_step_ || grouped_decode_)) {
+  if (grouped) {
     // Prefill: the slots bucketed by expert, each selected expert's weights read once per 32
     // slots (cuda_glue.h moe_grouped).
     RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, E,
@@ -920,11 +939,8 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
 absl::Status CudaModel::MoeDecode(const DevLayer& L, const float* f, int64_t N, float* out) {
   const int64_t H = c_.n_embd, E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp,
                 Is = c_.n_ff_shexp;
-  const bool sh = cuda::moe_decode_shared_fits(L.gate_exps, L.down_exps, L.shexp_gate,
-                                               L.shexp_up, L.shexp_down);
-  float* sg = F(o_x5_);
-  // The shared expert's gate logit first: its matvec may use the activation workspace.
-  if (sh) RS_CU(Mm(L.shexp_gate_inp, f, N, sg));
+  const bool sh = SharedFused(L);
+  float* sg = F(o_x5_);  // the shared expert's gate logits (Ffn)
   cuda::DeviceAct fa{f, H, nullptr, nullptr, H, N};
   if (cuda::matvec_uses_q8(L.gate_exps.type))
     RS_CU(cuda::quantize_act(f, H, N, H, act_ws_.get(), act_ws_.size(), &fa, stream_));

@@ -28,6 +28,16 @@ std::string cuda_error_text(const char* what, cudaError_t e);
 // ---- matvec -------------------------------------------------------------------------------------
 enum class MvMode : int { kPlain = 0, kMoeUp = 1, kMoeDown = 2 };
 
+// One more matrix of a kPlain launch (same type, cols and activations as the first).
+struct MvMat {
+  const uint8_t* w = nullptr;
+  size_t row_stride = 0;
+  int64_t rows = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+constexpr int kMvMaxMore = 3;
+
 struct MvParams {
   GgmlType type = GgmlType::F32;
   const uint8_t* w = nullptr;
@@ -50,6 +60,10 @@ struct MvParams {
   const float* sel_w = nullptr;
   int n_sel = 0;
   bool accumulate = false;
+  // kPlain: n_more further matrices in the same launch; the blocks of matrix m follow those of
+  // the matrices before it.
+  MvMat more[kMvMaxMore];
+  int n_more = 0;
 };
 
 bool type_uses_q8(GgmlType t);

@@ -11,68 +11,16 @@
 
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_quant.cuh"
-#include "kernels/cuda/matvec_fmt.cuh"
+#include "kernels/cuda/matvec_kernel.cuh"
 
 namespace rs::cuda::detail {
 namespace {
 
-constexpr int kWarps = 4;  // rows per thread block
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
-template <GgmlType T, int NT, int MODE>
-__global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MvParams p) {
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (row >= p.rows) return;
-  const int64_t n_units = Fmt<T>::units(p.cols);
-  const ActDev act{p.x, p.ldx, p.q, reinterpret_cast<const float2*>(p.ds), p.cols};
-  float acc[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-
-  if constexpr (MODE == static_cast<int>(MvMode::kPlain)) {
-    const uint8_t* wr = p.w + row * p.row_stride;
-#pragma unroll 2
-    for (int64_t u = lane; u < n_units; u += 32) Fmt<T>::template dot<NT>(wr, u, act, acc);
-  } else if constexpr (MODE == static_cast<int>(MvMode::kMoeUp)) {
-    const int sel = static_cast<int>(blockIdx.y);
-    const uint8_t* wr = p.w + static_cast<int64_t>(p.ids[sel]) * p.expert_stride + row * p.row_stride;
-#pragma unroll 2
-    for (int64_t u = lane; u < n_units; u += 32) Fmt<T>::template dot<1>(wr, u, act, acc);
-  } else {
-    for (int s = 0; s < p.n_sel; ++s) {
-      const uint8_t* wr =
-          p.w + static_cast<int64_t>(p.ids[s]) * p.expert_stride + row * p.row_stride;
-      const ActDev as = act.token(s);
-      float part[1] = {0.0f};
-#pragma unroll 2
-      for (int64_t u = lane; u < n_units; u += 32) Fmt<T>::template dot<1>(wr, u, as, part);
-      acc[0] += p.sel_w[s] * part[0];
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = warp_sum(acc[t]);
-  if (lane != 0) return;
-  if constexpr (MODE == static_cast<int>(MvMode::kPlain)) {
-#pragma unroll
-    for (int t = 0; t < NT; ++t) p.y[t * p.ldy + row] = acc[t];
-  } else if constexpr (MODE == static_cast<int>(MvMode::kMoeUp)) {
-    p.y[static_cast<int64_t>(blockIdx.y) * p.ldy + row] = acc[0];
-  } else {
-    p.y[row] = (p.accumulate ? p.y[row] : 0.0f) + acc[0];
-  }
-}
-
 template <GgmlType T, int NT, int MODE>
 cudaError_t launch_mv(const MvParams& p, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((p.rows + kWarps - 1) / kWarps),
+  const dim3 grid(static_cast<unsigned>(mv_blocks(p)),
                   MODE == static_cast<int>(MvMode::kMoeUp) ? static_cast<unsigned>(p.n_sel) : 1u);
-  matvec_kernel<T, NT, MODE><<<grid, kWarps * 32, 0, s>>>(p);
+  matvec_kernel<T, NT, MODE><<<grid, kMvWarps * 32, 0, s>>>(p);
   return cudaGetLastError();
 }
 

@@ -298,6 +298,36 @@ absl::Status matvec(const WeightView& w, const DeviceAct& a, float* y, int64_t l
   return cuda_status("matvec", detail::launch_matvec(p, as_stream(s)));
 }
 
+absl::Status matvec_multi(const MatvecOut* outs, size_t n, const DeviceAct& a, Stream s) {
+  for (size_t i = 0; i < n; ++i) {
+    const WeightView& w = *outs[i].w;
+    const int64_t min_mult = detail::type_uses_q8(w.type) ? 32 : 8;
+    if (absl::Status st = check_weight("matvec", w, min_mult); !st.ok()) return st;
+    if (absl::Status st = check_matvec_alignment("matvec", w); !st.ok()) return st;
+    if (absl::Status st = check_act("matvec", w, a, kMaxMatvecTokens); !st.ok()) return st;
+    if (a.n_tok > 1 && outs[i].ldy < w.rows)
+      return bad(absl::StrCat("matvec: ldy = ", outs[i].ldy, " < rows = ", w.rows));
+  }
+  for (size_t i = 0; i < n;) {
+    detail::MvParams p = mv_params(*outs[i].w, a);
+    p.y = outs[i].y;
+    p.ldy = outs[i].ldy;
+    size_t j = i + 1;
+    for (; j < n && j - i <= detail::kMvMaxMore && outs[j].w->type == p.type; ++j) {
+      detail::MvMat& m = p.more[p.n_more++];
+      m.w = static_cast<const uint8_t*>(outs[j].w->data);
+      m.row_stride = outs[j].w->row_stride;
+      m.rows = outs[j].w->rows;
+      m.y = outs[j].y;
+      m.ldy = outs[j].ldy;
+    }
+    if (absl::Status st = cuda_status("matvec", detail::launch_matvec(p, as_stream(s))); !st.ok())
+      return st;
+    i = j;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status matmul_tc(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
                        int64_t ldy, Stream s) {
   if (absl::Status st = check_weight("matmul_tc", w, 32); !st.ok()) return st;

@@ -123,6 +123,16 @@ absl::Status quantize_act(const float* x, int64_t ldx, int64_t n_tok, int64_t co
 // several matrices: qkv, gate, alpha, beta). out rows: y[t * ldy + r].
 absl::Status matvec(const WeightView& w, const DeviceAct& a, float* y, int64_t ldy,
                     Stream s = nullptr);
+// Several matrices over the same activations (DeltaNet's qkv, gate, beta, alpha; attention's
+// q, k, v; the router and the shared expert's gate) in as few launches as their types allow:
+// each run of up to 4 consecutive matrices of one type is one launch.
+struct MatvecOut {
+  const WeightView* w = nullptr;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+absl::Status matvec_multi(const MatvecOut* outs, size_t n, const DeviceAct& a,
+                          Stream s = nullptr);
 
 // Prefill matmul on tensor cores (f16 inputs, f32 accumulation): weight tiles dequantised into
 // shared memory. Any n_tok >= 1.
