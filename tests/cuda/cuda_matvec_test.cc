@@ -120,6 +120,41 @@ TEST_P(CudaMatvecTest, MatchesReference) {
   EXPECT_EQ(bad, 0);
 }
 
+// matvec_multi: six matrices over the same activations, types Q4_K Q4_K F32 Q4_K Q4_K Q4_K
+// (so runs of 2, 1 and 3 launches) and awkward row counts, equal matrix by matrix to matvec.
+TEST(CudaMatvecMulti, EqualsOneMatvecPerMatrix) {
+  RS_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(77);
+  const int64_t cols = 512, n_tok = 3;
+  const GgmlType types[6] = {GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::F32,
+                             GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K};
+  const int64_t rows[6] = {37, 1, 8, 5, 64, 3};
+  std::vector<HostMatrix> m;
+  std::vector<DeviceBuffer> dw, dy, dy1;
+  for (int i = 0; i < 6; ++i) {
+    m.push_back(make_matrix(types[i], rows[i], cols, 0, rng));
+    dw.push_back(upload(m.back().bytes));
+    dy.push_back(poisoned<float>(n_tok * rows[i]));
+    dy1.push_back(poisoned<float>(n_tok * rows[i]));
+  }
+  const std::vector<float> x = testing::randn(rng, n_tok * cols);
+  DeviceBuffer dx = upload(x), ws = poisoned<uint8_t>(act_q8_bytes(cols, n_tok) + 256);
+  DeviceAct a;
+  RS_ASSERT_OK(quantize_act(dx.as<float>(), cols, n_tok, cols, ws.get(), ws.size(), &a));
+  std::vector<WeightView> views;
+  for (int i = 0; i < 6; ++i) views.push_back(m[i].view(dw[i].get()));
+  std::vector<MatvecOut> outs;
+  for (int i = 0; i < 6; ++i) outs.push_back({&views[i], dy[i].as<float>(), rows[i]});
+  RS_ASSERT_OK(matvec_multi(outs.data(), outs.size(), a));
+  for (int i = 0; i < 6; ++i) {
+    RS_ASSERT_OK(matvec(views[i], a, dy1[i].as<float>(), rows[i]));
+    const std::vector<float> got = download<float>(dy[i], n_tok * rows[i]);
+    const std::vector<float> want = download<float>(dy1[i], n_tok * rows[i]);
+    for (int64_t j = 0; j < n_tok * rows[i]; ++j)
+      ASSERT_EQ(got[j], want[j]) << "matrix " << i << " element " << j;
+  }
+}
+
 std::string mv_name(const ::testing::TestParamInfo<MvParam>& info) {
   const auto [type, rows, cols, n_tok, pad] = info.param;
   return std::string(type_name(type)) + "_r" + std::to_string(rows) + "_c" +
