@@ -146,8 +146,8 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       tok = ids[0];
     });
     model.set_cuda_fused_deltanet(true);
-    // The experts as per-token matvecs plus the separate shared expert (the fused MoE kernels'
-    // gain; dense models: the same path twice).
+    // The experts as per-token matvecs plus the separate shared expert, and the norms without
+    // their q8 output (the fused MoE kernels' and norm's gain; dense models: the norm's only).
     model.set_cuda_fused_moe_decode(false);
     r.decode_unfused_moe = timed([&] {
       StepItem it{s.get(), &tok, 1, false};
@@ -179,8 +179,8 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
               spec.c_str(), r.prefill512, static_cast<long long>(ctx), r.prefill_ctx,
               static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
               bw, r.decode_nograph);
-  std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; MoE unfused %.1f "
-              "tok/s; sampled on the GPU (top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
+  std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; MoE + norm-q8 unfused "
+              "%.1f tok/s; sampled on the GPU (top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
               spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_unfused_moe,
               r.decode_sampled);
   std::fflush(stdout);

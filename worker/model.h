@@ -166,7 +166,9 @@ class Model {
   // prefill does) instead of per-token matvecs. Off by default until measured on a GPU.
   void set_cuda_grouped_moe_decode(bool on);
   // CUDA backend: steps below the grouped size run each MoE layer's routed and shared experts
-  // in two fused launches (default) or as per-token matvecs plus the separate shared expert.
+  // in two fused launches and take the matvecs' q8 activations from the norm kernel before them
+  // (default), or run per-token matvecs, the separate shared expert and a quantiser per matvec
+  // group (for comparison).
   void set_cuda_fused_moe_decode(bool on);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.

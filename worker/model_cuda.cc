@@ -147,6 +147,7 @@ class CudaModel : public CudaBackend {
   void SetFusedMoeDecode(bool on) override {
     if (on == fused_moe_on_) return;
     fused_moe_on_ = on;
+    fused_norm_q8_ = on;
     DropGraphs();  // captured with the other path
   }
 
@@ -230,7 +231,16 @@ class CudaModel : public CudaBackend {
   GgmlType kv_type_ = GgmlType::F16;
 
   // Workspace (offsets into ws_), sized for kMaxStepTokens.
-  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_;
+  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_, norm_q8_ws_;
+  // Inside Layers: o_a_'s q8 blocks, made by the norm that wrote o_a_ (x == nullptr: none).
+  cuda::DeviceAct pre_;
+  // The prepared activations for x (n tokens, cols) when Layers' last norm made them.
+  const cuda::DeviceAct* Prepared(const float* x, int64_t n, int64_t cols) const {
+    return pre_.x && pre_.q && x == pre_.x && n == pre_.n_tok && cols == pre_.cols ? &pre_
+                                                                                   : nullptr;
+  }
+  // y = [hidden += m]; rms_norm(hidden) * w into o_a_, with its q8 blocks (pre_) for short steps.
+  absl::Status NormA(float* hidden, const float* m, const float* w, int64_t N);
   size_t o_hidden_ = 0, o_a_ = 0, o_m_ = 0, o_x1_ = 0, o_x2_ = 0, o_x3_ = 0, o_x4_ = 0,
          o_x5_ = 0, o_x6_ = 0, o_x7_ = 0, o_x8_ = 0, o_x9_ = 0, o_logits_ = 0,
          o_moe_d_ = 0, o_moe_h_ = 0;
@@ -243,6 +253,7 @@ class CudaModel : public CudaBackend {
   bool sharded_ = false;            // holds only some layers' mixers (a group rank)
   bool grouped_decode_ = false;     // decode batches of kGroupedMoeTokens+ use moe_grouped
   bool fused_moe_on_ = true;        // short steps' experts through moe_decode (SetFusedMoeDecode)
+  bool fused_norm_q8_ = true;       // short steps' norms also quantise (pre_); with fused_moe_on_
   std::shared_ptr<StatePool> pool_ = std::make_shared<StatePool>();
   // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
   // and the copies themselves.
@@ -552,6 +563,11 @@ absl::Status CudaModel::Init() {
   auto act = cuda::DeviceBuffer::alloc(cuda::act_q8_bytes(max_cols, std::max<int64_t>(N * k, 8)));
   if (!act.ok()) return act.status();
   act_ws_ = std::move(*act);
+  if (H % 32 == 0) {
+    auto nq = cuda::DeviceBuffer::alloc(cuda::act_q8_bytes(H, kMoeDecodeChunk));
+    if (!nq.ok()) return nq.status();
+    norm_q8_ws_ = std::move(*nq);
+  }
   auto tok = cuda::DeviceBuffer::alloc(Align256(N * 4) + Align256(N * 8) + 2 * Align256(N * k * 4) +
                                        Align256(N * 8));
   if (!tok.ok()) return tok.status();
@@ -661,6 +677,8 @@ absl::StatusOr<cuda::DeviceBuffer> CudaModel::StateBuffer(size_t bytes) {
 }
 
 absl::Status CudaModel::Mm(const WeightView& w, const float* x, int64_t n, float* y) {
+  if (const cuda::DeviceAct* p = Prepared(x, n, w.cols); p && n <= cuda::kMaxMatvecTokens)
+    return cuda::matvec(w, *p, y, w.rows, stream_);
   if (n > cuda::kMaxMatvecTokens && (w.rows < 16 || w.type == GgmlType::F32)) {
     // Thin matrices (the shared expert's gate: one row) and F32 weights (the router of real
     // models; exact test models) run as f32 matvecs of up to 8 tokens: the tensor cores would
@@ -684,7 +702,11 @@ absl::Status CudaModel::MmGroup(const float* x, int64_t n, int64_t cols,
   bool q8 = false;
   for (const auto& [w, y] : outs) q8 = q8 || cuda::matvec_uses_q8(w->type);
   cuda::DeviceAct a{x, cols, nullptr, nullptr, cols, n};
-  if (q8) RS_CU(cuda::quantize_act(x, cols, n, cols, act_ws_.get(), act_ws_.size(), &a, stream_));
+  if (const cuda::DeviceAct* p = Prepared(x, n, cols)) {
+    a = *p;
+  } else if (q8) {
+    RS_CU(cuda::quantize_act(x, cols, n, cols, act_ws_.get(), act_ws_.size(), &a, stream_));
+  }
   cuda::MatvecOut mo[8];
   size_t n_out = 0;
   for (const auto& [w, y] : outs) {
@@ -942,8 +964,11 @@ absl::Status CudaModel::MoeDecode(const DevLayer& L, const float* f, int64_t N, 
   const bool sh = SharedFused(L);
   float* sg = F(o_x5_);  // the shared expert's gate logits (Ffn)
   cuda::DeviceAct fa{f, H, nullptr, nullptr, H, N};
-  if (cuda::matvec_uses_q8(L.gate_exps.type))
+  if (const cuda::DeviceAct* p = Prepared(f, N, H)) {
+    fa = *p;
+  } else if (cuda::matvec_uses_q8(L.gate_exps.type)) {
     RS_CU(cuda::quantize_act(f, H, N, H, act_ws_.get(), act_ws_.size(), &fa, stream_));
+  }
   cuda::MoeDecodeWeights w;
   w.gate = &L.gate_exps;
   w.up = L.fused_gate_up ? nullptr : &L.up_exps;
@@ -974,23 +999,41 @@ absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool gra
   float* hidden = F(o_hidden_);
   float* a = F(o_a_);
   float* m = F(o_m_);
+  // pre_ lives only inside this call (o_a_ is written elsewhere too).
+  struct ClearPre {
+    cuda::DeviceAct* p;
+    ~ClearPre() { *p = cuda::DeviceAct{}; }
+  } clear_pre{&pre_};
+  pre_ = cuda::DeviceAct{};
   RS_CU(cuda::embedding_lookup(token_embd_, d_tokens_, N, hidden, stream_));
   // Each residual add is fused with the norm that follows it.
-  RS_CU(cuda::rms_norm(hidden, layers_[0].attn_norm, N, H, c_.eps, a, stream_));
+  RS_CU(NormA(hidden, nullptr, layers_[0].attn_norm, N));
   for (int64_t l = 0; l < c_.n_layer; ++l) {
     const DevLayer& L = layers_[l];
     if (L.kind == LayerKind::kAttention)
       RS_CU(Attention(L, attn_slot_[l], ps, N, graph));
     else
       RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
-    RS_CU(cuda::add_rms_norm(hidden, m, L.post_norm, N, H, c_.eps, a, stream_));
+    RS_CU(NormA(hidden, m, L.post_norm, N));
     RS_CU(Ffn(L, N));
     if (l + 1 < c_.n_layer)
-      RS_CU(cuda::add_rms_norm(hidden, m, layers_[l + 1].attn_norm, N, H, c_.eps, a, stream_));
+      RS_CU(NormA(hidden, m, layers_[l + 1].attn_norm, N));
     else
       RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
   }
+  (void)a;
   return absl::OkStatus();
+}
+
+absl::Status CudaModel::NormA(float* hidden, const float* m, const float* w, int64_t N) {
+  const int64_t H = c_.n_embd;
+  float* a = F(o_a_);
+  pre_ = cuda::DeviceAct{};
+  if (norm_q8_ws_.get() != nullptr && N <= kMoeDecodeChunk && fused_norm_q8_)
+    return cuda::add_rms_norm_q8(hidden, m, w, N, H, c_.eps, a, norm_q8_ws_.get(),
+                                 norm_q8_ws_.size(), &pre_, stream_);
+  if (m == nullptr) return cuda::rms_norm(hidden, w, N, H, c_.eps, a, stream_);
+  return cuda::add_rms_norm(hidden, m, w, N, H, c_.eps, a, stream_);
 }
 
 // Final norm + LM head for rows[i0, i0 + n) of the hidden states into the logits buffer; for

@@ -256,7 +256,29 @@ absl::Status add_rms_norm(float* hidden, const float* m, const float* w, int64_t
                           float eps, float* y, Stream s) {
   if (rows < 0 || n < 1) return bad("add_rms_norm", rows, n);
   return st("add_rms_norm",
-            glue::launch_add_rms_norm(hidden, m, w, rows, n, eps, y, as_stream(s)));
+            glue::launch_add_rms_norm(hidden, m, w, rows, n, eps, y, nullptr, nullptr,
+                                      as_stream(s)));
+}
+absl::Status add_rms_norm_q8(float* hidden, const float* m, const float* w, int64_t rows,
+                             int64_t n, float eps, float* y, void* ws, size_t ws_bytes,
+                             DeviceAct* out, Stream s) {
+  if (rows < 1 || n < 32 || n % 32 != 0)
+    return absl::InvalidArgumentError(absl::StrCat("add_rms_norm_q8: rows = ", rows, ", n = ", n,
+                                                   " (a positive multiple of 32)"));
+  const size_t need = act_q8_bytes(n, rows);
+  if (ws == nullptr || ws_bytes < need || reinterpret_cast<uintptr_t>(ws) % 256 != 0)
+    return absl::InvalidArgumentError(absl::StrCat("add_rms_norm_q8: workspace of ", ws_bytes,
+                                                   " bytes; need ", need, ", 256-byte aligned"));
+  // quantize_act's layout: q [rows][n], then {d, sum} at the next 256-byte boundary.
+  int8_t* q = static_cast<int8_t*>(ws);
+  float* ds = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) +
+                                       (static_cast<size_t>(rows * n) + 255) / 256 * 256);
+  if (absl::Status e = st("add_rms_norm_q8", glue::launch_add_rms_norm(hidden, m, w, rows, n, eps,
+                                                                       y, q, ds, as_stream(s)));
+      !e.ok())
+    return e;
+  *out = DeviceAct{y, n, q, ds, n, rows};
+  return absl::OkStatus();
 }
 absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
                      float q_scale, float* q, float* k, float* v, Stream s) {

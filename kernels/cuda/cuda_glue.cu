@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_glue_launch.h"
+#include "kernels/cuda/norm_q8_kernel.cuh"
 
 namespace rs::cuda::glue {
 namespace {
@@ -139,33 +140,6 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) ids[blockIdx.x] = static_cast<int32_t>(si[0] < n ? si[0] : 0);
 }
 
-// hidden[r] += m[r]; y[r] = hidden[r] * rsqrt(mean(hidden[r]^2) + eps) * w (the residual add of
-// one sub-layer fused with the next norm); one block per row.
-__global__ void __launch_bounds__(kThreads)
-    add_rms_norm_kernel(float* __restrict__ hidden, const float* __restrict__ m,
-                        const float* __restrict__ w, int64_t n, float eps, float* __restrict__ y) {
-  const int64_t r = blockIdx.x;
-  float* h = hidden + r * n;
-  const float* mr = m + r * n;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    const float v = h[i] + mr[i];
-    h[i] = v;
-    ss += v * v;
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
-  __shared__ float part[kThreads / 32];
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
-  if (lane == 0) part[warp] = ss;
-  __syncthreads();
-  float tot = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kThreads / 32; ++i) tot += part[i];
-  const float scale = 1.0f / sqrtf(tot / static_cast<float>(n) + eps);
-  float* yr = y + r * n;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) yr[i] = h[i] * scale * w[i];
-}
 
 // DeltaNet: from the conv output cv [N][2*KD + VD] (q | k | v) to q, k (L2-normed per key head,
 // q also scaled) and v. One warp per (token, key head); it also copies its share of v.
@@ -213,8 +187,18 @@ cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* id
 }
 
 cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
-                                int64_t n, float eps, float* y, cudaStream_t s) {
-  if (rows > 0) add_rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(hidden, m, w, n, eps, y);
+                                int64_t n, float eps, float* y, int8_t* q, float* ds,
+                                cudaStream_t s) {
+  NormQ8Args a;
+  a.hidden = hidden;
+  a.m = m;
+  a.w = w;
+  a.n = n;
+  a.eps = eps;
+  a.y = y;
+  a.q = q;
+  a.ds = ds;
+  if (rows > 0) add_rms_norm_q8_kernel<<<static_cast<unsigned>(rows), kNormQ8Threads, 0, s>>>(a);
   return cudaGetLastError();
 }
 cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,

@@ -43,6 +43,12 @@ absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_
 absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                 int64_t H, Stream s = nullptr);
 // hidden[r] += m[r], then y[r] = rms_norm(hidden[r]) * w (as rms_norm in cuda_ops.h).
+// As add_rms_norm (m == nullptr: rms_norm alone), and the result's q8 blocks in ws (the layout
+// and size of quantize_act's) in the same kernel: *out is then y's prepared activations, bit for
+// bit what quantize_act(y) gives. n a multiple of 32.
+absl::Status add_rms_norm_q8(float* hidden, const float* m, const float* w, int64_t rows,
+                             int64_t n, float eps, float* y, void* ws, size_t ws_bytes,
+                             DeviceAct* out, Stream s = nullptr);
 absl::Status add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows, int64_t n,
                           float eps, float* y, Stream s = nullptr);
 // DeltaNet, per token: cv = [q (Hk*dk) | k (Hk*dk) | v (VD)] -> q = l2_norm(q_h) * q_scale and

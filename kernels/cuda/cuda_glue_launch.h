@@ -23,8 +23,10 @@ cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, 
                                int64_t rows, int64_t n, float* out, cudaStream_t s);
 cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                       int64_t H, cudaStream_t s);
+// m == nullptr: no add; q == nullptr: no q8 blocks (norm_q8_kernel.cuh).
 cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
-                                int64_t n, float eps, float* y, cudaStream_t s);
+                                int64_t n, float eps, float* y, int8_t* q, float* ds,
+                                cudaStream_t s);
 cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
                            float q_scale, float* q, float* k, float* v, cudaStream_t s);
 cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,

@@ -1,0 +1,76 @@
+// add_rms_norm_q8 (cuda_glue.h) on a device: the same bits as add_rms_norm followed by
+// quantize_act (hidden, y, the q8 blocks and their {d, sum}), with and without the residual add.
+// Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda/cuda_glue.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace rs::cuda {
+namespace {
+
+TEST(CudaNormQ8, SameBitsAsNormThenQuantize) {
+  RS_SKIP_WITHOUT_CUDA();
+  for (const int64_t n : {int64_t{96}, int64_t{2048}, int64_t{3104}}) {
+    for (const bool add : {true, false}) {
+      SCOPED_TRACE("n " + std::to_string(n) + (add ? " add" : ""));
+      const int64_t rows = 5;
+      std::mt19937 rng(static_cast<uint32_t>(n));
+      const std::vector<float> h = testing::randn(rng, rows * n), m = testing::randn(rng, rows * n);
+      std::vector<float> w = testing::randn(rng, n);
+      DeviceBuffer h1 = testing::upload(h), h2 = testing::upload(h), dm = testing::upload(m),
+                   dw = testing::upload(w), y1 = testing::poisoned<float>(rows * n),
+                   y2 = testing::poisoned<float>(rows * n);
+      const size_t wsb = act_q8_bytes(n, rows);
+      DeviceBuffer ws1 = testing::poisoned<uint8_t>(wsb), ws2 = testing::poisoned<uint8_t>(wsb);
+      DeviceAct a1, a2;
+      RS_ASSERT_OK(add_rms_norm_q8(h1.as<float>(), add ? dm.as<float>() : nullptr, dw.as<float>(),
+                                   rows, n, 1e-6f, y1.as<float>(), ws1.get(), wsb, &a1));
+      if (add) {
+        RS_ASSERT_OK(add_rms_norm(h2.as<float>(), dm.as<float>(), dw.as<float>(), rows, n, 1e-6f,
+                                  y2.as<float>()));
+      } else {
+        // The plain norm is a different kernel (its own reduction): equal up to rounding.
+        RS_ASSERT_OK(rms_norm(h2.as<float>(), dw.as<float>(), rows, n, 1e-6f, y2.as<float>()));
+      }
+      const std::vector<float> g1 = testing::download<float>(y1, rows * n);
+      const std::vector<float> g2 = testing::download<float>(y2, rows * n);
+      for (int64_t i = 0; i < rows * n; ++i) {
+        if (add)
+          ASSERT_EQ(g1[i], g2[i]) << i;
+        else
+          ASSERT_NEAR(g1[i], g2[i], 1e-5f * (1 + std::fabs(g2[i]))) << i;
+      }
+      EXPECT_EQ(testing::download<float>(h1, rows * n), testing::download<float>(h2, rows * n));
+      // quantize_act of the kernel's own y: the same q8 blocks.
+      RS_ASSERT_OK(quantize_act(y1.as<float>(), n, rows, n, ws2.get(), wsb, &a2));
+      std::vector<int8_t> q1(rows * n), q2(rows * n);
+      std::vector<float> d1(rows * n / 16), d2(rows * n / 16);
+      RS_ASSERT_OK(synchronize());
+      RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
+      RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
+      RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
+      RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
+      EXPECT_EQ(q1, q2);
+      EXPECT_EQ(d1, d2);
+      EXPECT_EQ(a1.x, y1.as<float>());
+      EXPECT_EQ(a1.n_tok, rows);
+    }
+  }
+}
+
+TEST(CudaNormQ8Args, RefusesColsNotAMultipleOf32) {
+  DeviceAct a;
+  const absl::Status st = add_rms_norm_q8(nullptr, nullptr, nullptr, 2, 100, 1e-6f, nullptr,
+                                          nullptr, 0, &a);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(std::string(st.message()).find("n = 100"), std::string::npos) << st;
+}
+
+}  // namespace
+}  // namespace rs::cuda
