@@ -730,11 +730,9 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
   float* vv = F(o_x5_);
   float* y = F(o_x6_);
   RS_CU(MmGroup(a, N, H, {{&L.wq, qg}, {&L.wk, kk}, {&L.wv, vv}}));
-  RS_CU(cuda::split_qgate(qg, N, nh, hd, q, gate, stream_));
-  RS_CU(cuda::rms_norm(q, L.q_norm, N * nh, hd, c_.eps, q, stream_));
-  RS_CU(cuda::rms_norm(kk, L.k_norm, N * nkv, hd, c_.eps, kk, stream_));
-  RS_CU(cuda::rope_neox(q, N, nh, hd, c_.rope_dims, d_pos_, c_.rope_theta, stream_));
-  RS_CU(cuda::rope_neox(kk, N, nkv, hd, c_.rope_dims, d_pos_, c_.rope_theta, stream_));
+  // q / gate split, q and k norms, RoPE on both: one kernel.
+  RS_CU(cuda::attn_prep(qg, N, nh, nkv, hd, c_.rope_dims, L.q_norm, L.k_norm, d_pos_,
+                        c_.rope_theta, c_.eps, q, gate, kk, stream_));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   int64_t r0 = 0;
   for (const Piece& p : ps) {

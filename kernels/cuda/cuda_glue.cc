@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/attn_prep_types.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_glue_launch.h"
 #include "kernels/cuda/dn_chunk_types.h"
@@ -197,11 +198,6 @@ absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s) {
   if (n < 0) return bad("add_inplace", n, 0);
   return st("add_inplace", glue::launch_add(y, x, n, as_stream(s)));
 }
-absl::Status split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
-                         float* gate, Stream s) {
-  if (n_tok < 0 || nh < 1 || hd < 1) return bad("split_qgate", nh, hd);
-  return st("split_qgate", glue::launch_split_qgate(qg, n_tok, nh, hd, q, gate, as_stream(s)));
-}
 absl::Status mul_sigmoid(float* o, const float* gate, int64_t n, Stream s) {
   if (n < 0) return bad("mul_sigmoid", n, 0);
   return st("mul_sigmoid", glue::launch_mul_sigmoid(o, gate, n, as_stream(s)));
@@ -259,6 +255,33 @@ absl::Status add_rms_norm(float* hidden, const float* m, const float* w, int64_t
             glue::launch_add_rms_norm(hidden, m, w, rows, n, eps, y, nullptr, nullptr,
                                       as_stream(s)));
 }
+absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, int64_t hd,
+                       int64_t n_rot, const float* q_norm, const float* k_norm,
+                       const int64_t* d_pos, float theta, float eps, float* q, float* gate,
+                       float* k, Stream s) {
+  if (n_tok < 0 || nh < 1 || nkv < 1 || hd < 2 || hd > glue::kAttnPrepMaxDim || n_rot < 0 ||
+      n_rot > hd || n_rot % 2 != 0)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attn_prep: n_tok ", n_tok, ", heads ", nh, "/", nkv, ", head_dim ", hd, " (at most ",
+        glue::kAttnPrepMaxDim, "), n_rot ", n_rot, " (even, at most head_dim)"));
+  glue::AttnPrepArgs a;
+  a.qg = qg;
+  a.q = q;
+  a.gate = gate;
+  a.k = k;
+  a.q_norm = q_norm;
+  a.k_norm = k_norm;
+  a.pos = d_pos;
+  a.n_tok = n_tok;
+  a.nh = nh;
+  a.nkv = nkv;
+  a.hd = hd;
+  a.n_rot = n_rot;
+  a.eps = eps;
+  a.theta = theta;
+  return st("attn_prep", glue::launch_attn_prep(a, as_stream(s)));
+}
+
 absl::Status add_rms_norm_q8(float* hidden, const float* m, const float* w, int64_t rows,
                              int64_t n, float eps, float* y, void* ws, size_t ws_bytes,
                              DeviceAct* out, Stream s) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_glue_launch.h"
+#include "kernels/cuda/attn_prep_kernel.cuh"
 #include "kernels/cuda/norm_q8_kernel.cuh"
 
 namespace rs::cuda::glue {
@@ -22,15 +23,6 @@ __device__ __forceinline__ float softplus_d(float x) { return x > 20.0f ? x : lo
 __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] += x[i];
-}
-
-__global__ void split_qgate_kernel(const float* __restrict__ qg, int64_t n_heads_total,
-                                   int64_t hd, float* __restrict__ q, float* __restrict__ gate) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n_heads_total * hd) return;
-  const int64_t th = i / hd, c = i % hd;  // th = token * nh + head
-  q[i] = qg[th * 2 * hd + c];
-  gate[i] = qg[th * 2 * hd + hd + c];
 }
 
 __global__ void mul_sigmoid_kernel(float* __restrict__ o, const float* __restrict__ g, int64_t n) {
@@ -186,6 +178,12 @@ cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* id
   return cudaGetLastError();
 }
 
+cudaError_t launch_attn_prep(const AttnPrepArgs& a, cudaStream_t s) {
+  const int64_t blocks = a.n_tok * (a.nh + a.nkv);
+  if (blocks > 0) attn_prep_kernel<<<static_cast<unsigned>(blocks), kAttnPrepThreads, 0, s>>>(a);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
                                 int64_t n, float eps, float* y, int8_t* q, float* ds,
                                 cudaStream_t s) {
@@ -209,12 +207,6 @@ cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t d
 
 cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s) {
   if (n > 0) add_kernel<<<grid_for(n), kThreads, 0, s>>>(y, x, n);
-  return cudaGetLastError();
-}
-cudaError_t launch_split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
-                               float* gate, cudaStream_t s) {
-  const int64_t n = n_tok * nh * hd;
-  if (n > 0) split_qgate_kernel<<<grid_for(n), kThreads, 0, s>>>(qg, n_tok * nh, hd, q, gate);
   return cudaGetLastError();
 }
 cudaError_t launch_mul_sigmoid(float* o, const float* g, int64_t n, cudaStream_t s) {

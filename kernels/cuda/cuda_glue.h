@@ -19,9 +19,6 @@ namespace rs::cuda {
 
 // y[i] += x[i], i < n.
 absl::Status add_inplace(float* y, const float* x, int64_t n, Stream s = nullptr);
-// qg: [n_tok][nh][2][hd] (per head q then gate) -> q, gate: [n_tok][nh][hd].
-absl::Status split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
-                         float* gate, Stream s = nullptr);
 // o[i] *= sigmoid(gate[i]).
 absl::Status mul_sigmoid(float* o, const float* gate, int64_t n, Stream s = nullptr);
 // DeltaNet gates, per token t and value head h (b, al: [n_tok][Hv]):
@@ -43,6 +40,13 @@ absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_
 absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                 int64_t H, Stream s = nullptr);
 // hidden[r] += m[r], then y[r] = rms_norm(hidden[r]) * w (as rms_norm in cuda_ops.h).
+// Attention's q/k preparation in one kernel (attn_prep_kernel.cuh) for n_tok tokens: q and gate
+// split out of qg ([n_tok][nh][2][hd]: per head q then gate), q = rope(rms_norm(q) * q_norm),
+// k = rope(rms_norm(k) * k_norm) in place; NeoX RoPE on the first n_rot dims at d_pos[t].
+absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, int64_t hd,
+                       int64_t n_rot, const float* q_norm, const float* k_norm,
+                       const int64_t* d_pos, float theta, float eps, float* q, float* gate,
+                       float* k, Stream s = nullptr);
 // As add_rms_norm (m == nullptr: rms_norm alone), and the result's q8 blocks in ws (the layout
 // and size of quantize_act's) in the same kernel: *out is then y's prepared activations, bit for
 // bit what quantize_act(y) gives. n a multiple of 32.

@@ -9,8 +9,6 @@
 namespace rs::cuda::glue {
 
 cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s);
-cudaError_t launch_split_qgate(const float* qg, int64_t n_tok, int64_t nh, int64_t hd, float* q,
-                               float* gate, cudaStream_t s);
 cudaError_t launch_mul_sigmoid(float* o, const float* g, int64_t n, cudaStream_t s);
 cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
                             const float* dt_bias, int64_t n_tok, int64_t Hv, float* g,
@@ -23,6 +21,8 @@ cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, 
                                int64_t rows, int64_t n, float* out, cudaStream_t s);
 cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                       int64_t H, cudaStream_t s);
+struct AttnPrepArgs;
+cudaError_t launch_attn_prep(const AttnPrepArgs& a, cudaStream_t s);
 // m == nullptr: no add; q == nullptr: no q8 blocks (norm_q8_kernel.cuh).
 cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
                                 int64_t n, float eps, float* y, int8_t* q, float* ds,
