@@ -182,6 +182,9 @@ absl::Status delta_rule_chunked(const DeltaNetDims& d, const float* q, const flo
 }
 
 absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {
+  if (a.yq != nullptr && (a.yds == nullptr || a.dv % 32 != 0))
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dn_decode: q8 output needs dv a multiple of 32 (dv ", a.dv, ") and yds"));
   if (B < 0 || a.Hk < 1 || a.Hv < a.Hk || a.Hv % a.Hk != 0 || a.K < 1)
     return absl::InvalidArgumentError(absl::StrCat("dn_decode: bad shape: B ", B, ", Hk ", a.Hk,
                                                    ", Hv ", a.Hv, ", K ", a.K));

@@ -26,6 +26,10 @@ struct DecodeArgs {
   uint8_t* const* seq_base = nullptr;
   size_t conv_off = 0, ssm_off = 0;
   float* y = nullptr;            // [B][Hv*dv]
+  // When not null (dv % 32 == 0): y's q8 blocks as quantize_act makes them for ssm_out's matvec,
+  // yq [B][Hv*dv] and {d, sum} yds [B][Hv*dv / 32].
+  int8_t* yq = nullptr;
+  float* yds = nullptr;
 };
 
 // Shared memory the kernel needs (dynamic).

@@ -35,6 +35,11 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
                d_dt = testing::upload(p.dt_bias), d_nw = testing::upload(p.norm_w),
                d_z = testing::upload(p.z), d_b = testing::upload(p.b), d_al = testing::upload(p.al);
   DeviceBuffer d_y = testing::poisoned<float>(p.B * p.Hv * p.dv);
+  // y's q8 blocks (dv % 32 == 0 shapes): the same bits as quantize_act of y.
+  const bool q8 = p.dv % 32 == 0;
+  const int64_t ny = p.B * p.Hv * p.dv;
+  DeviceBuffer d_yq = testing::poisoned<int8_t>(ny), d_yds = testing::poisoned<float>(ny / 16);
+  DeviceBuffer qws = testing::poisoned<uint8_t>(act_q8_bytes(p.Hv * p.dv, p.B));
   for (int step = 0; step < 3; ++step) {
     const std::vector<float> want = testing_dn::reference(ref);
     DeviceBuffer d_u = testing::upload(p.u);
@@ -48,7 +53,25 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
     a.seq_base = d_bases.as<uint8_t*>();
     a.ssm_off = static_cast<size_t>(p.conv_floats()) * 4;
     a.y = d_y.as<float>();
+    if (q8) {
+      a.yq = d_yq.as<int8_t>();
+      a.yds = d_yds.as<float>();
+    }
     RS_ASSERT_OK(dn_decode(a, p.B, nullptr));
+    if (q8) {
+      DeviceAct qa;
+      RS_ASSERT_OK(quantize_act(d_y.as<float>(), p.Hv * p.dv, p.B, p.Hv * p.dv, qws.get(),
+                                qws.size(), &qa));
+      std::vector<int8_t> q1(ny), q2(ny);
+      std::vector<float> s1(ny / 16), s2(ny / 16);
+      RS_ASSERT_OK(synchronize());
+      RS_ASSERT_OK(copy_to_host(q1.data(), d_yq.get(), ny));
+      RS_ASSERT_OK(copy_to_host(q2.data(), qa.q, ny));
+      RS_ASSERT_OK(copy_to_host(s1.data(), d_yds.get(), s1.size() * 4));
+      RS_ASSERT_OK(copy_to_host(s2.data(), qa.ds, s2.size() * 4));
+      EXPECT_EQ(q1, q2) << "step " << step;
+      EXPECT_EQ(s1, s2) << "step " << step;
+    }
     const auto y = testing::download<float>(d_y, p.B * p.Hv * p.dv);
     // Device expf / fma differ from the host's by a few ulp.
     EXPECT_LE(testing_dn::max_rel(y.data(), want.data(), static_cast<int64_t>(y.size())), 5e-5)

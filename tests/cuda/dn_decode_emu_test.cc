@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/dn_decode_kernel.cuh"
 #include "tests/cuda/dn_decode_test_util.h"
+#include "tests/cuda/moe_decode_test_util.h"
 
 namespace rs::cuda::dn {
 namespace {
@@ -40,12 +41,30 @@ TEST_P(DnDecodeEmu, MatchesReferenceOps) {
       a.conv_off = 0;
       a.ssm_off = static_cast<size_t>(p.conv_floats()) * 4;
       a.y = y.data();
+      // The q8 output (dv % 32 == 0 shapes), checked against quantize_act's rule on y.
+      const bool q8 = p.dv % 32 == 0;
+      std::vector<int8_t> yq(y.size(), 99);
+      std::vector<float> yds(y.size() / 16, NAN);
+      if (q8) {
+        a.yq = yq.data();
+        a.yds = yds.data();
+      }
       const std::string err = simt::launch(
           {static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B)}, {kDecodeThreads},
           decode_smem_bytes(p.Hk, p.Hv, p.dk, p.dv), dn_decode_kernel, a);
       ASSERT_EQ(err, "");
       EXPECT_LE(testing_dn::max_rel(y.data(), want.data(), static_cast<int64_t>(y.size())), 2e-5)
           << "step " << step;
+      if (q8) {
+        std::vector<int8_t> qr(32);
+        std::vector<float> dr(2);
+        for (size_t blk = 0; blk < y.size() / 32; ++blk) {
+          testing_kernels::quantize_q8(y.data() + blk * 32, 32, qr.data(), dr.data());
+          for (int i = 0; i < 32; ++i) ASSERT_EQ(yq[blk * 32 + i], qr[i]) << "block " << blk;
+          ASSERT_EQ(yds[2 * blk], dr[0]) << "block " << blk;
+          ASSERT_NEAR(yds[2 * blk + 1], dr[1], 1e-5 * 32 * 127 * dr[0]) << "block " << blk;
+        }
+      }
       for (int64_t s = 0; s < p.B; ++s) {
         EXPECT_LE(testing_dn::max_rel(p.state[s].data(), ref.state[s].data(), p.conv_floats()), 1e-7)
             << "conv state, seq " << s;

@@ -115,6 +115,23 @@ inline DeltaProblem make_delta(int64_t T, int64_t Hk, int64_t Hv, int64_t dk, in
   return p;
 }
 
+// quantize_act's q8 blocks: d = amax / 127, q = rint(x / d), and the exact sum.
+inline void quantize_q8(const float* x, int64_t n, int8_t* q, float* ds) {
+  for (int64_t b = 0; b < n / 32; ++b) {
+    float amax = 0.0f, sum = 0.0f;
+    for (int i = 0; i < 32; ++i) {
+      amax = std::max(amax, std::fabs(x[b * 32 + i]));
+      sum += x[b * 32 + i];
+    }
+    const float d = amax / 127.0f;
+    for (int i = 0; i < 32; ++i)
+      q[b * 32 + i] = static_cast<int8_t>(
+          amax == 0.0f ? 0 : std::clamp(std::nearbyint(x[b * 32 + i] / d), -127.0f, 127.0f));
+    ds[2 * b] = d;
+    ds[2 * b + 1] = sum;
+  }
+}
+
 // ---- grouped MoE ----------------------------------------------------------------------------
 // Per token: sum over its k slots of w * down_e(silu(gate_e x) * up_e x), e = ids[t][i], with
 // exactly dequantised weights (matmul_ref). gate_up: [E][2I][H] (gate rows, then up rows).
