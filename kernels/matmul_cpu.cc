@@ -24,11 +24,16 @@
 // mean with 2 threads, 0.17 ms with OMP_WAIT_POLICY=passive; bench-moe decode at load 5: 4 tok/s
 // with libgomp's default policy, 14-19 passive).
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -50,6 +55,18 @@ namespace {
 // on a 2-core machine shared with other work costs whole scheduler slices per region).
 // ---------------------------------------------------------------------------------------------
 
+// Sleeps while a == old (the kernel compares atomically), at most ms milliseconds: the futex
+// directly, not std::atomic::wait, and bounded, so no missed wake-up can stall anyone for long.
+void futex_wait(const std::atomic<uint32_t>& a, uint32_t old, int ms) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  const timespec limit{0, static_cast<long>(ms) * 1000 * 1000};
+  syscall(SYS_futex, reinterpret_cast<const uint32_t*>(&a), FUTEX_WAIT_PRIVATE, old, &limit,
+          nullptr, 0);
+}
+void futex_wake(std::atomic<uint32_t>& a, int n) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&a), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0);
+}
+
 // Returns once a != old: pause-spin (~10 us), then sched_yield for ~1 ms, then futex sleep.
 uint32_t wait_change(const std::atomic<uint32_t>& a, uint32_t old) {
   for (int i = 0; i < 400; ++i) {
@@ -63,7 +80,7 @@ uint32_t wait_change(const std::atomic<uint32_t>& a, uint32_t old) {
     sched_yield();
   }
   for (;;) {
-    a.wait(old, std::memory_order_acquire);
+    futex_wait(a, old, 20);
     const uint32_t v = a.load(std::memory_order_acquire);
     if (v != old) return v;
   }
@@ -89,7 +106,7 @@ class Pool {
     const uint64_t gen = ++gen_;
     state_.store(gen << 32, std::memory_order_release);
     wake_.fetch_add(1, std::memory_order_release);
-    if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
+    if (sleepers_.load(std::memory_order_acquire) > 0) futex_wake(wake_, INT_MAX);
     work(gen);
     for (int64_t d = done_.load(std::memory_order_acquire); d != n;
          d = done_.load(std::memory_order_acquire))
@@ -109,7 +126,7 @@ class Pool {
       if (!state_.compare_exchange_weak(st, st + 1, std::memory_order_acq_rel)) continue;
       fn_(ctx_, i);
       if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<uint32_t>(n_))
-        done_.notify_one();
+        futex_wake(done_, 1);
     }
   }
 
@@ -127,7 +144,7 @@ class Pool {
       }
       while (v == seen) {
         sleepers_.fetch_add(1, std::memory_order_acq_rel);
-        wake_.wait(seen, std::memory_order_acquire);
+        futex_wait(wake_, seen, 200);  // an idle worker re-checks 5 times a second
         sleepers_.fetch_sub(1, std::memory_order_acq_rel);
         v = wake_.load(std::memory_order_acquire);
       }
