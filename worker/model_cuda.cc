@@ -767,7 +767,15 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
                              scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_));
     r0 += T;
   }
-  RS_CU(cuda::mul_sigmoid(y, gate, N * nh * hd, stream_));
+  const int64_t QD = nh * hd;
+  if (fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && QD % 32 == 0 &&
+      cuda::matvec_uses_q8(L.wo.type)) {
+    // The output gate and wo's q8 activations in one kernel.
+    cuda::DeviceAct ya;
+    RS_CU(cuda::mul_sigmoid_q8(y, gate, N, QD, act_ws_.get(), act_ws_.size(), &ya, stream_));
+    return cuda::matvec(L.wo, ya, F(o_m_), L.wo.rows, stream_);
+  }
+  RS_CU(cuda::mul_sigmoid(y, gate, N * QD, stream_));
   return Mm(L.wo, y, N, F(o_m_));
 }
 

@@ -285,6 +285,26 @@ absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, 
   return st("attn_prep", glue::launch_attn_prep(a, as_stream(s)));
 }
 
+absl::Status mul_sigmoid_q8(float* o, const float* gate, int64_t n_tok, int64_t cols, void* ws,
+                            size_t ws_bytes, DeviceAct* out, Stream s) {
+  if (n_tok < 1 || cols < 32 || cols % 32 != 0)
+    return absl::InvalidArgumentError(absl::StrCat("mul_sigmoid_q8: n_tok = ", n_tok,
+                                                   ", cols = ", cols, " (a multiple of 32)"));
+  const size_t need = act_q8_bytes(cols, n_tok);
+  if (ws == nullptr || ws_bytes < need || reinterpret_cast<uintptr_t>(ws) % 256 != 0)
+    return absl::InvalidArgumentError(absl::StrCat("mul_sigmoid_q8: workspace of ", ws_bytes,
+                                                   " bytes; need ", need, ", 256-byte aligned"));
+  int8_t* q = static_cast<int8_t*>(ws);
+  float* ds = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) +
+                                       (static_cast<size_t>(n_tok * cols) + 255) / 256 * 256);
+  if (absl::Status e = st("mul_sigmoid_q8",
+                          glue::launch_gate_q8(o, gate, n_tok * cols, q, ds, as_stream(s)));
+      !e.ok())
+    return e;
+  *out = DeviceAct{o, cols, q, ds, cols, n_tok};
+  return absl::OkStatus();
+}
+
 absl::Status add_rms_norm_q8(float* hidden, const float* m, const float* w, int64_t rows,
                              int64_t n, float eps, float* y, void* ws, size_t ws_bytes,
                              DeviceAct* out, Stream s) {

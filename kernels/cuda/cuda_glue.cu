@@ -184,6 +184,14 @@ cudaError_t launch_attn_prep(const AttnPrepArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
+cudaError_t launch_gate_q8(float* y, const float* gate, int64_t n, int8_t* q, float* ds,
+                          cudaStream_t s) {
+  if (n > 0)
+    gate_q8_kernel<<<static_cast<unsigned>((n + kNormQ8Threads - 1) / kNormQ8Threads),
+                     kNormQ8Threads, 0, s>>>(y, gate, n, q, ds);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
                                 int64_t n, float eps, float* y, int8_t* q, float* ds,
                                 cudaStream_t s) {

@@ -71,4 +71,28 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads) add_rms_norm_q8_kernel(const Nor
   }
 }
 
+// y[i] *= sigmoid(gate[i]) (attention's output gate), then y's q8 blocks for the output
+// projection: one launch instead of the gate and quantize_act. n a multiple of 32; grid
+// n / kNormQ8Threads rounded up, a warp per q8 block.
+RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads)
+    gate_q8_kernel(float* y, const float* gate, int64_t n, int8_t* q, float* ds) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kNormQ8Threads + threadIdx.x;
+  if (i >= n) return;  // n % 32 == 0: whole warps leave together
+  const float v = y[i] * (1.0f / (1.0f + expf(-gate[i])));
+  y[i] = v;
+  float amax = fabsf(v), sum = v;
+  for (int o = 16; o > 0; o >>= 1) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+  }
+  const float d = amax / 127.0f;
+  int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
+  qi = qi < -127 ? -127 : (qi > 127 ? 127 : qi);
+  q[i] = static_cast<int8_t>(qi);
+  if ((threadIdx.x & 31) == 0) {
+    ds[2 * (i / 32)] = d;
+    ds[2 * (i / 32) + 1] = sum;
+  }
+}
+
 }  // namespace rs::cuda::glue

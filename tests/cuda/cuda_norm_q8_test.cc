@@ -64,6 +64,31 @@ TEST(CudaNormQ8, SameBitsAsNormThenQuantize) {
   }
 }
 
+TEST(CudaGateQ8, SameBitsAsGateThenQuantize) {
+  RS_SKIP_WITHOUT_CUDA();
+  const int64_t n_tok = 3, cols = 4096;
+  std::mt19937 rng(5);
+  const std::vector<float> y = testing::randn(rng, n_tok * cols, 2.0f);
+  const std::vector<float> g = testing::randn(rng, n_tok * cols, 2.0f);
+  DeviceBuffer y1 = testing::upload(y), y2 = testing::upload(y), dg = testing::upload(g);
+  const size_t wsb = act_q8_bytes(cols, n_tok);
+  DeviceBuffer ws1 = testing::poisoned<uint8_t>(wsb), ws2 = testing::poisoned<uint8_t>(wsb);
+  DeviceAct a1, a2;
+  RS_ASSERT_OK(mul_sigmoid_q8(y1.as<float>(), dg.as<float>(), n_tok, cols, ws1.get(), wsb, &a1));
+  RS_ASSERT_OK(mul_sigmoid(y2.as<float>(), dg.as<float>(), n_tok * cols));
+  RS_ASSERT_OK(quantize_act(y2.as<float>(), cols, n_tok, cols, ws2.get(), wsb, &a2));
+  EXPECT_EQ(testing::download<float>(y1, n_tok * cols), testing::download<float>(y2, n_tok * cols));
+  std::vector<int8_t> q1(n_tok * cols), q2(n_tok * cols);
+  std::vector<float> d1(n_tok * cols / 16), d2(n_tok * cols / 16);
+  RS_ASSERT_OK(synchronize());
+  RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
+  RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
+  RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
+  RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(d1, d2);
+}
+
 TEST(CudaNormQ8Args, RefusesColsNotAMultipleOf32) {
   DeviceAct a;
   const absl::Status st = add_rms_norm_q8(nullptr, nullptr, nullptr, 2, 100, 1e-6f, nullptr,
