@@ -1015,7 +1015,6 @@ absl::Status CudaModel::MoeDecode(const DevLayer& L, const float* f, int64_t N, 
 absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool graph) {
   const int64_t H = c_.n_embd;
   float* hidden = F(o_hidden_);
-  float* a = F(o_a_);
   float* m = F(o_m_);
   // pre_ lives only inside this call (o_a_ is written elsewhere too).
   struct ClearPre {
@@ -1039,7 +1038,6 @@ absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool gra
     else
       RS_CU(cuda::add_inplace(hidden, m, N * H, stream_));
   }
-  (void)a;
   return absl::OkStatus();
 }
 
