@@ -274,14 +274,17 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (auto spec : absl::StrSplit(models, ',')) rows.push_back(Run(std::string(spec), ctx, n_decode, do8k, batches, bw));
   std::printf("\n==== model on GPU (wall clock; greedy decode, argmax on the GPU) ====\n");
-  std::printf("%-16s %8s %9s %9s %9s %10s %7s %10s %s\n", "model", "MB/tok", "pf512", "pf-ctx",
-              "pf8k", "decode", "%BW", "no-graph", "batch tok/s");
+  // no-graph / dn-unfused / moe-unfused: decode tok/s without CUDA graphs, with the DeltaNet
+  // layers as separate kernels, with the per-token experts and separate quantisers.
+  std::printf("%-16s %8s %9s %9s %9s %10s %7s %10s %10s %11s %s\n", "model", "MB/tok", "pf512",
+              "pf-ctx", "pf8k", "decode", "%BW", "no-graph", "dn-unfused", "moe-unfused",
+              "batch tok/s");
   for (const Row& r : rows) {
     std::string b;
     for (auto [n, t] : r.batch) b += std::to_string(n) + ":" + std::to_string(static_cast<int>(t)) + " ";
-    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %10.1f %s\n", r.model.c_str(),
-                r.mb_per_tok, r.prefill512, r.prefill_ctx, r.prefill8k, r.decode, 100 * r.frac,
-                r.decode_nograph, b.c_str());
+    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %10.1f %10.1f %11.1f %s\n",
+                r.model.c_str(), r.mb_per_tok, r.prefill512, r.prefill_ctx, r.prefill8k, r.decode,
+                100 * r.frac, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe, b.c_str());
   }
   return 0;
 }
