@@ -951,7 +951,8 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   const int64_t E = c_.n_expert, k = c_.n_expert_used, I = c_.n_ff_exp;
   float* logits = F(o_x2_);
   const bool grouped = N >= kGroupedMoeTokens && (!decode_step_ || grouped_decode_);
-  if (!grouped && fused_moe_on_ && SharedFused(L)) {
+  const bool fused = fused_moe_on_ && k + 1 <= cuda::kMoeDecodeMaxSlots;
+  if (!grouped && fused && SharedFused(L)) {
     // The router and the shared expert's gate in one launch where their types allow.
     RS_CU(MmGroup(f, N, H, {{&L.router, logits}, {&L.shexp_gate_inp, F(o_x5_)}}));
   } else {
@@ -964,7 +965,7 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
     RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, E,
                             I, H, f, N, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
                             moe_ws_.get(), moe_ws_.size(), out, stream_));
-  } else if (fused_moe_on_) {
+  } else if (fused) {
     return MoeDecode(L, f, N, out);
   } else {
     RS_CU(RoutedPerToken(L, f, N, out));

@@ -451,6 +451,7 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
     return bad(absl::StrCat("moe_decode: shapes do not match: E ", E, ", k ", k, ", I ", I,
                             ", H ", H, ", gate ", g.rows, "x", g.cols, ", down ", d.rows, "x",
                             d.cols));
+  static_assert(kMoeDecodeMaxSlots == moed::kMaxSlots);
   if (k + (shared ? 1 : 0) > moed::kMaxSlots)
     return bad(absl::StrCat("moe_decode: ", k + (shared ? 1 : 0), " slots per token, at most ",
                             moed::kMaxSlots));

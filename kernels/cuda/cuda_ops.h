@@ -179,6 +179,7 @@ struct MoeDecodeWeights {
   const WeightView* sh_up = nullptr;
   const WeightView* sh_down = nullptr;
 };
+constexpr int64_t kMoeDecodeMaxSlots = 24;  // k (+ 1 with a shared expert) per token at most
 int64_t moe_decode_ldh(int64_t I, int64_t Is);
 size_t moe_decode_workspace_bytes(int64_t n_slots, int64_t ldh);
 // Whether a shared expert can run inside moe_decode next to these routed experts (same types).
