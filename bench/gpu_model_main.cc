@@ -66,7 +66,7 @@ struct Row {
   std::string model;
   double weights_gb = 0, mb_per_tok = 0, load_s = 0;
   double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, decode_nograph = 0, frac = 0;
-  double decode_unfused = 0, decode_unfused_moe = 0, decode_sampled = 0;
+  double decode_unfused = 0, decode_unfused_moe = 0, decode_gqa = 0, decode_sampled = 0;
   std::vector<std::pair<int, double>> batch;
 };
 
@@ -155,6 +155,14 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       tok = ids[0];
     });
     model.set_cuda_fused_moe_decode(true);
+    // Split-K attention's first pass per KV head (off by default until this number says).
+    model.set_cuda_gqa_attention(true);
+    r.decode_gqa = timed([&] {
+      StepItem it{s.get(), &tok, 1, false};
+      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
+      tok = ids[0];
+    });
+    model.set_cuda_gqa_attention(false);
     SamplerParams sp;
     sp.temperature = 0.8f;
     sp.top_k = 40;
@@ -180,9 +188,10 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
               static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
               bw, r.decode_nograph);
   std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; MoE + norm-q8 unfused "
-              "%.1f tok/s; sampled on the GPU (top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
+              "%.1f tok/s; attention per KV head %.1f tok/s; sampled on the GPU (top-k 40, "
+              "top-p 0.95, penalties) %.1f tok/s\n",
               spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_unfused_moe,
-              r.decode_sampled);
+              r.decode_gqa, r.decode_sampled);
   std::fflush(stdout);
   if (do8k) {
     auto s8 = model.NewSequence(8192);
@@ -274,17 +283,19 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (auto spec : absl::StrSplit(models, ',')) rows.push_back(Run(std::string(spec), ctx, n_decode, do8k, batches, bw));
   std::printf("\n==== model on GPU (wall clock; greedy decode, argmax on the GPU) ====\n");
-  // no-graph / dn-unfused / moe-unfused: decode tok/s without CUDA graphs, with the DeltaNet
-  // layers as separate kernels, with the per-token experts and separate quantisers.
-  std::printf("%-16s %8s %9s %9s %9s %10s %7s %10s %10s %11s %s\n", "model", "MB/tok", "pf512",
-              "pf-ctx", "pf8k", "decode", "%BW", "no-graph", "dn-unfused", "moe-unfused",
-              "batch tok/s");
+  // no-graph / dn-unfused / moe-unfused / attn-gqa: decode tok/s without CUDA graphs, with the
+  // DeltaNet layers as separate kernels, with the per-token experts and separate quantisers,
+  // with split-K attention's first pass per KV head.
+  std::printf("%-16s %8s %9s %9s %9s %10s %7s %10s %10s %11s %9s %s\n", "model", "MB/tok",
+              "pf512", "pf-ctx", "pf8k", "decode", "%BW", "no-graph", "dn-unfused", "moe-unfused",
+              "attn-gqa", "batch tok/s");
   for (const Row& r : rows) {
     std::string b;
     for (auto [n, t] : r.batch) b += std::to_string(n) + ":" + std::to_string(static_cast<int>(t)) + " ";
-    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %10.1f %10.1f %11.1f %s\n",
+    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %10.1f %10.1f %11.1f %9.1f %s\n",
                 r.model.c_str(), r.mb_per_tok, r.prefill512, r.prefill_ctx, r.prefill8k, r.decode,
-                100 * r.frac, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe, b.c_str());
+                100 * r.frac, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe,
+                r.decode_gqa, b.c_str());
   }
   return 0;
 }

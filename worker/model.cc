@@ -642,6 +642,10 @@ void Model::set_cuda_fused_moe_decode(bool on) {
   if (cuda_) cuda_->SetFusedMoeDecode(on);
 }
 
+void Model::set_cuda_gqa_attention(bool on) {
+  if (cuda_) cuda_->SetGqaAttention(on);
+}
+
 void Model::Logits(const float* hidden, const std::vector<int64_t>& rows, float* logits) {
   const int64_t H = cfg_.n_embd, n = static_cast<int64_t>(rows.size());
   float* x = Workspace::get(ws_->tmp, n * H);

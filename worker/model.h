@@ -170,6 +170,9 @@ class Model {
   // (default), or run per-token matvecs, the separate shared expert and a quantiser per matvec
   // group (for comparison).
   void set_cuda_fused_moe_decode(bool on);
+  // CUDA backend: split-K attention reads each K/V row once per KV head for all its query heads
+  // (on) or once per query head (off, the default until measured on a GPU).
+  void set_cuda_gqa_attention(bool on);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
   void Embed(absl::Span<const StepItem> batch, float* hidden) const;

@@ -144,6 +144,11 @@ class CudaModel : public CudaBackend {
     fused_dn_on_ = on;
     DropGraphs();  // captured with the other path
   }
+  void SetGqaAttention(bool on) override {
+    if (on == gqa_attn_) return;
+    gqa_attn_ = on;
+    DropGraphs();  // captured with the other path
+  }
   void SetFusedMoeDecode(bool on) override {
     if (on == fused_moe_on_) return;
     fused_moe_on_ = on;
@@ -254,6 +259,7 @@ class CudaModel : public CudaBackend {
   bool grouped_decode_ = false;     // decode batches of kGroupedMoeTokens+ use moe_grouped
   bool fused_moe_on_ = true;        // short steps' experts through moe_decode (SetFusedMoeDecode)
   bool fused_norm_q8_ = true;       // short steps' norms also quantise (pre_); with fused_moe_on_
+  bool gqa_attn_ = false;           // split-K attention reads K/V once per KV head (SetGqaAttention)
   std::shared_ptr<StatePool> pool_ = std::make_shared<StatePool>();
   // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
   // and the copies themselves.
@@ -764,7 +770,8 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
       attn_ws_ = std::move(*b);
     }
     RS_CU(cuda::attention_at(q + r0 * nh * hd, T, nh, hd, kview, vview, d_pos_ + r0, max_ctx,
-                             scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_));
+                             scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_,
+                             gqa_attn_));
     r0 += T;
   }
   const int64_t QD = nh * hd;

@@ -75,6 +75,9 @@ class CudaBackend {
   // Steps below the grouped size: experts through the fused decode kernels (default) or
   // per-token matvecs and the separate shared expert.
   virtual void SetFusedMoeDecode(bool on) = 0;
+  // Split-K attention (decode, and prefill pieces the flash kernel does not take): the first pass
+  // reads each K/V row once per KV head (on) or once per query head (default until measured).
+  virtual void SetGqaAttention(bool on) = 0;
   // ForwardDistributed's layer l on the device, for a batch of at most 512 tokens with
   // host-side residual stream: hidden += mixer(attn_norm(hidden)); f = post_norm(hidden) (the
   // CPU Model::Mixer); then, where not null, the router's ids / weights ([N][k], MoE) and `ffn`

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/attn_gqa_kernel.cuh"
 #include "kernels/cuda/cuda_quant.cuh"
 
 namespace rs::cuda::detail {
@@ -155,11 +156,18 @@ __global__ void __launch_bounds__(32 * kMergeWarps)
 template <int DPL>
 cudaError_t launch_attn(const float* q, int64_t T, int64_t nh, const AttnKv& k, const AttnKv& v,
                         int64_t n_past, const int64_t* pos, float scale, float* out, float* ws,
-                        int64_t n_chunks, int64_t chunk, cudaStream_t s) {
+                        int64_t n_chunks, int64_t chunk, bool gqa, cudaStream_t s) {
   const int64_t group = nh / k.n_kv_heads;
-  attn_partial_kernel<DPL><<<dim3(static_cast<unsigned>(T * nh), static_cast<unsigned>(n_chunks)),
-                             32, 0, s>>>(q, nh, group, k, v, n_past, pos, scale, ws, n_chunks,
-                                                         chunk);
+  if (gqa && group >= 2 && group <= kGqaMaxGroup) {
+    attn_gqa_partial_kernel<DPL>
+        <<<dim3(static_cast<unsigned>(T * k.n_kv_heads), static_cast<unsigned>(n_chunks)),
+           static_cast<unsigned>(32 * group), 0, s>>>(q, nh, group, k, v, n_past, pos, scale, ws,
+                                                      n_chunks, chunk);
+  } else {
+    attn_partial_kernel<DPL>
+        <<<dim3(static_cast<unsigned>(T * nh), static_cast<unsigned>(n_chunks)), 32, 0, s>>>(
+            q, nh, group, k, v, n_past, pos, scale, ws, n_chunks, chunk);
+  }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   attn_merge_kernel<DPL><<<static_cast<unsigned>(T * nh), 32 * kMergeWarps, 0, s>>>(ws, n_chunks,
@@ -171,13 +179,13 @@ cudaError_t launch_attn(const float* q, int64_t T, int64_t nh, const AttnKv& k, 
 
 cudaError_t launch_attention(const float* q, int64_t T, int64_t nh, int64_t hd, const AttnKv& k,
                              const AttnKv& v, int64_t n_past, const int64_t* pos, float scale,
-                             float* out, float* ws, int64_t n_chunks, int64_t chunk,
+                             float* out, float* ws, int64_t n_chunks, int64_t chunk, bool gqa,
                              cudaStream_t s) {
   switch (hd) {
-    case 32: return launch_attn<1>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
-    case 64: return launch_attn<2>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
-    case 128: return launch_attn<4>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
-    case 256: return launch_attn<8>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, s);
+    case 32: return launch_attn<1>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, gqa, s);
+    case 64: return launch_attn<2>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, gqa, s);
+    case 128: return launch_attn<4>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, gqa, s);
+    case 256: return launch_attn<8>(q, T, nh, k, v, n_past, pos, scale, out, ws, n_chunks, chunk, gqa, s);
     default: return cudaErrorInvalidValue;
   }
 }

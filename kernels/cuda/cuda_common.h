@@ -120,9 +120,11 @@ struct AttnKv {
   int64_t n_kv_heads;
   size_t pos_stride;
 };
+// gqa: the first pass reads each K/V row once per KV head (attn_gqa_kernel.cuh) when the group
+// size allows, else once per query head.
 cudaError_t launch_attention(const float* q, int64_t T, int64_t nh, int64_t hd, const AttnKv& k,
                              const AttnKv& v, int64_t n_past, const int64_t* pos, float scale,
-                             float* out, float* ws, int64_t n_chunks, int64_t chunk,
+                             float* out, float* ws, int64_t n_chunks, int64_t chunk, bool gqa,
                              cudaStream_t s);
 
 }  // namespace detail

@@ -594,7 +594,7 @@ namespace {
 absl::Status attention_impl(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                             const KvView& v, int64_t n_past, const int64_t* d_pos,
                             int64_t n_ctx, float scale, float* out, void* ws, size_t ws_bytes,
-                            Stream s) {
+                            Stream s, bool gqa) {
   if (hd != 32 && hd != 64 && hd != 128 && hd != 256)
     return bad(absl::StrCat("attention: head_dim ", hd, " (CUDA supports 32, 64, 128, 256)"));
   if (T < 1 || n_past < 0 || nh < 1 || n_ctx < T)
@@ -625,23 +625,23 @@ absl::Status attention_impl(const float* q, int64_t T, int64_t nh, int64_t hd, c
                           v.pos_stride_bytes};
   return cuda_status("attention",
                      detail::launch_attention(q, T, nh, hd, kk, vv, n_past, d_pos, scale, out,
-                                              static_cast<float*>(ws), n_chunks, chunk,
+                                              static_cast<float*>(ws), n_chunks, chunk, gqa,
                                               as_stream(s)));
 }
 }  // namespace
 
 absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                        const KvView& v, int64_t n_past, float scale, float* out, void* ws,
-                       size_t ws_bytes, Stream s) {
+                       size_t ws_bytes, Stream s, bool gqa) {
   return attention_impl(q, T, nh, hd, k, v, n_past, nullptr, n_past + T, scale, out, ws,
-                        ws_bytes, s);
+                        ws_bytes, s, gqa);
 }
 
 absl::Status attention_at(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                           const KvView& v, const int64_t* d_pos, int64_t max_ctx, float scale,
-                          float* out, void* ws, size_t ws_bytes, Stream s) {
+                          float* out, void* ws, size_t ws_bytes, Stream s, bool gqa) {
   if (d_pos == nullptr) return bad("attention_at: positions are null");
-  return attention_impl(q, T, nh, hd, k, v, 0, d_pos, max_ctx, scale, out, ws, ws_bytes, s);
+  return attention_impl(q, T, nh, hd, k, v, 0, d_pos, max_ctx, scale, out, ws, ws_bytes, s, gqa);
 }
 
 absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,

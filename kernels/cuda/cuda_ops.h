@@ -204,16 +204,20 @@ absl::Status rope_neox(float* x, int64_t n_tok, int64_t n_heads, int64_t head_di
 // Attention (split-K over the cache: each (token, head) is cut into chunks of kv positions whose
 // partial softmax states are merged by a second kernel). KV types: F32, F16, Q8_0.
 size_t attention_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t n_past);
+// gqa: the first pass reads each K/V row once per KV head for all its query heads (a block per
+// (token, KV head, chunk), attn_gqa_kernel.cuh; groups of 2..16 query heads) instead of once
+// per query head; the same records and merge.
 absl::Status attention(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                        const KvView& v, int64_t n_past, float scale, float* out, void* ws,
-                       size_t ws_bytes, Stream s = nullptr);
+                       size_t ws_bytes, Stream s = nullptr, bool gqa = false);
 // As attention, but token t's causal end comes from the device: it attends to positions
 // [0, d_pos[t]] (d_pos[t] < max_ctx), and the split is sized for max_ctx positions, so the
 // launch does not depend on the sequence's length (the CUDA graph of a decode step replays it).
 // Workspace: attention_workspace_bytes(T, nh, hd, max_ctx - T).
 absl::Status attention_at(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                           const KvView& v, const int64_t* d_pos, int64_t max_ctx, float scale,
-                          float* out, void* ws, size_t ws_bytes, Stream s = nullptr);
+                          float* out, void* ws, size_t ws_bytes, Stream s = nullptr,
+                          bool gqa = false);
 
 absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
                          float* state, float* out, Stream s = nullptr);

@@ -367,6 +367,31 @@ TEST_P(CudaModelTest, FusedMoeDecodeMatchesPerToken) {
   gpu_->set_cuda_graphs(true);
 }
 
+// Decode steps with split-K attention's first pass per KV head (gqa) equal those with the
+// per-query-head pass (the same arithmetic per head), with and without graphs.
+TEST_P(CudaModelTest, GqaAttentionDecodeMatchesPerHead) {
+  const std::vector<int32_t> prompt = Prompt(23, V_, 9);
+  auto s1 = gpu_->NewSequence(), s2 = gpu_->NewSequence();
+  std::vector<float> l1, l2;
+  for (SeqState* s : {s1.get(), s2.get()}) {
+    StepItem it{s, prompt.data(), 23, false};
+    ASSERT_TRUE(gpu_->Forward({&it, 1}, &l1).ok());
+  }
+  int32_t tok = 5;
+  for (int step = 0; step < 6; ++step) {
+    gpu_->set_cuda_graphs(step % 3 != 0);
+    StepItem a{s1.get(), &tok, 1, false}, b{s2.get(), &tok, 1, false};
+    gpu_->set_cuda_gqa_attention(true);
+    ASSERT_TRUE(gpu_->Forward({&a, 1}, &l1).ok());
+    gpu_->set_cuda_gqa_attention(false);
+    ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
+    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), 1e-12) << "step " << step;
+    gpu_->MaskUnused(l1.data(), 1);
+    tok = Argmax(l1.data(), V_);
+  }
+  gpu_->set_cuda_graphs(true);
+}
+
 // A decode batch of 17 sequences with the routed experts grouped by expert equals the same
 // batch through the fused decode kernels (f32 activations vs q8: the tolerance of AllF32).
 TEST_P(CudaModelTest, GroupedMoeDecodeMatchesPerToken) {

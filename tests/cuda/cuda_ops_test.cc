@@ -251,6 +251,22 @@ TEST_P(CudaAttentionTest, MatchesReference) {
   RS_ASSERT_OK(attention_at(dq.as<float>(), T, nh, hd, k, v, dpos.as<int64_t>(), max_ctx, scale,
                             dout2.as<float>(), ws2.get(), ws2.size()));
   EXPECT_LT(max_rel_err(download<float>(dout2, ref.size()), ref, 1e-3), 2e-5);
+
+  // Both again with the first pass per KV head (gqa): the same arithmetic per query head, so
+  // the same result as the per-head pass (up to the order the merge sees nothing different).
+  for (const bool at : {false, true}) {
+    DeviceBuffer dout3 = poisoned<float>(ref.size());
+    if (at)
+      RS_ASSERT_OK(attention_at(dq.as<float>(), T, nh, hd, k, v, dpos.as<int64_t>(), max_ctx,
+                                scale, dout3.as<float>(), ws2.get(), ws2.size(), nullptr, true));
+    else
+      RS_ASSERT_OK(attention(dq.as<float>(), T, nh, hd, k, v, n_past, scale, dout3.as<float>(),
+                             ws.get(), ws.size(), nullptr, true));
+    const std::vector<float> got = download<float>(dout3, ref.size());
+    EXPECT_LT(max_rel_err(got, ref, 1e-3), 2e-5) << (at ? "attention_at" : "attention") << " gqa";
+    EXPECT_EQ(got, download<float>(at ? dout2 : dout, ref.size()))
+        << (at ? "attention_at" : "attention") << " gqa vs per head";
+  }
 }
 
 std::string attn_name(const ::testing::TestParamInfo<AttnParam>& info) {
