@@ -253,7 +253,7 @@ TEST_P(CudaAttentionTest, MatchesReference) {
   EXPECT_LT(max_rel_err(download<float>(dout2, ref.size()), ref, 1e-3), 2e-5);
 
   // Both again with the first pass per KV head (gqa): the same arithmetic per query head, so
-  // the same result as the per-head pass (up to the order the merge sees nothing different).
+  // the per-head pass's result up to the compiler's contraction choices.
   for (const bool at : {false, true}) {
     DeviceBuffer dout3 = poisoned<float>(ref.size());
     if (at)
@@ -264,7 +264,7 @@ TEST_P(CudaAttentionTest, MatchesReference) {
                              ws.get(), ws.size(), nullptr, true));
     const std::vector<float> got = download<float>(dout3, ref.size());
     EXPECT_LT(max_rel_err(got, ref, 1e-3), 2e-5) << (at ? "attention_at" : "attention") << " gqa";
-    EXPECT_EQ(got, download<float>(at ? dout2 : dout, ref.size()))
+    EXPECT_LT(max_rel_err(got, download<float>(at ? dout2 : dout, ref.size()), 1e-3), 1e-6)
         << (at ? "attention_at" : "attention") << " gqa vs per head";
   }
 }
