@@ -385,7 +385,8 @@ TEST_P(CudaModelTest, GqaAttentionDecodeMatchesPerHead) {
     ASSERT_TRUE(gpu_->Forward({&a, 1}, &l1).ok());
     gpu_->set_cuda_gqa_attention(false);
     ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
-    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), 1e-12) << "step " << step;
+    // Exact models: rounding only; quantised ones: a rounding difference can move a q8 step.
+    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), exact_ ? 1e-10 : 2e-2) << "step " << step;
     gpu_->MaskUnused(l1.data(), 1);
     tok = Argmax(l1.data(), V_);
   }
