@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_quant.cuh"
 #include "kernels/cuda/matvec_kernel.cuh"
+#include "kernels/cuda/q8_block.cuh"
 
 namespace rs::cuda::detail {
 namespace {
@@ -53,17 +54,8 @@ __global__ void quantize_act_kernel(const float* __restrict__ x, int64_t ldx, in
   if (blk >= nb * n_tok) return;
   const int64_t t = blk / nb, b = blk % nb;
   const int lane = static_cast<int>(threadIdx.x & 31);
-  const float v = x[t * ldx + b * 32 + lane];
-  float amax = fabsf(v), sum = v;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-  }
-  const float d = amax / 127.0f;
-  const int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-  q[t * cols + b * 32 + lane] = static_cast<int8_t>(max(-127, min(127, qi)));
-  if (lane == 0) ds[t * nb + b] = make_float2(d, sum);
+  warp_q8_block(x[t * ldx + b * 32 + lane], true, q + t * cols + b * 32 + lane,
+                reinterpret_cast<float*>(ds + t * nb + b), lane);
 }
 
 __global__ void read_sweep_kernel(const uint4* __restrict__ p, size_t n16, float* sink) {

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/dn_decode_types.h"
+#include "kernels/cuda/q8_block.cuh"
 #include "kernels/cuda/simt.h"
 
 namespace rs::cuda::dn {
@@ -153,21 +154,8 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
       const float v = out * scale * a.norm_w[c] * dn_silu(a.z[e]);
       a.y[e] = v;
       if (a.yq) {
-        // dv % 32 == 0: these threads are whole warps, each holding one q8 block of y (the
-        // rule and shuffle order of quantize_act: the same bits).
-        float amax = fabsf(v), sum = v;
-        for (int o = 16; o > 0; o >>= 1) {
-          amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-          sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        }
-        const float d = amax / 127.0f;
-        int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-        qi = qi < -127 ? -127 : (qi > 127 ? 127 : qi);
-        a.yq[e] = static_cast<int8_t>(qi);
-        if ((c & 31) == 0) {
-          a.yds[2 * (e / 32)] = d;
-          a.yds[2 * (e / 32) + 1] = sum;
-        }
+        // dv % 32 == 0: these threads are whole warps, each holding one q8 block of y.
+        warp_q8_block(v, true, a.yq + e, a.yds + 2 * (e / 32), static_cast<int>(c & 31));
       }
     }
     __syncthreads();  // red / red2 are rewritten by the next head

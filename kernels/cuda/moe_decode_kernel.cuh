@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/matvec_fmt.cuh"
 #include "kernels/cuda/moe_decode_types.h"
+#include "kernels/cuda/q8_block.cuh"
 #include "kernels/cuda/simt.h"
 
 namespace rs::cuda::moed {
@@ -107,21 +108,8 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kUpThreads) moe_up_kernel(const UpArgs a) {
   const float v = valid ? silu_f(sgu[lane]) * sgu[kUpTile + lane] : 0.0f;
   if (valid) a.h[slot * a.ldh + r0 + lane] = v;
   if (a.hq == nullptr) return;
-  // The same q8 block as quantize_act: d = amax / 127, q = rint(v / d), and the exact sum.
-  float amax = fabsf(v), sum = v;
-  for (int o = 16; o > 0; o >>= 1) {
-    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-  }
-  const float d = amax / 127.0f;
-  int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-  qi = qi < -127 ? -127 : (qi > 127 ? 127 : qi);
-  if (valid) a.hq[slot * a.ldh + r0 + lane] = static_cast<int8_t>(qi);
-  if (lane == 0) {
-    float* ds = a.hds + 2 * (slot * (a.ldh / 32) + r0 / 32);
-    ds[0] = d;
-    ds[1] = sum;
-  }
+  warp_q8_block(v, valid, a.hq + slot * a.ldh + r0 + lane,
+                a.hds + 2 * (slot * (a.ldh / 32) + r0 / 32), lane);
 }
 
 // Grid (ceil(H / kDownRows), n_tok), kDownThreads: warp w computes output row

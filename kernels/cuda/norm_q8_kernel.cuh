@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/q8_block.cuh"
 #include "kernels/cuda/simt.h"
 
 namespace rs::cuda::glue {
@@ -54,20 +55,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads) add_rms_norm_q8_kernel(const Nor
     yr[i] = v;
     if (a.q == nullptr) continue;
     // n % 32 == 0: the whole warp is in range together.
-    float amax = fabsf(v), sum = v;
-    for (int o = 16; o > 0; o >>= 1) {
-      amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
-      sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-    }
-    const float d = amax / 127.0f;
-    int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-    qi = qi < -127 ? -127 : (qi > 127 ? 127 : qi);
-    a.q[r * n + i] = static_cast<int8_t>(qi);
-    if (lane == 0) {
-      float* ds = a.ds + 2 * (r * (n / 32) + i / 32);
-      ds[0] = d;
-      ds[1] = sum;
-    }
+    warp_q8_block(v, true, a.q + r * n + i, a.ds + 2 * (r * (n / 32) + i / 32), lane);
   }
 }
 
@@ -80,19 +68,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads)
   if (i >= n) return;  // n % 32 == 0: whole warps leave together
   const float v = y[i] * (1.0f / (1.0f + expf(-gate[i])));
   y[i] = v;
-  float amax = fabsf(v), sum = v;
-  for (int o = 16; o > 0; o >>= 1) {
-    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-  }
-  const float d = amax / 127.0f;
-  int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-  qi = qi < -127 ? -127 : (qi > 127 ? 127 : qi);
-  q[i] = static_cast<int8_t>(qi);
-  if ((threadIdx.x & 31) == 0) {
-    ds[2 * (i / 32)] = d;
-    ds[2 * (i / 32) + 1] = sum;
-  }
+  warp_q8_block(v, true, q + i, ds + 2 * (i / 32), static_cast<int>(threadIdx.x & 31));
 }
 
 }  // namespace rs::cuda::glue
