@@ -330,8 +330,9 @@ Mixer time_mixers(bool moe_model) {
   m.attention_us = time(attn);
   // The fused decode kernel (one launch: conv, norms, gates, state update, readout, gated norm).
   const size_t conv_bytes = size_t(3 * conv) * 4;
-  auto dstate = buf(conv_bytes + size_t(Hv * dk * dk) * 4), dbase = buf(64);
-  if (dstate.ok() && dbase.ok() && ok(fill_bytes(dstate->get(), 0, dstate->size())) &&
+  auto dstate = buf(conv_bytes + size_t(Hv * dk * dk) * 4), dbase = buf(64), dcnt = buf(Hk * 4);
+  if (dstate.ok() && dbase.ok() && dcnt.ok() && ok(fill_bytes(dstate->get(), 0, dstate->size())) &&
+      ok(fill_bytes(dcnt->get(), 0, dcnt->size())) &&
       ok(copy_to_device(static_cast<uint8_t*>(dstate->get()) + conv_bytes, hs.data(),
                         hs.size() * 4))) {
     uint8_t* base = static_cast<uint8_t*>(dstate->get());
@@ -354,6 +355,7 @@ Mixer time_mixers(bool moe_model) {
       a.seq_base = dbase->as<uint8_t*>();
       a.ssm_off = conv_bytes;
       a.y = out;
+      a.counters = dcnt->as<int>();
       m.deltanet_fused_us = time([&] {
         return ok(rms_norm(u, w, 1, H, 1e-6f, out)) && ok(dn_decode(a, 1)) &&
                ok(rms_norm(u, w, 1, H, 1e-6f, out));

@@ -236,7 +236,7 @@ class CudaModel : public CudaBackend {
   GgmlType kv_type_ = GgmlType::F16;
 
   // Workspace (offsets into ws_), sized for kMaxStepTokens.
-  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_, norm_q8_ws_;
+  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_, norm_q8_ws_, dn_counters_;
   // Inside Layers: o_a_'s q8 blocks, made by the norm that wrote o_a_ (x == nullptr: none).
   cuda::DeviceAct pre_;
   // The prepared activations for x (n tokens, cols) when Layers' last norm made them.
@@ -590,6 +590,14 @@ absl::Status CudaModel::Init() {
     const int64_t P = c_.dv >= 1 && c_.dv <= cuda::dn::kDecodeThreads ? cuda::dn::kDecodeThreads / c_.dv : 0;
     fused_dn_ = n_dn_ > 0 && P > 0 && c_.Hv % c_.Hk == 0 &&
                 (c_.dk + P - 1) / P <= cuda::dn::kDecodeMaxRows;
+    if (fused_dn_) {
+      // Its per-(sequence, key head) counters, zero between launches.
+      auto cnt = cuda::DeviceBuffer::alloc(static_cast<size_t>(kMaxStepTokens * c_.Hk) * 4);
+      if (!cnt.ok()) return cnt.status();
+      dn_counters_ = std::move(*cnt);
+      RS_CU(cuda::fill_bytes(dn_counters_.get(), 0, dn_counters_.size()));
+      RS_CU(cuda::synchronize());
+    }
   }
   chunked_dn_ = n_dn_ > 0 && c_.dk % 2 == 0 && c_.dk <= cuda::dn::kChunkMaxDk;
   flash_ok_ = nkv > 0 && nh % nkv == 0 && nh / nkv <= cuda::flash::kFlashRows && hd % 32 == 0 &&
@@ -827,6 +835,7 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
     da.conv_off = static_cast<size_t>(di) * conv_bytes_;
     da.ssm_off = static_cast<size_t>(n_dn_) * conv_bytes_ + static_cast<size_t>(di) * ssm_bytes_;
     da.y = y;
+    da.counters = static_cast<int*>(dn_counters_.get());
     // ssm_out's q8 activations from the same kernel (the quantiser launch saved).
     const bool q8 = fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && dv % 32 == 0 &&
                     cuda::matvec_uses_q8(L.ssm_out.type) &&

@@ -194,6 +194,9 @@ absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {
         "dn_decode: head dims dk ", a.dk, ", dv ", a.dv, " exceed the kernel's tile (dv <= ",
         dn::kDecodeThreads, ", dk <= ", dn::kDecodeMaxRows, " * ", dn::kDecodeThreads,
         " / dv)"));
+  if (a.Hk >= 1 && a.Hv > a.Hk && a.counters == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dn_decode: ", a.Hv, " value heads over ", a.Hk, " key heads need the counters"));
   return st("dn_decode", dn::launch_dn_decode(a, B, as_stream(s)));
 }
 

@@ -5,9 +5,11 @@
 // 1e-6), q * 1/sqrt(dk), beta = sigmoid(b), g = ssm_a * softplus(al + dt_bias),
 // delta_rule_recurrent_ref, rms_norm_gated_ref (kernels/ops.h; the order of worker/model.cc).
 //
-// One block per (key head j, sequence): the block owns the conv channels of q_j, k_j and of the
-// value heads h = j + r * Hk (GGUF's tiled order), so each conv state channel has exactly one
-// writer, and runs those R value heads' states one after another. Per value head, thread
+// One block per (key head j, sequence, value head r of the group: h = j + r * Hk, GGUF's tiled
+// order), so a batch of one still spreads over Hv blocks. Each conv state channel has one
+// writer: a block shifts its value head's v channels; the q_j / k_j channels, which all R blocks
+// of key head j read, are shifted by the last of them to finish reading (an atomic count per
+// (sequence, key head) in DecodeArgs::counters, which that block sets back to 0). Thread
 // (part, c) keeps rows a = part, part + P, ... of state column c in registers (P = threads / dv
 // parts), so the state is read once and written once, with coalesced rows.
 //
@@ -41,17 +43,18 @@ RS_DEVICE float dn_block_sum(float v, float* red) {
 
 RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
   RS_DYN_SHARED(float, sm);
+  __shared__ int last_reader;
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t j = blockIdx.x, seq = blockIdx.y;
+  const int64_t j = blockIdx.x, seq = blockIdx.y, r = blockIdx.z;
   const int64_t Hk = a.Hk, Hv = a.Hv, dk = a.dk, dv = a.dv, K = a.K;
   const int64_t R = Hv / Hk, KD = Hk * dk, CD = 2 * KD + Hv * dv;
+  const int64_t h = j + r * Hk;  // the block's value head (GGUF's tiled order)
   const int P = kDecodeThreads / static_cast<int>(dv);
   float* sq = sm;                 // [dk]
   float* sk = sq + dk;            // [dk]
-  float* sv = sk + dk;            // [R][dv]
-  float* sbeta = sv + R * dv;     // [R]
-  float* sdecay = sbeta + R;      // [R]
-  float* red = sdecay + R;        // [P][dv]
+  float* sv = sk + dk;            // [dv]
+  float* sgate = sv + dv;         // [2]: beta, decay
+  float* red = sgate + 2;         // [P][dv]
   float* red2 = red + P * dv;     // [P][dv]
   float* red32 = red2 + P * dv;   // [32]
   uint8_t* base = a.seq_base[seq];
@@ -59,8 +62,9 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
   float* S = reinterpret_cast<float*>(base + a.ssm_off);
   const float* u = a.u + seq * CD;
 
-  // 1. conv + SiLU on the block's channels; shift each channel's state (one writer per channel).
-  const int64_t n_ch = 2 * dk + R * dv;
+  // 1. conv + SiLU on q_j, k_j (every value head's block of key head j computes them) and on
+  // the block's own v channels, whose state it shifts (one writer per channel).
+  const int64_t n_ch = 2 * dk + dv;
   for (int64_t i = tid; i < n_ch; i += kDecodeThreads) {
     int64_t c;
     float* dst;
@@ -71,25 +75,44 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
       c = KD + j * dk + (i - dk);
       dst = sk + (i - dk);
     } else {
-      const int64_t r = (i - 2 * dk) / dv, e = (i - 2 * dk) % dv;
-      c = 2 * KD + (j + r * Hk) * dv + e;
-      dst = sv + r * dv + e;
+      c = 2 * KD + h * dv + (i - 2 * dk);
+      dst = sv + (i - 2 * dk);
     }
     const float* w = a.conv_w + c * K;
     float acc = 0.0f;
     for (int64_t t = 0; t < K - 1; ++t) acc = fmaf(w[t], cstate[t * CD + c], acc);
     const float x = u[c];
     acc = fmaf(w[K - 1], x, acc);
-    for (int64_t t = 0; t + 1 < K - 1; ++t) cstate[t * CD + c] = cstate[(t + 1) * CD + c];
-    if (K > 1) cstate[(K - 2) * CD + c] = x;
+    if (i >= 2 * dk || R == 1) {
+      for (int64_t t = 0; t + 1 < K - 1; ++t) cstate[t * CD + c] = cstate[(t + 1) * CD + c];
+      if (K > 1) cstate[(K - 2) * CD + c] = x;
+    }
     *dst = dn_silu(acc);
   }
-  if (tid < R) {
-    const int64_t h = j + tid * Hk;
-    sbeta[tid] = dn_sigmoid(a.b[seq * Hv + h]);
-    sdecay[tid] = expf(a.ssm_a[h] * dn_softplus(a.al[seq * Hv + h] + a.dt_bias[h]));
+  if (tid == 0) {
+    sgate[0] = dn_sigmoid(a.b[seq * Hv + h]);
+    sgate[1] = expf(a.ssm_a[h] * dn_softplus(a.al[seq * Hv + h] + a.dt_bias[h]));
   }
   __syncthreads();
+  // The q_j / k_j conv state is read by the R blocks of key head j: the last of them to have
+  // read it shifts it (counted per (sequence, key head); the counter is left at 0 again).
+  if (R > 1) {
+    if (tid == 0) {
+      __threadfence();
+      int* cnt = a.counters + seq * Hk + j;
+      const int before = atomicAdd(cnt, 1);
+      last_reader = before == static_cast<int>(R) - 1;
+      if (last_reader) *cnt = 0;
+    }
+    __syncthreads();
+    if (last_reader) {
+      for (int64_t i = tid; i < 2 * dk; i += kDecodeThreads) {
+        const int64_t c = i < dk ? j * dk + i : KD + j * dk + (i - dk);
+        for (int64_t t = 0; t + 1 < K - 1; ++t) cstate[t * CD + c] = cstate[(t + 1) * CD + c];
+        if (K > 1) cstate[(K - 2) * CD + c] = u[c];
+      }
+    }
+  }
   // 2. L2 norms of q and k (eps 1e-6), q also scaled.
   float pq = 0.0f, pk = 0.0f;
   for (int64_t i = tid; i < dk; i += kDecodeThreads) {
@@ -106,59 +129,53 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
   }
   __syncthreads();
 
-  // 3. per value head of the group: decay, kv readout, delta, update, output, gated norm.
+  // 3. the value head: decay, kv readout, delta, update, output, gated norm.
   const int part = tid / static_cast<int>(dv), c = tid % static_cast<int>(dv);
   const bool active = part < P;
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t h = j + r * Hk;
-    float* Sh = S + h * dk * dv;
-    const float decay = sdecay[r], beta = sbeta[r];
-    float s[kDecodeMaxRows];
-    float kv = 0.0f;
-    if (active) {
+  float* Sh = S + h * dk * dv;
+  const float decay = sgate[1], beta = sgate[0];
+  float s[kDecodeMaxRows];
+  float kv = 0.0f;
+  if (active) {
 #pragma unroll
-      for (int i = 0; i < kDecodeMaxRows; ++i) {
-        const int64_t row = part + static_cast<int64_t>(i) * P;
-        if (row < dk) {
-          s[i] = Sh[row * dv + c] * decay;
-          kv = fmaf(s[i], sk[row], kv);
-        }
+    for (int i = 0; i < kDecodeMaxRows; ++i) {
+      const int64_t row = part + static_cast<int64_t>(i) * P;
+      if (row < dk) {
+        s[i] = Sh[row * dv + c] * decay;
+        kv = fmaf(s[i], sk[row], kv);
       }
-      red[part * dv + c] = kv;
     }
-    __syncthreads();
-    float o = 0.0f;
-    if (active) {
-      float kv_all = 0.0f;
-      for (int p = 0; p < P; ++p) kv_all += red[p * dv + c];
-      const float delta = beta * (sv[r * dv + c] - kv_all);
+    red[part * dv + c] = kv;
+  }
+  __syncthreads();
+  float o = 0.0f;
+  if (active) {
+    float kv_all = 0.0f;
+    for (int p = 0; p < P; ++p) kv_all += red[p * dv + c];
+    const float delta = beta * (sv[c] - kv_all);
 #pragma unroll
-      for (int i = 0; i < kDecodeMaxRows; ++i) {
-        const int64_t row = part + static_cast<int64_t>(i) * P;
-        if (row < dk) {
-          s[i] = fmaf(sk[row], delta, s[i]);
-          Sh[row * dv + c] = s[i];
-          o = fmaf(s[i], sq[row], o);
-        }
-      }
-      red2[part * dv + c] = o;
-    }
-    __syncthreads();
-    float out = 0.0f;
-    if (active && part == 0)
-      for (int p = 0; p < P; ++p) out += red2[p * dv + c];
-    const float ss = dn_block_sum(active && part == 0 ? out * out : 0.0f, red32);
-    if (active && part == 0) {
-      const float scale = 1.0f / sqrtf(ss / static_cast<float>(dv) + a.eps);
-      const int64_t e = seq * Hv * dv + h * dv + c;
-      const float v = out * scale * a.norm_w[c] * dn_silu(a.z[e]);
-      a.y[e] = v;
-      if (a.yq) {
-        // dv % 32 == 0: these threads are whole warps, each holding one q8 block of y.
-        warp_q8_block(v, true, a.yq + e, a.yds + 2 * (e / 32), static_cast<int>(c & 31));
+    for (int i = 0; i < kDecodeMaxRows; ++i) {
+      const int64_t row = part + static_cast<int64_t>(i) * P;
+      if (row < dk) {
+        s[i] = fmaf(sk[row], delta, s[i]);
+        Sh[row * dv + c] = s[i];
+        o = fmaf(s[i], sq[row], o);
       }
     }
-    __syncthreads();  // red / red2 are rewritten by the next head
+    red2[part * dv + c] = o;
+  }
+  __syncthreads();
+  float out = 0.0f;
+  if (active && part == 0)
+    for (int p = 0; p < P; ++p) out += red2[p * dv + c];
+  const float ss = dn_block_sum(active && part == 0 ? out * out : 0.0f, red32);
+  if (active && part == 0) {
+    const float scale = 1.0f / sqrtf(ss / static_cast<float>(dv) + a.eps);
+    const int64_t e = seq * Hv * dv + h * dv + c;
+    const float v = out * scale * a.norm_w[c] * dn_silu(a.z[e]);
+    a.y[e] = v;
+    // dv % 32 == 0: these threads are whole warps, each holding one q8 block of y.
+    if (a.yq) warp_q8_block(v, true, a.yq + e, a.yds + 2 * (e / 32), static_cast<int>(c & 31));
   }
 }
 

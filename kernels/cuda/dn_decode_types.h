@@ -26,16 +26,20 @@ struct DecodeArgs {
   uint8_t* const* seq_base = nullptr;
   size_t conv_off = 0, ssm_off = 0;
   float* y = nullptr;            // [B][Hv*dv]
+  // [B][Hk] ints, all 0 (and 0 again after the kernel): needed when Hv > Hk.
+  int* counters = nullptr;
   // When not null (dv % 32 == 0): y's q8 blocks as quantize_act makes them for ssm_out's matvec,
   // yq [B][Hv*dv] and {d, sum} yds [B][Hv*dv / 32].
   int8_t* yq = nullptr;
   float* yds = nullptr;
 };
 
-// Shared memory the kernel needs (dynamic).
+// Shared memory the kernel needs (dynamic); grid (Hk, B, Hv / Hk).
 inline size_t decode_smem_bytes(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
-  const int64_t R = Hv / Hk, P = kDecodeThreads / dv;
-  return sizeof(float) * static_cast<size_t>(2 * dk + R * dv + 2 * R + 2 * P * dv + 64);
+  (void)Hk;
+  (void)Hv;
+  const int64_t P = kDecodeThreads / dv;
+  return sizeof(float) * static_cast<size_t>(2 * dk + dv + 2 + 2 * P * dv + 64);
 }
 
 }  // namespace rs::cuda::dn

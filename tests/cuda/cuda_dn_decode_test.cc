@@ -35,6 +35,7 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
                d_dt = testing::upload(p.dt_bias), d_nw = testing::upload(p.norm_w),
                d_z = testing::upload(p.z), d_b = testing::upload(p.b), d_al = testing::upload(p.al);
   DeviceBuffer d_y = testing::poisoned<float>(p.B * p.Hv * p.dv);
+  DeviceBuffer d_cnt = testing::upload(std::vector<int32_t>(p.B * p.Hk, 0));
   // y's q8 blocks (dv % 32 == 0 shapes): the same bits as quantize_act of y.
   const bool q8 = p.dv % 32 == 0;
   const int64_t ny = p.B * p.Hv * p.dv;
@@ -53,11 +54,14 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
     a.seq_base = d_bases.as<uint8_t*>();
     a.ssm_off = static_cast<size_t>(p.conv_floats()) * 4;
     a.y = d_y.as<float>();
+    a.counters = d_cnt.as<int>();
     if (q8) {
       a.yq = d_yq.as<int8_t>();
       a.yds = d_yds.as<float>();
     }
     RS_ASSERT_OK(dn_decode(a, p.B, nullptr));
+    for (int32_t v : testing::download<int32_t>(d_cnt, p.B * p.Hk))
+      ASSERT_EQ(v, 0) << "a counter was not set back";
     if (q8) {
       DeviceAct qa;
       RS_ASSERT_OK(quantize_act(d_y.as<float>(), p.Hv * p.dv, p.B, p.Hv * p.dv, qws.get(),
@@ -111,6 +115,9 @@ TEST(CudaDnDecodeArgs, RefusesShapesOutsideTheTile) {
   a.dv = 1024;
   st = dn_decode(a, 1, nullptr);
   EXPECT_NE(std::string(st.message()).find("dv 1024"), std::string::npos) << st;
+  a.dv = 128;  // a valid shape, but two value heads per key head and no counters
+  st = dn_decode(a, 1, nullptr);
+  EXPECT_NE(std::string(st.message()).find("need the counters"), std::string::npos) << st;
 }
 
 }  // namespace

@@ -41,6 +41,8 @@ TEST_P(DnDecodeEmu, MatchesReferenceOps) {
       a.conv_off = 0;
       a.ssm_off = static_cast<size_t>(p.conv_floats()) * 4;
       a.y = y.data();
+      std::vector<int> counters(p.B * p.Hk, 0);
+      a.counters = counters.data();
       // The q8 output (dv % 32 == 0 shapes), checked against quantize_act's rule on y.
       const bool q8 = p.dv % 32 == 0;
       std::vector<int8_t> yq(y.size(), 99);
@@ -50,9 +52,12 @@ TEST_P(DnDecodeEmu, MatchesReferenceOps) {
         a.yds = yds.data();
       }
       const std::string err = simt::launch(
-          {static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B)}, {kDecodeThreads},
+          {static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B),
+           static_cast<unsigned>(p.Hv / p.Hk)},
+          {kDecodeThreads},
           decode_smem_bytes(p.Hk, p.Hv, p.dk, p.dv), dn_decode_kernel, a);
       ASSERT_EQ(err, "");
+      for (int v : counters) ASSERT_EQ(v, 0) << "a counter was not set back";
       EXPECT_LE(testing_dn::max_rel(y.data(), want.data(), static_cast<int64_t>(y.size())), 2e-5)
           << "step " << step;
       if (q8) {
