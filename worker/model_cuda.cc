@@ -236,7 +236,8 @@ class CudaModel : public CudaBackend {
   GgmlType kv_type_ = GgmlType::F16;
 
   // Workspace (offsets into ws_), sized for kMaxStepTokens.
-  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_, norm_q8_ws_, dn_counters_;
+  cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_, norm_q8_ws_, dn_counters_,
+      router_counter_;
   // Inside Layers: o_a_'s q8 blocks, made by the norm that wrote o_a_ (x == nullptr: none).
   cuda::DeviceAct pre_;
   // The prepared activations for x (n tokens, cols) when Layers' last norm made them.
@@ -561,6 +562,11 @@ absl::Status CudaModel::Init() {
                  cuda::moe_decode_workspace_bytes(dec_slots, ldh)));
     if (!mw.ok()) return mw.status();
     moe_ws_ = std::move(*mw);
+    auto rc = cuda::DeviceBuffer::alloc(256);  // router_fused's counter, 0 between launches
+    if (!rc.ok()) return rc.status();
+    router_counter_ = std::move(*rc);
+    RS_CU(cuda::fill_bytes(router_counter_.get(), 0, router_counter_.size()));
+    RS_CU(cuda::synchronize());
   }
   auto ws = cuda::DeviceBuffer::alloc(off);
   if (!ws.ok()) return ws.status();
@@ -968,13 +974,25 @@ absl::Status CudaModel::Ffn(const DevLayer& L, int64_t N) {
   float* logits = F(o_x2_);
   const bool grouped = N >= kGroupedMoeTokens && (!decode_step_ || grouped_decode_);
   const bool fused = fused_moe_on_ && k + 1 <= cuda::kMoeDecodeMaxSlots;
-  if (!grouped && fused && SharedFused(L)) {
-    // The router and the shared expert's gate in one launch where their types allow.
-    RS_CU(MmGroup(f, N, H, {{&L.router, logits}, {&L.shexp_gate_inp, F(o_x5_)}}));
+  const bool sh_fused = !grouped && fused && SharedFused(L);
+  const bool router_fused =
+      !grouped && fused && N <= cuda::kMaxMatvecTokens && L.router.type == GgmlType::F32 &&
+      E <= 1024 && k <= 32 && H % 8 == 0 &&
+      (!sh_fused || (L.shexp_gate_inp.type == GgmlType::F32 && L.shexp_gate_inp.rows == 1));
+  if (router_fused) {
+    // Router (and shared gate) matvec and top-k in one launch.
+    RS_CU(cuda::router_fused(L.router, sh_fused ? &L.shexp_gate_inp : nullptr, f, N, k, logits,
+                             F(o_x5_), d_ids_, d_w_, static_cast<int*>(router_counter_.get()),
+                             stream_));
   } else {
-    RS_CU(Mm(L.router, f, N, logits));
+    if (sh_fused) {
+      // The router and the shared expert's gate in one launch where their types allow.
+      RS_CU(MmGroup(f, N, H, {{&L.router, logits}, {&L.shexp_gate_inp, F(o_x5_)}}));
+    } else {
+      RS_CU(Mm(L.router, f, N, logits));
+    }
+    RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
   }
-  RS_CU(cuda::router_topk(logits, N, E, k, d_ids_, d_w_, stream_));
   if (grouped) {
     // Prefill: the slots bucketed by expert, each selected expert's weights read once per 32
     // slots (cuda_glue.h moe_grouped).

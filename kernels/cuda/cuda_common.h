@@ -101,6 +101,8 @@ cudaError_t launch_delta_rule(const DeltaNetDims& d, const float* q, const float
                               float* out, cudaStream_t s);
 cudaError_t launch_swiglu(const float* gate, const float* up, int64_t n, float* out,
                           cudaStream_t s);
+struct RouterArgs;
+cudaError_t launch_router_fused(const RouterArgs& a, cudaStream_t s);
 cudaError_t launch_router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k,
                                int32_t* ids, float* weights, cudaStream_t s);
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/moe_decode_types.h"
+#include "kernels/cuda/router_types.h"
 
 namespace rs::cuda {
 namespace moed {
@@ -666,6 +667,44 @@ absl::Status delta_rule(const DeltaNetDims& d, const float* q, const float* k, c
 absl::Status swiglu(const float* gate, const float* up, int64_t n, float* out, Stream s) {
   if (n < 0) return bad(absl::StrCat("swiglu: n = ", n));
   return cuda_status("swiglu", detail::launch_swiglu(gate, up, n, out, as_stream(s)));
+}
+
+absl::Status router_fused(const WeightView& router, const WeightView* sh_gate, const float* x,
+                          int64_t n_tok, int64_t k, float* logits, float* sh_logit, int32_t* ids,
+                          float* weights, int* counter, Stream s) {
+  const int64_t E = router.rows, H = router.cols;
+  if (router.type != GgmlType::F32 || (sh_gate && (sh_gate->type != GgmlType::F32 ||
+                                                   sh_gate->rows != 1 || sh_gate->cols != H)))
+    return bad(absl::StrCat("router_fused: F32 weights only (router ", type_name(router.type),
+                            sh_gate ? absl::StrCat(", shared gate ", type_name(sh_gate->type),
+                                                   " ", sh_gate->rows, "x", sh_gate->cols)
+                                    : std::string(),
+                            ")"));
+  if (E < 1 || E > 1024 || k < 1 || k > 32 || k > E || H < 8 || H % 8 != 0 || n_tok < 0 ||
+      n_tok > kMaxMatvecTokens)
+    return bad(absl::StrCat("router_fused: E = ", E, " (<= 1024), k = ", k, " (<= 32), H = ", H,
+                            " (a multiple of 8), n_tok = ", n_tok, " (<= ", kMaxMatvecTokens,
+                            ")"));
+  if (router.data == nullptr || x == nullptr || logits == nullptr || ids == nullptr ||
+      weights == nullptr || counter == nullptr || (sh_gate && sh_logit == nullptr) ||
+      !aligned(router.data, 16) || router.row_stride % 16 != 0 || !aligned(x, 16) ||
+      (sh_gate && !aligned(sh_gate->data, 16)))
+    return bad("router_fused: null or misaligned buffers (16-byte rows and x)");
+  detail::RouterArgs a;
+  a.w = static_cast<const uint8_t*>(router.data);
+  a.row_stride = router.row_stride;
+  a.sh = sh_gate ? static_cast<const uint8_t*>(sh_gate->data) : nullptr;
+  a.E = E;
+  a.H = H;
+  a.k = k;
+  a.n_tok = n_tok;
+  a.x = x;
+  a.logits = logits;
+  a.sh_logit = sh_logit;
+  a.ids = ids;
+  a.weights = weights;
+  a.counter = counter;
+  return cuda_status("router_fused", detail::launch_router_fused(a, as_stream(s)));
 }
 
 absl::Status router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k, int32_t* ids,

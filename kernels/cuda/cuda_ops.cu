@@ -5,6 +5,7 @@
 #include <cfloat>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/router_kernel.cuh"
 
 namespace rs::cuda::detail {
 namespace {
@@ -183,63 +184,15 @@ __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __res
   if (i < n) out[i] = silu_d(gate[i]) * up[i];
 }
 
-// One warp per token. Order: by logit (the softmax is monotone), ties to the lower index, the
-// same order as the reference's stable sort of the probabilities; weights from the softmax in
-// double, renormalised over the chosen k.
-constexpr int kMaxExperts = 1024;
+// One warp per token (warp_router_topk, router_kernel.cuh).
 __global__ void __launch_bounds__(32)
     router_topk_kernel(const float* __restrict__ logits, int64_t E, int64_t k, int32_t* ids,
                        float* weights) {
-  __shared__ float l[kMaxExperts];
+  __shared__ float l[kRouterMaxExperts];
   __shared__ int32_t chosen_ids[32];
   const int64_t t = blockIdx.x;
-  const int lane = static_cast<int>(threadIdx.x);
-  const float* lt = logits + t * E;
-  float mx = -FLT_MAX;
-  for (int64_t e = lane; e < E; e += 32) {
-    l[e] = lt[e];
-    mx = fmaxf(mx, l[e]);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, o));
-  double sum = 0.0;
-  for (int64_t e = lane; e < E; e += 32) sum += exp(static_cast<double>(l[e]) - mx);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-  __syncwarp();
-  double chosen_p = 0.0;
-  for (int64_t i = 0; i < k; ++i) {
-    float best = -INFINITY;
-    int best_e = 0x7FFFFFFF;
-    for (int64_t e = lane; e < E; e += 32) {
-      const float v = l[e];
-      if (v > best || (v == best && e < best_e)) {
-        best = v;
-        best_e = static_cast<int>(e);
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xFFFFFFFFu, best, o);
-      const int oe = __shfl_xor_sync(0xFFFFFFFFu, best_e, o);
-      if (ob > best || (ob == best && oe < best_e)) {
-        best = ob;
-        best_e = oe;
-      }
-    }
-    if (lane == 0) {
-      chosen_ids[i] = best_e;
-      l[best_e] = -INFINITY;
-    }
-    chosen_p += exp(static_cast<double>(best) - mx) / sum;
-    __syncwarp();
-  }
-  if (lane < k) {
-    const int e = chosen_ids[lane];
-    const double p = exp(static_cast<double>(lt[e]) - mx) / sum;
-    ids[t * k + lane] = e;
-    weights[t * k + lane] = static_cast<float>(p / chosen_p);
-  }
+  warp_router_topk(logits + t * E, E, k, l, chosen_ids, static_cast<int>(threadIdx.x),
+                   ids + t * k, weights + t * k);
 }
 
 }  // namespace
@@ -299,9 +252,17 @@ cudaError_t launch_swiglu(const float* gate, const float* up, int64_t n, float* 
   return cudaGetLastError();
 }
 
+cudaError_t launch_router_fused(const RouterArgs& a, cudaStream_t s) {
+  const int64_t rows = a.E + (a.sh ? 1 : 0);
+  if (a.n_tok > 0)
+    router_fused_kernel<<<static_cast<unsigned>((rows + kRouterWarps - 1) / kRouterWarps),
+                          32 * kRouterWarps, 0, s>>>(a);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k,
                                int32_t* ids, float* weights, cudaStream_t s) {
-  if (E > kMaxExperts || k > 32 || k > E) return cudaErrorInvalidValue;
+  if (E > kRouterMaxExperts || k > 32 || k > E) return cudaErrorInvalidValue;
   router_topk_kernel<<<static_cast<unsigned>(n_tok), 32, 0, s>>>(logits, E, k, ids, weights);
   return cudaGetLastError();
 }

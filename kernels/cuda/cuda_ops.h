@@ -229,6 +229,14 @@ absl::Status delta_rule(const DeltaNetDims& d, const float* q, const float* k, c
 
 absl::Status swiglu(const float* gate, const float* up, int64_t n, float* out, Stream s = nullptr);
 // n_tok rows of E logits -> ids/weights [n_tok][k], as router_topk_ref per row. E <= 1024, k <= 32.
+// router_topk fused with the router's matvec for decode (n_tok <= kMaxMatvecTokens): logits =
+// router . x (F32 weights, E <= 1024 rows) and, with sh_gate (one F32 row), sh_logit = sh_gate . x,
+// then the top-k, in one launch: the block that finishes its rows last runs the top-k. The
+// logits equal matvec's (the same dot order), so the choice equals matvec + router_topk's.
+// counter: one device int, 0 before and after.
+absl::Status router_fused(const WeightView& router, const WeightView* sh_gate, const float* x,
+                          int64_t n_tok, int64_t k, float* logits, float* sh_logit, int32_t* ids,
+                          float* weights, int* counter, Stream s = nullptr);
 absl::Status router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k, int32_t* ids,
                          float* weights, Stream s = nullptr);
 // out[t][:] = dequantised row d_ids[t] of `table` (token_embd), cols floats per token.

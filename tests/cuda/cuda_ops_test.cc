@@ -115,6 +115,44 @@ TEST_F(CudaOps, RouterTopkMatchesReference) {
   }
 }
 
+// router_fused (matvec + top-k in one launch) equals matvec + router_topk: the same logits, ids
+// and weights; the shared gate's logit; the counter back at 0; run twice.
+TEST_F(CudaOps, RouterFusedEqualsMatvecThenTopk) {
+  for (const auto& [n_tok, E, H, k] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{1, 256, 2048, 8},
+                                       {3, 60, 512, 4}, {8, 512, 1024, 10}}) {
+    std::mt19937 rng(static_cast<uint32_t>(E + H));
+    const std::vector<float> w = testing::randn(rng, E * H, 0.05f), sh = testing::randn(rng, H, 0.05f);
+    const std::vector<float> x = testing::randn(rng, n_tok * H);
+    DeviceBuffer dw = upload(w), dsh = upload(sh), dx = upload(x),
+                 cnt = upload(std::vector<int32_t>{0});
+    const WeightView router{GgmlType::F32, dw.get(), H, E, static_cast<size_t>(H) * 4};
+    const WeightView gate{GgmlType::F32, dsh.get(), H, 1, static_cast<size_t>(H) * 4};
+    DeviceBuffer l1 = poisoned<float>(n_tok * E), l2 = poisoned<float>(n_tok * E),
+                 s1 = poisoned<float>(n_tok), s2 = poisoned<float>(n_tok),
+                 i1 = poisoned<int32_t>(n_tok * k), i2 = poisoned<int32_t>(n_tok * k),
+                 w1 = poisoned<float>(n_tok * k), w2 = poisoned<float>(n_tok * k);
+    for (int rep = 0; rep < 2; ++rep)
+      RS_ASSERT_OK(router_fused(router, &gate, dx.as<float>(), n_tok, k, l1.as<float>(),
+                                s1.as<float>(), i1.as<int32_t>(), w1.as<float>(), cnt.as<int>()));
+    const DeviceAct a{dx.as<float>(), H, nullptr, nullptr, H, n_tok};
+    RS_ASSERT_OK(matvec(router, a, l2.as<float>(), E));
+    RS_ASSERT_OK(matvec(gate, a, s2.as<float>(), 1));
+    RS_ASSERT_OK(router_topk(l2.as<float>(), n_tok, E, k, i2.as<int32_t>(), w2.as<float>()));
+    SCOPED_TRACE("E " + std::to_string(E) + " tokens " + std::to_string(n_tok));
+    EXPECT_LT(max_rel_err(download<float>(l1, n_tok * E), download<float>(l2, n_tok * E), 1e-3),
+              1e-6);
+    EXPECT_LT(max_rel_err(download<float>(s1, n_tok), download<float>(s2, n_tok), 1e-3), 1e-6);
+    EXPECT_EQ(download<int32_t>(i1, n_tok * k), download<int32_t>(i2, n_tok * k));
+    EXPECT_LT(max_rel_err(download<float>(w1, n_tok * k), download<float>(w2, n_tok * k), 1e-6),
+              1e-6);
+    EXPECT_EQ(download<int32_t>(cnt, 1)[0], 0);
+  }
+  const WeightView q4{GgmlType::Q4_K, nullptr, 256, 8, 144};
+  const absl::Status st = router_fused(q4, nullptr, nullptr, 1, 2, nullptr, nullptr, nullptr,
+                                       nullptr, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+}
+
 // ---- conv1d + SiLU with state ---------------------------------------------------------------------
 TEST_F(CudaOps, Conv1dSiluCarriesStateAcrossCalls) {
   for (const auto& [C, K] : {std::tuple<int64_t, int64_t>{300, 4}, {5, 2}, {8192, 4}, {33, 1}}) {
