@@ -843,18 +843,16 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
     da.y = y;
     da.counters = static_cast<int*>(dn_counters_.get());
     // ssm_out's q8 activations from the same kernel (the quantiser launch saved).
-    const bool q8 = fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && dv % 32 == 0 &&
-                    cuda::matvec_uses_q8(L.ssm_out.type) &&
-                    act_ws_.size() >= cuda::act_q8_bytes(VD, N);
-    if (q8) {
-      da.yq = static_cast<int8_t*>(act_ws_.get());
-      da.yds = reinterpret_cast<float*>(static_cast<uint8_t*>(act_ws_.get()) +
-                                        (static_cast<size_t>(VD * N) + 255) / 256 * 256);
+    absl::StatusOr<cuda::DeviceAct> ya = absl::UnavailableError("no q8 output");
+    if (fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && dv % 32 == 0 &&
+        cuda::matvec_uses_q8(L.ssm_out.type))
+      ya = cuda::act_q8_layout("dn_decode", y, VD, N, VD, act_ws_.get(), act_ws_.size());
+    if (ya.ok()) {
+      da.yq = const_cast<int8_t*>(ya->q);
+      da.yds = const_cast<float*>(ya->ds);
     }
     RS_CU(cuda::dn_decode(da, N, stream_));
-    if (q8)
-      return cuda::matvec(L.ssm_out, cuda::DeviceAct{y, VD, da.yq, da.yds, VD, N}, F(o_m_),
-                          L.ssm_out.rows, stream_);
+    if (ya.ok()) return cuda::matvec(L.ssm_out, *ya, F(o_m_), L.ssm_out.rows, stream_);
     return Mm(L.ssm_out, y, N, F(o_m_));
   }
   RS_CU(cuda::dn_gates(b, al, L.ssm_a, L.dt_bias, N, Hv, g, beta, stream_));

@@ -290,43 +290,29 @@ absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, 
 
 absl::Status mul_sigmoid_q8(float* o, const float* gate, int64_t n_tok, int64_t cols, void* ws,
                             size_t ws_bytes, DeviceAct* out, Stream s) {
-  if (n_tok < 1 || cols < 32 || cols % 32 != 0)
-    return absl::InvalidArgumentError(absl::StrCat("mul_sigmoid_q8: n_tok = ", n_tok,
-                                                   ", cols = ", cols, " (a multiple of 32)"));
-  const size_t need = act_q8_bytes(cols, n_tok);
-  if (ws == nullptr || ws_bytes < need || reinterpret_cast<uintptr_t>(ws) % 256 != 0)
-    return absl::InvalidArgumentError(absl::StrCat("mul_sigmoid_q8: workspace of ", ws_bytes,
-                                                   " bytes; need ", need, ", 256-byte aligned"));
-  int8_t* q = static_cast<int8_t*>(ws);
-  float* ds = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) +
-                                       (static_cast<size_t>(n_tok * cols) + 255) / 256 * 256);
+  absl::StatusOr<DeviceAct> a = act_q8_layout("mul_sigmoid_q8", o, cols, n_tok, cols, ws, ws_bytes);
+  if (!a.ok()) return a.status();
   if (absl::Status e = st("mul_sigmoid_q8",
-                          glue::launch_gate_q8(o, gate, n_tok * cols, q, ds, as_stream(s)));
+                          glue::launch_gate_q8(o, gate, n_tok * cols, const_cast<int8_t*>(a->q),
+                                               const_cast<float*>(a->ds), as_stream(s)));
       !e.ok())
     return e;
-  *out = DeviceAct{o, cols, q, ds, cols, n_tok};
+  *out = *a;
   return absl::OkStatus();
 }
 
 absl::Status add_rms_norm_q8(float* hidden, const float* m, const float* w, int64_t rows,
                              int64_t n, float eps, float* y, void* ws, size_t ws_bytes,
                              DeviceAct* out, Stream s) {
-  if (rows < 1 || n < 32 || n % 32 != 0)
-    return absl::InvalidArgumentError(absl::StrCat("add_rms_norm_q8: rows = ", rows, ", n = ", n,
-                                                   " (a positive multiple of 32)"));
-  const size_t need = act_q8_bytes(n, rows);
-  if (ws == nullptr || ws_bytes < need || reinterpret_cast<uintptr_t>(ws) % 256 != 0)
-    return absl::InvalidArgumentError(absl::StrCat("add_rms_norm_q8: workspace of ", ws_bytes,
-                                                   " bytes; need ", need, ", 256-byte aligned"));
-  // quantize_act's layout: q [rows][n], then {d, sum} at the next 256-byte boundary.
-  int8_t* q = static_cast<int8_t*>(ws);
-  float* ds = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) +
-                                       (static_cast<size_t>(rows * n) + 255) / 256 * 256);
-  if (absl::Status e = st("add_rms_norm_q8", glue::launch_add_rms_norm(hidden, m, w, rows, n, eps,
-                                                                       y, q, ds, as_stream(s)));
+  absl::StatusOr<DeviceAct> a = act_q8_layout("add_rms_norm_q8", y, n, rows, n, ws, ws_bytes);
+  if (!a.ok()) return a.status();
+  if (absl::Status e = st("add_rms_norm_q8",
+                          glue::launch_add_rms_norm(hidden, m, w, rows, n, eps, y,
+                                                    const_cast<int8_t*>(a->q),
+                                                    const_cast<float*>(a->ds), as_stream(s)));
       !e.ok())
     return e;
-  *out = DeviceAct{y, n, q, ds, n, rows};
+  *out = *a;
   return absl::OkStatus();
 }
 absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,

@@ -266,23 +266,31 @@ size_t act_q8_bytes(int64_t cols, int64_t n_tok) {
   return q + ds;
 }
 
-absl::Status quantize_act(const float* x, int64_t ldx, int64_t n_tok, int64_t cols, void* ws,
-                          size_t ws_bytes, DeviceAct* out, Stream s) {
+absl::StatusOr<DeviceAct> act_q8_layout(const char* op, const float* x, int64_t ldx,
+                                        int64_t n_tok, int64_t cols, void* ws, size_t ws_bytes) {
   if (cols <= 0 || cols % 32 != 0)
-    return bad(absl::StrCat("quantize_act: cols = ", cols, ", must be a positive multiple of 32"));
+    return bad(absl::StrCat(op, ": cols = ", cols, ", must be a positive multiple of 32"));
   if (n_tok < 1 || ldx < cols)
-    return bad(absl::StrCat("quantize_act: n_tok = ", n_tok, ", ldx = ", ldx, ", cols = ", cols));
+    return bad(absl::StrCat(op, ": n_tok = ", n_tok, ", ldx = ", ldx, ", cols = ", cols));
   const size_t need = act_q8_bytes(cols, n_tok);
   if (ws == nullptr || ws_bytes < need || !aligned(ws, 256))
-    return bad(absl::StrCat("quantize_act: workspace of ", ws_bytes, " bytes; need ", need,
+    return bad(absl::StrCat(op, ": workspace of ", ws_bytes, " bytes; need ", need,
                             ", 256-byte aligned"));
   int8_t* q = static_cast<int8_t*>(ws);
   float* ds = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) +
                                        round_up(static_cast<size_t>(cols * n_tok), 256));
-  const cudaError_t e = detail::launch_quantize_act(x, ldx, static_cast<int>(n_tok), cols, q, ds,
-                                                    as_stream(s));
+  return DeviceAct{x, ldx, q, ds, cols, n_tok};
+}
+
+absl::Status quantize_act(const float* x, int64_t ldx, int64_t n_tok, int64_t cols, void* ws,
+                          size_t ws_bytes, DeviceAct* out, Stream s) {
+  absl::StatusOr<DeviceAct> a = act_q8_layout("quantize_act", x, ldx, n_tok, cols, ws, ws_bytes);
+  if (!a.ok()) return a.status();
+  const cudaError_t e = detail::launch_quantize_act(x, ldx, static_cast<int>(n_tok), cols,
+                                                    const_cast<int8_t*>(a->q),
+                                                    const_cast<float*>(a->ds), as_stream(s));
   if (e != cudaSuccess) return cuda_status("quantize_act", e);
-  *out = DeviceAct{x, ldx, q, ds, cols, n_tok};
+  *out = *a;
   return absl::OkStatus();
 }
 
@@ -426,8 +434,7 @@ absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
 int64_t moe_decode_ldh(int64_t I, int64_t Is) { return (std::max(I, Is) + 31) / 32 * 32; }
 
 size_t moe_decode_workspace_bytes(int64_t n_slots, int64_t ldh) {
-  return round_up(static_cast<size_t>(n_slots * ldh), 256) +
-         static_cast<size_t>(n_slots * (ldh / 32)) * 8 + 256;
+  return act_q8_bytes(ldh, n_slots);
 }
 
 bool moe_decode_shared_fits(const WeightView& gate, const WeightView& down,
@@ -496,11 +503,13 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
   const int64_t ldh = moe_decode_ldh(I, shared ? Is : 0);
   const int64_t n_slots = n_tok * (k + (shared ? 1 : 0));
   const bool hq8 = detail::type_uses_q8(d.type);
-  if (hq8 && ws_bytes < moe_decode_workspace_bytes(n_slots, ldh))
-    return bad(absl::StrCat("moe_decode: workspace of ", ws_bytes, " bytes, needs ",
-                            moe_decode_workspace_bytes(n_slots, ldh)));
   if (!aligned(h, 16)) return bad("moe_decode: h must be 16-byte aligned");
-  uint8_t* wsb = static_cast<uint8_t*>(ws);
+  DeviceAct hq{h, ldh, nullptr, nullptr, ldh, n_slots};
+  if (hq8) {
+    absl::StatusOr<DeviceAct> l = act_q8_layout("moe_decode", h, ldh, n_slots, ldh, ws, ws_bytes);
+    if (!l.ok()) return l.status();
+    hq = *l;
+  }
   moed::UpArgs ua;
   ua.gate = static_cast<const uint8_t*>(g.data);
   ua.up = w.up ? static_cast<const uint8_t*>(w.up->data) : ua.gate + I * g.row_stride;
@@ -520,9 +529,8 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
   ua.xq = x.q;
   ua.xds = x.ds;
   ua.h = h;
-  ua.hq = hq8 ? reinterpret_cast<int8_t*>(wsb) : nullptr;
-  ua.hds = hq8 ? reinterpret_cast<float*>(wsb + round_up(static_cast<size_t>(n_slots * ldh), 256))
-               : nullptr;
+  ua.hq = const_cast<int8_t*>(hq.q);
+  ua.hds = const_cast<float*>(hq.ds);
   ua.ldh = ldh;
   if (absl::Status st = cuda_status("moe_decode (up)", moed::launch_moe_up(g.type, ua, as_stream(s)));
       !st.ok())

@@ -115,6 +115,11 @@ struct DeviceAct {
 };
 // Workspace for quantize_act: n_tok * (cols + cols / 32 * 8) bytes (rounded up to 256).
 size_t act_q8_bytes(int64_t cols, int64_t n_tok);
+// The q8 activations' place in such a workspace (quantize_act's, and the fused kernels' that
+// write q8 for the next matvec): q [n_tok][cols] at ws, {d, sum} at the next 256-byte boundary.
+// Checks cols (a multiple of 32), n_tok, the size and alignment (InvalidArgument naming `op`).
+absl::StatusOr<DeviceAct> act_q8_layout(const char* op, const float* x, int64_t ldx,
+                                        int64_t n_tok, int64_t cols, void* ws, size_t ws_bytes);
 // Quantises X (cols a multiple of 32) into the workspace; fills *out (x/ldx included).
 absl::Status quantize_act(const float* x, int64_t ldx, int64_t n_tok, int64_t cols, void* ws,
                           size_t ws_bytes, DeviceAct* out, Stream s = nullptr);
@@ -169,8 +174,7 @@ absl::Status moe_matvec_down(const WeightView& experts, int64_t rows_per_expert,
 // reads q8). Scratch: h of n_slots * moe_decode_ldh(I, Is) floats and ws of
 // moe_decode_workspace_bytes(n_slots, ldh), n_slots = n_tok * (k + 1 with a shared expert, else
 // k). The per-token sum runs in slot order (deterministic). Afterwards ws holds h's q8 blocks
-// (integer down types): q [n_slots][ldh] int8, then at the next 256-byte boundary {d, sum}
-// [n_slots][ldh / 32] floats.
+// (integer down types) where act_q8_layout(h, ldh, n_slots, ldh, ws) puts them.
 struct MoeDecodeWeights {
   const WeightView* gate = nullptr;
   const WeightView* up = nullptr;

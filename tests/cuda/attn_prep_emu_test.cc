@@ -56,20 +56,11 @@ TEST_P(AttnPrepEmu, MatchesReferenceOps) {
   ASSERT_EQ(simt::launch({static_cast<unsigned>(N * (nh + nkv))}, {kAttnPrepThreads}, 0,
                          attn_prep_kernel, a),
             "");
-  // Reference: the model's sequence of ops.
-  std::vector<float> rq(N * nh * hd), rg(N * nh * hd), rk = k0;
-  for (int64_t th = 0; th < N * nh; ++th)
-    for (int64_t i = 0; i < hd; ++i) {
-      rq[th * hd + i] = qg[th * 2 * hd + i];
-      rg[th * hd + i] = qg[th * 2 * hd + hd + i];
-    }
-  rms_norm_ref(rq.data(), qn.data(), N * nh, hd, 1e-6f, rq.data());
-  rms_norm_ref(rk.data(), kn.data(), N * nkv, hd, 1e-6f, rk.data());
-  rope_neox_ref(rq.data(), N, nh, hd, c.n_rot, pos.data(), 1e7f);
-  rope_neox_ref(rk.data(), N, nkv, hd, c.n_rot, pos.data(), 1e7f);
-  EXPECT_EQ(gate, rg);
-  EXPECT_LE(testing_kernels::max_abs(q, rq), 2e-5);
-  EXPECT_LE(testing_kernels::max_abs(k, rk), 2e-5);
+  const auto want =
+      testing_kernels::attn_prep_reference(qg, k0, qn, kn, pos, N, nh, nkv, hd, c.n_rot);
+  EXPECT_EQ(gate, want.gate);
+  EXPECT_LE(testing_kernels::max_abs(q, want.q), 2e-5);
+  EXPECT_LE(testing_kernels::max_abs(k, want.k), 2e-5);
   simt::set_order(simt::Order::kForward);
 }
 

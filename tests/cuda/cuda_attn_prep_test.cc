@@ -36,20 +36,12 @@ TEST(CudaAttnPrep, MatchesReferenceOps) {
     RS_ASSERT_OK(attn_prep(dqg.as<float>(), N, nh, nkv, hd, c.n_rot, dqn.as<float>(),
                            dkn.as<float>(), dpos.as<int64_t>(), 1e7f, 1e-6f, dq.as<float>(),
                            dg.as<float>(), dk.as<float>()));
-    std::vector<float> rq(N * nh * hd), rg(N * nh * hd), rk = k0;
-    for (int64_t th = 0; th < N * nh; ++th)
-      for (int64_t i = 0; i < hd; ++i) {
-        rq[th * hd + i] = qg[th * 2 * hd + i];
-        rg[th * hd + i] = qg[th * 2 * hd + hd + i];
-      }
-    rms_norm_ref(rq.data(), qn.data(), N * nh, hd, 1e-6f, rq.data());
-    rms_norm_ref(rk.data(), kn.data(), N * nkv, hd, 1e-6f, rk.data());
-    rope_neox_ref(rq.data(), N, nh, hd, c.n_rot, pos.data(), 1e7f);
-    rope_neox_ref(rk.data(), N, nkv, hd, c.n_rot, pos.data(), 1e7f);
-    EXPECT_EQ(testing::download<float>(dg, N * nh * hd), rg);
+    const auto want =
+        testing_kernels::attn_prep_reference(qg, k0, qn, kn, pos, N, nh, nkv, hd, c.n_rot);
+    EXPECT_EQ(testing::download<float>(dg, N * nh * hd), want.gate);
     // sincosf / pow on the device vs the host: a few ulps of the angle.
-    EXPECT_LE(testing_kernels::max_abs(testing::download<float>(dq, N * nh * hd), rq), 1e-4);
-    EXPECT_LE(testing_kernels::max_abs(testing::download<float>(dk, N * nkv * hd), rk), 1e-4);
+    EXPECT_LE(testing_kernels::max_abs(testing::download<float>(dq, N * nh * hd), want.q), 1e-4);
+    EXPECT_LE(testing_kernels::max_abs(testing::download<float>(dk, N * nkv * hd), want.k), 1e-4);
   }
 }
 

@@ -302,32 +302,38 @@ TEST_P(CudaModelTest, GraphsAndGreedy) {
   EXPECT_EQ(s3->n_past, 29);
 }
 
-// Decode steps with the fused DeltaNet kernel equal the same steps through the separate
-// kernels (both carry the state the other leaves), with and without graphs.
-TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
-  const std::vector<int32_t> prompt = Prompt(19, V_, 4);
-  auto s1 = gpu_->NewSequence(), s2 = gpu_->NewSequence();
+// Two sequences decode the same tokens, one with a path switched on and one with it off (each
+// carries the state the other leaves), with and without graphs: equal logits within tol. Leaves
+// the switch on `back` and graphs on.
+void DecodeBothWays(Model* gpu, int64_t V, void (Model::*set)(bool), bool back, double tol) {
+  const std::vector<int32_t> prompt = Prompt(19, V, 4);
+  auto s1 = gpu->NewSequence(), s2 = gpu->NewSequence();
   std::vector<float> l1, l2;
   for (SeqState* s : {s1.get(), s2.get()}) {
     StepItem it{s, prompt.data(), 19, false};
-    ASSERT_TRUE(gpu_->Forward({&it, 1}, &l1).ok());
+    ASSERT_TRUE(gpu->Forward({&it, 1}, &l1).ok());
   }
   int32_t tok = 3;
   for (int step = 0; step < 6; ++step) {
-    gpu_->set_cuda_graphs(step % 3 != 0);
+    gpu->set_cuda_graphs(step % 3 != 0);
     StepItem a{s1.get(), &tok, 1, false}, b{s2.get(), &tok, 1, false};
-    gpu_->set_cuda_fused_deltanet(true);
-    ASSERT_TRUE(gpu_->Forward({&a, 1}, &l1).ok());
-    gpu_->set_cuda_fused_deltanet(false);
-    ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
-    // Exact models: float rounding only. Quantised ones: the q8 rounding of ssm_out's input
-    // amplifies it (see AllF32), still far below a wrong state or head (~1).
-    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), exact_ ? 1e-8 : 2e-2) << "step " << step;
-    gpu_->MaskUnused(l1.data(), 1);
-    tok = Argmax(l1.data(), V_);
+    (gpu->*set)(true);
+    ASSERT_TRUE(gpu->Forward({&a, 1}, &l1).ok());
+    (gpu->*set)(false);
+    ASSERT_TRUE(gpu->Forward({&b, 1}, &l2).ok());
+    EXPECT_LE(Nmse(l1.data(), l2.data(), V), tol) << "step " << step;
+    gpu->MaskUnused(l1.data(), 1);
+    tok = Argmax(l1.data(), V);
   }
-  gpu_->set_cuda_fused_deltanet(true);
-  gpu_->set_cuda_graphs(true);
+  (gpu->*set)(back);
+  gpu->set_cuda_graphs(true);
+}
+
+// The fused DeltaNet decode kernel vs the separate kernels. Exact models: float rounding only.
+// Quantised ones: the q8 rounding of ssm_out's input amplifies it (see AllF32), still far below a
+// wrong state or head (~1).
+TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
+  DecodeBothWays(gpu_.get(), V_, &Model::set_cuda_fused_deltanet, true, exact_ ? 1e-8 : 2e-2);
 }
 
 // Decode steps (1 and 3 sequences) with the fused MoE kernels (routed + shared experts in two
@@ -367,30 +373,10 @@ TEST_P(CudaModelTest, FusedMoeDecodeMatchesPerToken) {
   gpu_->set_cuda_graphs(true);
 }
 
-// Decode steps with split-K attention's first pass per KV head (gqa) equal those with the
-// per-query-head pass (the same arithmetic per head), with and without graphs.
+// Split-K attention's first pass per KV head (gqa) vs per query head: the same arithmetic per
+// head (quantised models: a rounding difference can move a q8 step).
 TEST_P(CudaModelTest, GqaAttentionDecodeMatchesPerHead) {
-  const std::vector<int32_t> prompt = Prompt(23, V_, 9);
-  auto s1 = gpu_->NewSequence(), s2 = gpu_->NewSequence();
-  std::vector<float> l1, l2;
-  for (SeqState* s : {s1.get(), s2.get()}) {
-    StepItem it{s, prompt.data(), 23, false};
-    ASSERT_TRUE(gpu_->Forward({&it, 1}, &l1).ok());
-  }
-  int32_t tok = 5;
-  for (int step = 0; step < 6; ++step) {
-    gpu_->set_cuda_graphs(step % 3 != 0);
-    StepItem a{s1.get(), &tok, 1, false}, b{s2.get(), &tok, 1, false};
-    gpu_->set_cuda_gqa_attention(true);
-    ASSERT_TRUE(gpu_->Forward({&a, 1}, &l1).ok());
-    gpu_->set_cuda_gqa_attention(false);
-    ASSERT_TRUE(gpu_->Forward({&b, 1}, &l2).ok());
-    // Exact models: rounding only; quantised ones: a rounding difference can move a q8 step.
-    EXPECT_LE(Nmse(l1.data(), l2.data(), V_), exact_ ? 1e-10 : 2e-2) << "step " << step;
-    gpu_->MaskUnused(l1.data(), 1);
-    tok = Argmax(l1.data(), V_);
-  }
-  gpu_->set_cuda_graphs(true);
+  DecodeBothWays(gpu_.get(), V_, &Model::set_cuda_gqa_attention, false, exact_ ? 1e-10 : 2e-2);
 }
 
 // A decode batch of 17 sequences with the routed experts grouped by expert equals the same

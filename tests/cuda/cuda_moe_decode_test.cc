@@ -3,7 +3,6 @@
 // experts; and its refusals. Skips without a GPU.
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -68,12 +67,15 @@ TEST_P(CudaMoeDecode, MatchesPerSlotReference) {
     RS_ASSERT_OK(copy_to_host(xq.data(), x.q, xq.size()));
     RS_ASSERT_OK(copy_to_host(xds.data(), x.ds, xds.size() * 4));
   }
-  const std::vector<uint8_t> wsh = testing::download<uint8_t>(ws, wsb);
-  const size_t ds_off = (static_cast<size_t>(S * ldh) + 255) / 256 * 256;
   std::vector<int8_t> hq(S * ldh);
   std::vector<float> hds(S * (ldh / 32) * 2);
-  std::memcpy(hq.data(), wsh.data(), hq.size());
-  std::memcpy(hds.data(), wsh.data() + ds_off, hds.size() * 4);
+  if (q8) {
+    auto l = act_q8_layout("test", h.as<float>(), ldh, S, ldh, ws.get(), wsb);
+    RS_ASSERT_OK(l.status());
+    RS_ASSERT_OK(synchronize());
+    RS_ASSERT_OK(copy_to_host(hq.data(), l->q, hq.size()));
+    RS_ASSERT_OK(copy_to_host(hds.data(), l->ds, hds.size() * 4));
+  }
   testing_kernels::check_moe_decode(p, q8 ? xq.data() : nullptr, q8 ? xds.data() : nullptr,
                                     testing::download<float>(h, S * ldh), q8 ? hq.data() : nullptr,
                                     q8 ? hds.data() : nullptr,

@@ -94,7 +94,7 @@ TEST(CudaNormQ8Args, RefusesColsNotAMultipleOf32) {
   const absl::Status st = add_rms_norm_q8(nullptr, nullptr, nullptr, 2, 100, 1e-6f, nullptr,
                                           nullptr, 0, &a);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  EXPECT_NE(std::string(st.message()).find("n = 100"), std::string::npos) << st;
+  EXPECT_NE(std::string(st.message()).find("cols = 100"), std::string::npos) << st;
 }
 
 }  // namespace

@@ -132,6 +132,30 @@ inline void quantize_q8(const float* x, int64_t n, int8_t* q, float* ds) {
   }
 }
 
+// ---- attention's q/k preparation ----------------------------------------------------------
+// The model's ops in order (eps 1e-6, theta 1e7): q and gate split out of qg [N][nh][2][hd],
+// rms_norm_ref per q and k head, rope_neox_ref on both. k: the k heads, normed and rotated in place.
+struct AttnPrepWant {
+  std::vector<float> q, gate, k;
+};
+inline AttnPrepWant attn_prep_reference(const std::vector<float>& qg, std::vector<float> k,
+                                        const std::vector<float>& q_norm,
+                                        const std::vector<float>& k_norm,
+                                        const std::vector<int64_t>& pos, int64_t N, int64_t nh,
+                                        int64_t nkv, int64_t hd, int64_t n_rot) {
+  AttnPrepWant w{std::vector<float>(N * nh * hd), std::vector<float>(N * nh * hd), std::move(k)};
+  for (int64_t th = 0; th < N * nh; ++th)
+    for (int64_t i = 0; i < hd; ++i) {
+      w.q[th * hd + i] = qg[th * 2 * hd + i];
+      w.gate[th * hd + i] = qg[th * 2 * hd + hd + i];
+    }
+  rms_norm_ref(w.q.data(), q_norm.data(), N * nh, hd, 1e-6f, w.q.data());
+  rms_norm_ref(w.k.data(), k_norm.data(), N * nkv, hd, 1e-6f, w.k.data());
+  rope_neox_ref(w.q.data(), N, nh, hd, n_rot, pos.data(), 1e7f);
+  rope_neox_ref(w.k.data(), N, nkv, hd, n_rot, pos.data(), 1e7f);
+  return w;
+}
+
 // ---- grouped MoE ----------------------------------------------------------------------------
 // Per token: sum over its k slots of w * down_e(silu(gate_e x) * up_e x), e = ids[t][i], with
 // exactly dequantised weights (matmul_ref). gate_up: [E][2I][H] (gate rows, then up rows).
