@@ -6,6 +6,7 @@
 // back n_r x hidden floats in the same row order.
 #include "parallel/moe_dispatch.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -26,24 +27,24 @@ constexpr int kHeader = 5;
 constexpr int64_t kRoutingOk = 0;
 constexpr int64_t kRoutingRejected = 1;
 
-// Checks the owner's routing; returns the first problem.
-absl::Status CheckRouting(const MoeLayer& l, int size) {
-  const auto& map = *l.expert_rank;
+// Checks the owner's routing; returns the first problem. `out_ok`: the output buffer the mode
+// needs is there.
+absl::Status CheckRouting(int layer, const std::vector<int>& map, size_t num_tokens, int top_k,
+                          const void* x, const int32_t* experts, const float* weights, bool out_ok,
+                          int size) {
   for (size_t e = 0; e < map.size(); ++e)
     if (map[e] < 0 || map[e] >= size)
-      return absl::InvalidArgumentError(absl::StrCat("MoE layer ", l.layer, ": expert ", e,
+      return absl::InvalidArgumentError(absl::StrCat("MoE layer ", layer, ": expert ", e,
                                                      " is mapped to rank ", map[e],
                                                      ", outside the group of ", size));
-  // Per-slot mode needs slot_out (out is optional there); the summing mode needs out.
-  if (l.num_tokens > 0 && (l.x == nullptr || l.experts == nullptr || l.weights == nullptr ||
-                           (l.per_slot ? l.slot_out == nullptr : l.out == nullptr)))
+  if (num_tokens > 0 && (x == nullptr || experts == nullptr || weights == nullptr || !out_ok))
     return absl::InvalidArgumentError(absl::StrCat(
-        "MoE layer ", l.layer, ": owner has ", l.num_tokens, " tokens but a null buffer"));
-  for (size_t t = 0; t < l.num_tokens; ++t)
-    for (int j = 0; j < l.top_k; ++j) {
-      const int32_t e = l.experts[t * l.top_k + j];
+        "MoE layer ", layer, ": owner has ", num_tokens, " tokens but a null buffer"));
+  for (size_t t = 0; t < num_tokens; ++t)
+    for (int j = 0; j < top_k; ++j) {
+      const int32_t e = experts[t * top_k + j];
       if (e < 0 || static_cast<size_t>(e) >= map.size())
-        return absl::InvalidArgumentError(absl::StrCat("MoE layer ", l.layer, ": token ", t,
+        return absl::InvalidArgumentError(absl::StrCat("MoE layer ", layer, ": token ", t,
                                                        " selects expert ", e, ", the layer has ",
                                                        map.size(), " experts"));
     }
@@ -59,6 +60,58 @@ std::string OtherRanks(int size, int me) {
 }
 
 }  // namespace
+
+absl::Status MoeDispatcher::Announce(int layer, int owner_rank, size_t H, int top_k,
+                                     bool per_slot, const std::vector<int>* expert_rank,
+                                     absl::Status result, const int32_t* experts,
+                                     size_t num_tokens, const std::string& where) {
+  Communicator& comm = *comm_;
+  const int size = comm.size();
+  const int me = comm.rank();
+  const bool owner = me == owner_rank;
+  const size_t K = static_cast<size_t>(top_k);
+  counts_.assign(kHeader + size, 0);
+  if (owner) {
+    rows_of_rank_.resize(size);
+    for (auto& v : rows_of_rank_) v.clear();
+    if (result.ok()) {
+      std::vector<char> seen(size);
+      for (size_t t = 0; t < num_tokens; ++t) {
+        std::fill(seen.begin(), seen.end(), 0);
+        for (size_t j = 0; j < K; ++j) {
+          const int r = (*expert_rank)[experts[t * K + j]];
+          if (!seen[r]) {
+            seen[r] = 1;
+            rows_of_rank_[r].push_back(static_cast<uint32_t>(t));
+          }
+        }
+      }
+    }
+    counts_[0] = result.ok() ? kRoutingOk : kRoutingRejected;
+    counts_[1] = layer;
+    counts_[2] = static_cast<int64_t>(H);
+    counts_[3] = top_k;
+    counts_[4] = per_slot ? 1 : 0;
+    for (int r = 0; r < size; ++r) counts_[kHeader + r] = result.ok() ? rows_of_rank_[r].size() : 0;
+  }
+  auto t0 = Clock::now();
+  if (absl::Status s = comm.Broadcast(counts_.data(), counts_.size() * sizeof(int64_t), owner_rank);
+      !s.ok())
+    return absl::Status(s.code(), absl::StrCat(where, ", token counts broadcast (peer ranks ",
+                                               OtherRanks(size, me), "): ", s.message()));
+  stats_.comm_seconds += Seconds(t0, Clock::now());
+  if (owner && !result.ok()) return result;
+  if (counts_[0] != kRoutingOk)
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": the owner rejected the routing of this layer"));
+  if (counts_[1] != layer || counts_[2] != static_cast<int64_t>(H) || counts_[3] != top_k ||
+      counts_[4] != (per_slot ? 1 : 0))
+    return absl::FailedPreconditionError(absl::StrCat(
+        where, ": ranks disagree on the layer: owner has layer ", counts_[1], " hidden ",
+        counts_[2], " top_k ", counts_[3], " per_slot ", counts_[4], ", this rank layer ",
+        layer, " hidden ", H, " top_k ", top_k, " per_slot ", per_slot));
+  return absl::OkStatus();
+}
 
 absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
   Communicator& comm = *comm_;
@@ -80,47 +133,13 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
 
   // 1. The owner routes and tells everybody how many rows each rank gets.
   absl::Status result = absl::OkStatus();
-  counts_.assign(kHeader + size, 0);
-  if (owner) {
-    result = CheckRouting(l, size);
-    rows_of_rank_.resize(size);
-    for (auto& v : rows_of_rank_) v.clear();
-    if (result.ok()) {
-      std::vector<char> seen(size);
-      for (size_t t = 0; t < l.num_tokens; ++t) {
-        std::fill(seen.begin(), seen.end(), 0);
-        for (size_t j = 0; j < K; ++j) {
-          const int r = (*l.expert_rank)[l.experts[t * K + j]];
-          if (!seen[r]) {
-            seen[r] = 1;
-            rows_of_rank_[r].push_back(static_cast<uint32_t>(t));
-          }
-        }
-      }
-    }
-    counts_[0] = result.ok() ? kRoutingOk : kRoutingRejected;
-    counts_[1] = l.layer;
-    counts_[2] = static_cast<int64_t>(H);
-    counts_[3] = l.top_k;
-    counts_[4] = l.per_slot ? 1 : 0;
-    for (int r = 0; r < size; ++r) counts_[kHeader + r] = result.ok() ? rows_of_rank_[r].size() : 0;
-  }
-  auto t0 = Clock::now();
-  if (absl::Status s = comm.Broadcast(counts_.data(), counts_.size() * sizeof(int64_t), l.owner);
+  if (owner)
+    result = CheckRouting(l.layer, *l.expert_rank, l.num_tokens, l.top_k, l.x, l.experts,
+                          l.weights, l.per_slot ? l.slot_out != nullptr : l.out != nullptr, size);
+  if (absl::Status s = Announce(l.layer, l.owner, H, l.top_k, l.per_slot, l.expert_rank, result,
+                                l.experts, l.num_tokens, where);
       !s.ok())
-    return absl::Status(s.code(), absl::StrCat(where, ", token counts broadcast (peer ranks ",
-                                               OtherRanks(size, me), "): ", s.message()));
-  stats_.comm_seconds += Seconds(t0, Clock::now());
-  if (owner && !result.ok()) return result;
-  if (counts_[0] != kRoutingOk)
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": the owner rejected the routing of this layer"));
-  if (counts_[1] != l.layer || counts_[2] != static_cast<int64_t>(H) || counts_[3] != l.top_k ||
-      counts_[4] != (l.per_slot ? 1 : 0))
-    return absl::FailedPreconditionError(absl::StrCat(
-        where, ": ranks disagree on the layer: owner has layer ", counts_[1], " hidden ",
-        counts_[2], " top_k ", counts_[3], " per_slot ", counts_[4], ", this rank layer ",
-        l.layer, " hidden ", H, " top_k ", l.top_k, " per_slot ", l.per_slot));
+    return s;
   const bool per_slot = l.per_slot;
   const auto count = [&](int r) { return static_cast<size_t>(counts_[kHeader + r]); };
 
@@ -156,7 +175,7 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
   recv_.resize(mine * row_floats);
   rb[l.owner] = mine * row_floats * sizeof(float);
   if (!owner) stats_.bytes_received += rb[l.owner];
-  t0 = Clock::now();
+  auto t0 = Clock::now();
   if (absl::Status s = comm.AllToAllV(send_.data(), so, sb, recv_.data(), ro, rb); !s.ok())
     return absl::Status(s.code(), absl::StrCat(where, ", dispatch: ", s.message()));
   stats_.comm_seconds += Seconds(t0, Clock::now());
@@ -263,6 +282,173 @@ absl::Status MoeDispatcher::Run(const MoeLayer& l, const ExpertFn& compute) {
     }
   }
   return result;
+}
+
+absl::Status MoeDispatcher::RunRows(const RowLayer& l, RowMemory& mem, Communicator& data,
+                                    const RowFn& compute, RowResult* result) {
+  const int size = comm_->size();
+  const int me = comm_->rank();
+  const bool owner = me == l.owner;
+  const std::string where = absl::StrCat("MoE layer ", l.layer, " (owner rank ", l.owner,
+                                         ", this rank ", me, ", rows in ", mem.name(), ")");
+  if (l.owner < 0 || l.owner >= size)
+    return absl::InvalidArgumentError(absl::StrCat(where, ": owner outside the group of ", size));
+  if (l.expert_rank == nullptr || l.hidden == 0 || l.top_k <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(where, ": needs an expert map, hidden > 0 "
+                                                   "and top_k > 0 (hidden ", l.hidden,
+                                                   ", top_k ", l.top_k, ")"));
+  if (data.size() != size || data.rank() != me)
+    return absl::InvalidArgumentError(absl::StrCat(where, ": the data communicator is rank ",
+                                                   data.rank(), " of ", data.size(),
+                                                   ", the control one rank ", me, " of ", size));
+  ++stats_.calls;
+  const size_t H = l.hidden;
+  const size_t K = static_cast<size_t>(l.top_k);
+  const size_t row_floats = H + 2 * K;
+  const auto& map = *l.expert_rank;
+
+  // 1. Counts, over the control communicator.
+  absl::Status status = absl::OkStatus();
+  if (owner)
+    status = CheckRouting(l.layer, map, l.num_tokens, l.top_k, l.x, l.experts, l.weights,
+                          result != nullptr, size);
+  if (absl::Status s = Announce(l.layer, l.owner, H, l.top_k, /*per_slot=*/true, l.expert_rank,
+                                status, l.experts, l.num_tokens, where);
+      !s.ok())
+    return s;
+  const auto count = [&](int r) { return static_cast<size_t>(counts_[kHeader + r]); };
+  const auto fail = [&](const absl::Status& s, const char* what) {
+    return absl::Status(s.code(), absl::StrCat(where, ", ", what, ": ", s.message()));
+  };
+
+  // 2. Dispatch: the owner gathers each rank's x rows in `mem` and uploads the ids/weights part
+  //    of its block (built on the host); the same layout as Run: [x][ids][weights].
+  std::vector<size_t> so(size, 0), sb(size, 0), ro(size, 0), rb(size, 0);
+  float* send = nullptr;
+  if (owner) {
+    size_t total = 0;
+    for (int r = 0; r < size; ++r) total += count(r);
+    auto buf = mem.Scratch(0, std::max<size_t>(1, total * row_floats) * sizeof(float));
+    if (!buf.ok()) return fail(buf.status(), "send buffer");
+    send = static_cast<float*>(*buf);
+    size_t off = 0;
+    for (int r = 0; r < size; ++r) {
+      const size_t n = count(r);
+      so[r] = off * sizeof(float);
+      sb[r] = n * row_floats * sizeof(float);
+      if (n > 0) {
+        idx_.assign(rows_of_rank_[r].begin(), rows_of_rank_[r].end());
+        if (absl::Status s = mem.GatherRows(send + off, l.x, idx_.data(), n, H); !s.ok())
+          return fail(s, "packing rows");
+        meta_.resize(n * 2 * K * sizeof(float));
+        int32_t* es = reinterpret_cast<int32_t*>(meta_.data());
+        float* ws = reinterpret_cast<float*>(meta_.data()) + n * K;
+        for (size_t i = 0; i < n; ++i) {
+          const size_t t = rows_of_rank_[r][i];
+          for (size_t j = 0; j < K; ++j) {
+            const int32_t e = l.experts[t * K + j];
+            const bool here = map[e] == r;
+            es[i * K + j] = here ? e : -1;
+            ws[i * K + j] = here ? l.weights[t * K + j] : 0.0f;
+          }
+        }
+        if (absl::Status s = mem.Upload(send + off + n * H, meta_.data(), meta_.size()); !s.ok())
+          return fail(s, "uploading the routing");
+      }
+      off += n * row_floats;
+      if (r != me) stats_.bytes_sent += sb[r];
+    }
+  }
+  const size_t mine = count(me);
+  auto rbuf = mem.Scratch(1, std::max<size_t>(1, mine * row_floats) * sizeof(float));
+  if (!rbuf.ok()) return fail(rbuf.status(), "receive buffer");
+  float* recv = static_cast<float*>(*rbuf);
+  rb[l.owner] = mine * row_floats * sizeof(float);
+  if (!owner) stats_.bytes_received += rb[l.owner];
+  auto t0 = Clock::now();
+  if (absl::Status s = data.AllToAllV(send, so, sb, recv, ro, rb); !s.ok())
+    return fail(s, "dispatch");
+  stats_.comm_seconds += Seconds(t0, Clock::now());
+
+  // 3. This rank's experts: the routing part of the block comes to the host.
+  std::vector<int32_t> es(mine * K);
+  std::vector<float> ws(mine * K);
+  size_t local = 0;
+  float* out = nullptr;
+  if (mine > 0) {
+    if (absl::Status s = mem.Download(es.data(), recv + mine * H, es.size() * 4); !s.ok())
+      return fail(s, "downloading the routing");
+    if (absl::Status s = mem.Download(ws.data(), recv + mine * H + mine * K, ws.size() * 4);
+        !s.ok())
+      return fail(s, "downloading the routing");
+    for (int32_t e : es) {
+      if (e >= 0 && (static_cast<size_t>(e) >= map.size() || map[e] != me))
+        return absl::FailedPreconditionError(absl::StrCat(
+            where, ": received expert ", e, " which this rank's expert map does not place here"));
+      local += e >= 0;
+    }
+  }
+  auto obuf = mem.Scratch(2, std::max<size_t>(1, local * H) * sizeof(float));
+  if (!obuf.ok()) return fail(obuf.status(), "slot buffer");
+  out = static_cast<float*>(*obuf);
+  if (local > 0) {
+    RowWork w;
+    w.layer = l.layer;
+    w.num_tokens = mine;
+    w.hidden = H;
+    w.top_k = l.top_k;
+    w.x = recv;
+    w.experts = es.data();
+    w.weights = ws.data();
+    w.out = out;
+    w.out_rows = local;
+    t0 = Clock::now();
+    absl::Status s = compute(w);
+    stats_.compute_seconds += Seconds(t0, Clock::now());
+    stats_.tokens_computed += mine;
+    // As in Run: a failed callback still takes part in the combine, with zeros.
+    if (!s.ok()) {
+      const std::vector<float> zeros(local * H, 0.0f);
+      absl::Status z = mem.Upload(out, zeros.data(), zeros.size() * sizeof(float));
+      if (!z.ok()) return fail(z, "clearing the slots after a failed callback");
+      status = absl::Status(s.code(), absl::StrCat(where, ", local experts: ", s.message()));
+    }
+  }
+
+  // 4. Combine: each rank's slot rows to the owner, in rank order.
+  std::fill(so.begin(), so.end(), 0);
+  std::fill(sb.begin(), sb.end(), 0);
+  std::fill(rb.begin(), rb.end(), 0);
+  sb[l.owner] = local * H * sizeof(float);
+  if (!owner) stats_.bytes_sent += sb[l.owner];
+  float* partial = nullptr;
+  if (owner) {
+    slots_of_rank_.assign(size, 0);
+    result->slot_row.assign(l.num_tokens * K, -1);
+    int32_t row = 0;
+    size_t off = 0;
+    for (int r = 0; r < size; ++r) {
+      for (uint32_t t : rows_of_rank_[r])
+        for (size_t j = 0; j < K; ++j)
+          if (map[l.experts[t * K + j]] == r) {
+            result->slot_row[t * K + j] = row++;
+            ++slots_of_rank_[r];
+          }
+      ro[r] = off * sizeof(float);
+      rb[r] = slots_of_rank_[r] * H * sizeof(float);
+      off += slots_of_rank_[r] * H;
+      if (r != me) stats_.bytes_received += rb[r];
+    }
+    auto pbuf = mem.Scratch(3, std::max<size_t>(1, off) * sizeof(float));
+    if (!pbuf.ok()) return fail(pbuf.status(), "combine buffer");
+    partial = static_cast<float*>(*pbuf);
+    result->rows = partial;
+  }
+  t0 = Clock::now();
+  if (absl::Status s = data.AllToAllV(out, so, sb, partial, ro, rb); !s.ok())
+    return fail(s, "combine");
+  stats_.comm_seconds += Seconds(t0, Clock::now());
+  return status;
 }
 
 namespace {

@@ -80,6 +80,71 @@ struct MoeStats {
   double compute_seconds = 0;     // wall time inside the callback
 };
 
+// ---------------------------------------------------------------------------------------------
+// Rows in another memory (a GPU's, for the NCCL data plane). The dispatcher keeps the routing on
+// the host (the owner needs its top-k ids there anyway) and the control messages on its own
+// communicator (Gloo: the count broadcast); the rows (hidden states, slot results) stay in the
+// RowMemory and move over a data communicator whose ops take RowMemory pointers (NCCL on GPUs).
+// Every call completes before it returns, so the data communicator may read what it wrote.
+class RowMemory {
+ public:
+  virtual ~RowMemory() = default;
+  // A buffer of at least `bytes` for `slot` (0..3), kept and reused: it changes (and its
+  // contents are lost) only when a call asks for more than it holds.
+  virtual absl::StatusOr<void*> Scratch(int slot, size_t bytes) = 0;
+  virtual absl::Status Upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status Download(void* dst, const void* src, size_t bytes) = 0;
+  // Row i of dst (`width` floats) = row rows[i] of src, for i < n; `rows` is on the host.
+  virtual absl::Status GatherRows(float* dst, const float* src, const int32_t* rows, size_t n,
+                                  size_t width) = 0;
+  virtual const char* name() const = 0;  // "host", "cuda:0"
+};
+// Host memory (memcpy): the CPU reference of a RowMemory, for tests and for staging.
+std::unique_ptr<RowMemory> MakeHostRowMemory();
+
+// A communicator whose ops take RowMemory pointers, over one that takes host pointers: every
+// payload is downloaded, moved by `host`, and uploaded. For a GPU group without NCCL, and for
+// testing the device path with several ranks on one GPU (NCCL refuses two ranks per device).
+std::unique_ptr<Communicator> MakeStagedCommunicator(Communicator* host, RowMemory* mem);
+
+// What one rank computes in RunRows: for each received token i and slot j with
+// experts[i*top_k+j] >= 0 (its expert is on this rank), in (i, j) order, one row of `hidden`
+// floats = weights[i*top_k+j] * Expert(experts[i*top_k+j])(x[i]) at out + p*hidden, p counting
+// those slots from 0 (out_rows in all).
+struct RowWork {
+  int layer = 0;
+  size_t num_tokens = 0;
+  size_t hidden = 0;
+  int top_k = 0;
+  const float* x = nullptr;          // RowMemory: [num_tokens, hidden]
+  const int32_t* experts = nullptr;  // host: [num_tokens, top_k], -1 where held elsewhere
+  const float* weights = nullptr;    // host: [num_tokens, top_k], 0 where held elsewhere
+  float* out = nullptr;              // RowMemory: [out_rows, hidden]
+  size_t out_rows = 0;
+};
+using RowFn = std::function<absl::Status(const RowWork&)>;
+
+// One MoE layer for RunRows; as MoeLayer in per-slot mode, with x in the RowMemory.
+struct RowLayer {
+  int layer = 0;
+  int owner = 0;
+  size_t hidden = 0;
+  int top_k = 0;
+  const std::vector<int>* expert_rank = nullptr;
+  // owner only:
+  size_t num_tokens = 0;
+  const float* x = nullptr;          // RowMemory: [num_tokens, hidden]
+  const int32_t* experts = nullptr;  // host: [num_tokens, top_k]
+  const float* weights = nullptr;    // host: [num_tokens, top_k]
+};
+
+// The owner's result of RunRows: every (token, slot) row as the rank holding its expert
+// computed it (so the sum is placement independent, as in per-slot mode).
+struct RowResult {
+  const float* rows = nullptr;   // RowMemory, valid until the next RunRows on this dispatcher
+  std::vector<int32_t> slot_row;  // host [num_tokens * top_k]: the row of slot (t, j) in `rows`
+};
+
 class MoeDispatcher {
  public:
   explicit MoeDispatcher(Communicator* comm) : comm_(comm) {}
@@ -88,6 +153,13 @@ class MoeDispatcher {
   // id on the owner) the status names the layer and the cause; the communicator is then unusable
   // for the Gloo backend and the group must reconnect.
   absl::Status Run(const MoeLayer& layer, const ExpertFn& compute);
+
+  // The same exchange with the rows in `mem`, moved by `data` (whose ops take `mem` pointers);
+  // the count broadcast goes over this dispatcher's communicator, which must be the same group
+  // (same ranks) as `data`. Wire layout and messages as Run in per-slot mode. `result` is
+  // filled on the owner.
+  absl::Status RunRows(const RowLayer& layer, RowMemory& mem, Communicator& data,
+                       const RowFn& compute, RowResult* result);
 
   const MoeStats& stats() const { return stats_; }
   void reset_stats() { stats_ = MoeStats{}; }
@@ -100,6 +172,14 @@ class MoeDispatcher {
   std::vector<std::vector<uint32_t>> rows_of_rank_;  // owner: token indices sent to each rank
   std::vector<float> send_, recv_, work_out_, partial_;
   std::vector<uint64_t> slots_of_rank_;  // owner, per-slot mode: slots each rank computes
+  std::vector<int32_t> idx_;             // RunRows: rows to gather
+  std::vector<char> meta_;               // RunRows: the ids/weights part of a block, host side
+
+  // Step 1 of both: the owner checks the routing and builds rows_of_rank_; counts_ is then the
+  // agreed header on every rank. `owner_error` is set on the owner when it rejected the routing.
+  absl::Status Announce(int layer, int owner_rank, size_t hidden, int top_k, bool per_slot,
+                        const std::vector<int>* expert_rank, absl::Status routing,
+                        const int32_t* experts, size_t num_tokens, const std::string& where);
 };
 
 // The hand-off between pipeline stages: `num_tokens` rows of `hidden` floats from this rank to

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -552,6 +553,216 @@ TEST(MoeDispatch, BadExpertIdFailsEveryRankWithoutHanging) {
     });
     EXPECT_TRUE(s.ok()) << s;
     if (c.rank() == 0) EXPECT_EQ(out[0], 2.f);  // one row from each rank
+  });
+}
+
+// A RowMemory standing in for a GPU's: its own arena, and every pointer a call gets must lie in
+// it (a host pointer handed to the "device" side, as a wrong model path would, fails the test).
+// The data moves by memcpy, so results are bit-exact.
+class FencedRowMemory : public RowMemory {
+ public:
+  FencedRowMemory() : arena_(1 << 20, -7.f) {}  // 4 MiB, poisoned
+  float* Alloc(size_t floats) {
+    float* p = arena_.data() + used_;
+    used_ += (floats + 63) / 64 * 64;
+    EXPECT_LE(used_, arena_.size());
+    return p;
+  }
+  absl::StatusOr<void*> Scratch(int slot, size_t bytes) override {
+    if (slot < 0 || slot > 3) return absl::InvalidArgumentError("slot");
+    if (cap_[slot] < bytes) {  // a new block: a resize moves the data, as on a device
+      scratch_[slot] = Alloc((bytes + 3) / 4);
+      cap_[slot] = (bytes + 3) / 4 * 4;
+    }
+    return static_cast<void*>(scratch_[slot]);
+  }
+  absl::Status Upload(void* dst, const void* src, size_t bytes) override {
+    if (!Mine(dst, bytes) || Mine(src, 1)) return Bad("upload");
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Download(void* dst, const void* src, size_t bytes) override {
+    if (!Mine(src, bytes) || Mine(dst, 1)) return Bad("download");
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status GatherRows(float* dst, const float* src, const int32_t* rows, size_t n,
+                          size_t width) override {
+    if (!Mine(dst, n * width * 4) || Mine(rows, 1)) return Bad("gather");
+    for (size_t i = 0; i < n; ++i) {
+      if (!Mine(src + rows[i] * width, width * 4)) return Bad("gather source");
+      std::memcpy(dst + i * width, src + rows[i] * width, width * 4);
+    }
+    return absl::OkStatus();
+  }
+  const char* name() const override { return "fenced"; }
+  bool Mine(const void* p, size_t bytes) const {
+    const char* a = reinterpret_cast<const char*>(arena_.data());
+    const char* c = static_cast<const char*>(p);
+    return c >= a && c + bytes <= a + arena_.size() * 4;
+  }
+
+ private:
+  absl::Status Bad(const char* what) {
+    ADD_FAILURE() << "FencedRowMemory: " << what << " with a pointer on the wrong side";
+    return absl::InternalError(what);
+  }
+  std::vector<float> arena_;
+  size_t used_ = 0;
+  float* scratch_[4] = {};
+  size_t cap_[4] = {};
+};
+
+// RunRows with the rows in a fenced "device" memory, the data moved by the same Gloo group
+// (staged through that memory, as a GPU group without NCCL does): the owner's slot rows equal,
+// bit for bit, a local computation of each slot, and the counters equal Run's per-slot ones.
+void RunMoeRows(int size, int ranks_with_experts, uint32_t seed) {
+  const int kLayers = 6;
+  std::vector<MoeCase> cases;
+  for (int l = 0; l < kLayers; ++l)
+    cases.push_back(MakeCase(l, size, l == 3 ? 0 : 1 + (seed + l * 13) % 40, seed * 100 + l,
+                             ranks_with_experts));
+  const ToyExperts experts(12, 16, seed);
+  std::vector<MoeStats> rows_stats(size), run_stats(size);
+  RunRanks(size, Ms(5000), [&](Communicator& c) {
+    FencedRowMemory mem;
+    auto data = MakeStagedCommunicator(&c, &mem);
+    MoeDispatcher d(&c), ref(&c);
+    for (const MoeCase& mc : cases) {
+      const size_t H = mc.hidden, K = mc.top_k;
+      RowLayer l;
+      l.layer = mc.layer;
+      l.owner = mc.owner;
+      l.hidden = H;
+      l.top_k = mc.top_k;
+      l.expert_rank = &mc.expert_rank;
+      const bool owner = c.rank() == mc.owner;
+      if (owner) {
+        float* x = mem.Alloc(std::max<size_t>(1, mc.tokens * H));
+        EXPECT_TRUE(mem.Upload(x, mc.x.data(), mc.tokens * H * 4).ok());
+        l.num_tokens = mc.tokens;
+        l.x = x;
+        l.experts = mc.experts.data();
+        l.weights = mc.weights.data();
+      }
+      RowResult res;
+      absl::Status s = d.RunRows(l, mem, *data, [&](const RowWork& w) {
+        EXPECT_EQ(w.layer, mc.layer);
+        EXPECT_TRUE(mem.Mine(w.x, w.num_tokens * w.hidden * 4));
+        EXPECT_TRUE(mem.Mine(w.out, w.out_rows * w.hidden * 4));
+        std::vector<float> x(w.num_tokens * w.hidden), row(w.hidden);
+        EXPECT_TRUE(mem.Download(x.data(), w.x, x.size() * 4).ok());
+        size_t p = 0;
+        for (size_t i = 0; i < w.num_tokens; ++i)
+          for (int j = 0; j < w.top_k; ++j) {
+            const int e = w.experts[i * w.top_k + j];
+            if (e < 0) continue;
+            EXPECT_EQ(mc.expert_rank[e], c.rank());
+            std::fill(row.begin(), row.end(), 0.f);
+            experts.Apply(e, &x[i * w.hidden], w.weights[i * w.top_k + j], row.data());
+            EXPECT_TRUE(mem.Upload(w.out + p++ * w.hidden, row.data(), w.hidden * 4).ok());
+          }
+        EXPECT_EQ(p, w.out_rows);
+        return absl::OkStatus();
+      }, owner ? &res : nullptr);
+      ASSERT_TRUE(s.ok()) << s;
+      // The host dispatcher in per-slot mode on the same layer, for the counters.
+      MoeLayer ml;
+      ml.layer = mc.layer;
+      ml.owner = mc.owner;
+      ml.hidden = H;
+      ml.top_k = mc.top_k;
+      ml.expert_rank = &mc.expert_rank;
+      ml.per_slot = true;
+      std::vector<float> slot_out(mc.tokens * K * H);
+      if (owner) {
+        ml.num_tokens = mc.tokens;
+        ml.x = mc.x.data();
+        ml.experts = mc.experts.data();
+        ml.weights = mc.weights.data();
+        ml.slot_out = slot_out.data();
+      }
+      ASSERT_TRUE(ref.Run(ml, [&](const ExpertWork& w) {
+                       for (size_t i = 0; i < w.num_tokens * w.top_k; ++i)
+                         if (w.experts[i] >= 0)
+                           experts.Apply(w.experts[i], w.x + (i / w.top_k) * w.hidden,
+                                         w.weights[i], w.out + i * w.hidden);
+                       return absl::OkStatus();
+                     }).ok());
+      if (!owner) continue;
+      ASSERT_EQ(res.slot_row.size(), mc.tokens * K);
+      std::vector<float> got(H);
+      for (size_t t = 0; t < mc.tokens; ++t)
+        for (size_t j = 0; j < K; ++j) {
+          const int32_t r = res.slot_row[t * K + j];
+          ASSERT_GE(r, 0);
+          ASSERT_TRUE(mem.Download(got.data(), res.rows + r * H, H * 4).ok());
+          std::vector<float> want(H, 0.f);
+          experts.Apply(mc.experts[t * K + j], &mc.x[t * H], mc.weights[t * K + j], want.data());
+          for (size_t h = 0; h < H; ++h) {
+            ASSERT_EQ(got[h], want[h]) << "layer " << mc.layer << " token " << t << " slot " << j;
+            ASSERT_EQ(got[h], slot_out[(t * K + j) * H + h]);
+          }
+        }
+    }
+    rows_stats[c.rank()] = d.stats();
+    run_stats[c.rank()] = ref.stats();
+  });
+  for (int r = 0; r < size; ++r) {
+    EXPECT_EQ(rows_stats[r].calls, static_cast<uint64_t>(kLayers));
+    EXPECT_EQ(rows_stats[r].bytes_sent, run_stats[r].bytes_sent) << "rank " << r;
+    EXPECT_EQ(rows_stats[r].bytes_received, run_stats[r].bytes_received) << "rank " << r;
+    EXPECT_EQ(rows_stats[r].tokens_computed, run_stats[r].tokens_computed) << "rank " << r;
+  }
+}
+
+TEST(MoeDispatchRows, DeviceStyleRowsMatchLocalSlots) {
+  RunMoeRows(2, 2, 11);
+  RunMoeRows(3, 3, 12);
+  RunMoeRows(3, 1, 13);  // everything on rank 0; ranks 1, 2 receive nothing
+  RunMoeRows(3, 2, 14);
+}
+
+// A host pointer where the row memory's is expected is refused with the layer named, on every
+// rank, without hanging (the owner rejects the layer before anything moves).
+TEST(MoeDispatchRows, OwnerWithoutResultIsRefused) {
+  std::vector<int> map = {0, 1, 0, 1};
+  RunRanks(2, Ms(3000), [&](Communicator& c) {
+    auto mem = MakeHostRowMemory();
+    auto data = MakeStagedCommunicator(&c, mem.get());
+    MoeDispatcher d(&c);
+    std::vector<float> x(8, 1.f), w(2, 0.5f);
+    std::vector<int32_t> e = {0, 1};
+    RowLayer l;
+    l.layer = 5;
+    l.owner = 1;
+    l.hidden = 4;
+    l.top_k = 2;
+    l.expert_rank = &map;
+    if (c.rank() == 1) {
+      l.num_tokens = 1;
+      l.x = x.data();
+      l.experts = e.data();
+      l.weights = w.data();
+    }
+    auto t0 = Clock::now();
+    absl::Status s = d.RunRows(l, *mem, *data, [](const RowWork&) { return absl::OkStatus(); },
+                               nullptr);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("layer 5"), std::string::npos) << s;
+    EXPECT_LT(ElapsedMs(t0), 1000);
+    // Host memory is a RowMemory too: with a result the same layer goes through.
+    RowResult res;
+    s = d.RunRows(l, *mem, *data, [&](const RowWork& wk) {
+          for (size_t i = 0; i < wk.out_rows * wk.hidden; ++i) wk.out[i] = 1.f + c.rank();
+          return absl::OkStatus();
+        }, c.rank() == 1 ? &res : nullptr);
+    EXPECT_TRUE(s.ok()) << s;
+    if (c.rank() == 1) {
+      ASSERT_EQ(res.slot_row.size(), 2u);
+      EXPECT_EQ(res.rows[res.slot_row[0] * 4], 1.f);  // expert 0 on rank 0
+      EXPECT_EQ(res.rows[res.slot_row[1] * 4], 2.f);  // expert 1 on rank 1
+    }
   });
 }
 
