@@ -288,6 +288,25 @@ absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, 
   return st("attn_prep", glue::launch_attn_prep(a, as_stream(s)));
 }
 
+absl::Status gather_rows(float* dst, const float* src, const int32_t* rows, const float* scale,
+                         int64_t n, int64_t width, Stream s) {
+  if (n < 0 || width < 0 || n > 0x7fffffff || width > (int64_t{1} << 30) ||
+      (n > 0 && width > 0 && (dst == nullptr || src == nullptr || rows == nullptr)))
+    return absl::InvalidArgumentError(
+        absl::StrCat("gather_rows: ", n, " rows of ", width, " floats (null pointer or out of range)"));
+  return st("gather_rows", glue::launch_gather_rows(dst, src, rows, scale, n, width, as_stream(s)));
+}
+
+absl::Status combine_slots(float* hidden, const float* rows, const int32_t* slot_row,
+                           const float* ffn, int64_t n_tok, int64_t k, int64_t H, Stream s) {
+  if (n_tok < 0 || k < 0 || H < 0 || n_tok > 0x7fffffff || H > (int64_t{1} << 30) ||
+      (n_tok > 0 && H > 0 && (hidden == nullptr || (k > 0 && (rows == nullptr || slot_row == nullptr)))))
+    return absl::InvalidArgumentError(absl::StrCat("combine_slots: ", n_tok, " tokens, k ", k,
+                                                   ", H ", H, " (null pointer or out of range)"));
+  return st("combine_slots",
+            glue::launch_combine_slots(hidden, rows, slot_row, ffn, n_tok, k, H, as_stream(s)));
+}
+
 absl::Status mul_sigmoid_q8(float* o, const float* gate, int64_t n_tok, int64_t cols, void* ws,
                             size_t ws_bytes, DeviceAct* out, Stream s) {
   absl::StatusOr<DeviceAct> a = act_q8_layout("mul_sigmoid_q8", o, cols, n_tok, cols, ws, ws_bytes);

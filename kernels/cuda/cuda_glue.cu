@@ -8,6 +8,7 @@
 #include "kernels/cuda/cuda_glue_launch.h"
 #include "kernels/cuda/attn_prep_kernel.cuh"
 #include "kernels/cuda/norm_q8_kernel.cuh"
+#include "kernels/cuda/row_ops_kernel.cuh"
 
 namespace rs::cuda::glue {
 namespace {
@@ -207,6 +208,25 @@ cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, i
   if (rows > 0) add_rms_norm_q8_kernel<<<static_cast<unsigned>(rows), kNormQ8Threads, 0, s>>>(a);
   return cudaGetLastError();
 }
+cudaError_t launch_gather_rows(float* dst, const float* src, const int32_t* rows,
+                               const float* scale, int64_t n, int64_t width, cudaStream_t s) {
+  if (n > 0 && width > 0)
+    gather_rows_kernel<<<dim3(static_cast<unsigned>(n),
+                              static_cast<unsigned>((width + kRowOpsThreads - 1) / kRowOpsThreads)),
+                         kRowOpsThreads, 0, s>>>(dst, src, rows, scale, width);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_combine_slots(float* hidden, const float* rows, const int32_t* slot_row,
+                                 const float* ffn, int64_t n_tok, int64_t k, int64_t H,
+                                 cudaStream_t s) {
+  if (n_tok > 0 && H > 0)
+    combine_slots_kernel<<<dim3(static_cast<unsigned>(n_tok),
+                                static_cast<unsigned>((H + kRowOpsThreads - 1) / kRowOpsThreads)),
+                           kRowOpsThreads, 0, s>>>(hidden, rows, slot_row, ffn, k, H);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
                            float q_scale, float* q, float* k, float* v, cudaStream_t s) {
   if (n_tok > 0) dn_prep_kernel<<<static_cast<unsigned>(n_tok * Hk), 32, 0, s>>>(cv, Hk, dk, VD, q_scale, q, k, v);

@@ -39,6 +39,16 @@ absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_
 // out[t][h] += sigmoid(sg[t]) * d[t][h] (the shared expert's gate), t < n_tok, h < H.
 absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                 int64_t H, Stream s = nullptr);
+// Row i of dst = scale[i] * row rows[i] of src (scale null: a copy), width floats a row, i < n;
+// rows (and scale) are device arrays (kernels/cuda/row_ops_kernel.cuh).
+absl::Status gather_rows(float* dst, const float* src, const int32_t* rows, const float* scale,
+                         int64_t n, int64_t width, Stream s = nullptr);
+// The owner's end of a distributed MoE layer: hidden[t] += (sum over j < k, in slot order, of
+// row slot_row[t*k+j] of rows) + ffn[t] (ffn may be null; k == 0: hidden[t] += ffn[t]); the host
+// path's float operations in its order. slot_row is a device array [n_tok][k].
+absl::Status combine_slots(float* hidden, const float* rows, const int32_t* slot_row,
+                           const float* ffn, int64_t n_tok, int64_t k, int64_t H,
+                           Stream s = nullptr);
 // hidden[r] += m[r], then y[r] = rms_norm(hidden[r]) * w (as rms_norm in cuda_ops.h).
 // Attention's q/k preparation in one kernel (attn_prep_kernel.cuh) for n_tok tokens: q and gate
 // split out of qg ([n_tok][nh][2][hd]: per head q then gate), q = rope(rms_norm(q) * q_norm),
