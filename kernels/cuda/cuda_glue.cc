@@ -288,13 +288,13 @@ absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, 
   return st("attn_prep", glue::launch_attn_prep(a, as_stream(s)));
 }
 
-absl::Status gather_rows(float* dst, const float* src, const int32_t* rows, const float* scale,
+absl::Status gather_rows(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows, const float* scale,
                          int64_t n, int64_t width, Stream s) {
   if (n < 0 || width < 0 || n > 0x7fffffff || width > (int64_t{1} << 30) ||
       (n > 0 && width > 0 && (dst == nullptr || src == nullptr || rows == nullptr)))
     return absl::InvalidArgumentError(
         absl::StrCat("gather_rows: ", n, " rows of ", width, " floats (null pointer or out of range)"));
-  return st("gather_rows", glue::launch_gather_rows(dst, src, rows, scale, n, width, as_stream(s)));
+  return st("gather_rows", glue::launch_gather_rows(dst, dst_rows, src, rows, scale, n, width, as_stream(s)));
 }
 
 absl::Status combine_slots(float* hidden, const float* rows, const int32_t* slot_row,

@@ -208,12 +208,12 @@ cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, i
   if (rows > 0) add_rms_norm_q8_kernel<<<static_cast<unsigned>(rows), kNormQ8Threads, 0, s>>>(a);
   return cudaGetLastError();
 }
-cudaError_t launch_gather_rows(float* dst, const float* src, const int32_t* rows,
+cudaError_t launch_gather_rows(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows,
                                const float* scale, int64_t n, int64_t width, cudaStream_t s) {
   if (n > 0 && width > 0)
     gather_rows_kernel<<<dim3(static_cast<unsigned>(n),
                               static_cast<unsigned>((width + kRowOpsThreads - 1) / kRowOpsThreads)),
-                         kRowOpsThreads, 0, s>>>(dst, src, rows, scale, width);
+                         kRowOpsThreads, 0, s>>>(dst, dst_rows, src, rows, scale, width);
   return cudaGetLastError();
 }
 

@@ -39,9 +39,10 @@ absl::Status swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_
 // out[t][h] += sigmoid(sg[t]) * d[t][h] (the shared expert's gate), t < n_tok, h < H.
 absl::Status add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                 int64_t H, Stream s = nullptr);
-// Row i of dst = scale[i] * row rows[i] of src (scale null: a copy), width floats a row, i < n;
-// rows (and scale) are device arrays (kernels/cuda/row_ops_kernel.cuh).
-absl::Status gather_rows(float* dst, const float* src, const int32_t* rows, const float* scale,
+// Row dst_rows[i] of dst (dst_rows null: row i) = scale[i] * row rows[i] of src (scale null: a
+// copy), width floats a row, i < n; the index and scale arrays are on the device
+// (kernels/cuda/row_ops_kernel.cuh).
+absl::Status gather_rows(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows, const float* scale,
                          int64_t n, int64_t width, Stream s = nullptr);
 // The owner's end of a distributed MoE layer: hidden[t] += (sum over j < k, in slot order, of
 // row slot_row[t*k+j] of rows) + ffn[t] (ffn may be null; k == 0: hidden[t] += ffn[t]); the host

@@ -33,7 +33,7 @@ cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t d
                            float q_scale, float* q, float* k, float* v, cudaStream_t s);
 cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                             cudaStream_t s);
-cudaError_t launch_gather_rows(float* dst, const float* src, const int32_t* rows,
+cudaError_t launch_gather_rows(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows,
                                const float* scale, int64_t n, int64_t width, cudaStream_t s);
 cudaError_t launch_combine_slots(float* hidden, const float* rows, const int32_t* slot_row,
                                  const float* ffn, int64_t n_tok, int64_t k, int64_t H,

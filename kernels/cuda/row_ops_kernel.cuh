@@ -12,16 +12,17 @@ namespace rs::cuda::glue {
 
 constexpr int kRowOpsThreads = 256;
 
-// Row i of dst = scale[i] * row rows[i] of src (scale == nullptr: 1, a plain copy), `width`
-// floats a row. Grid (n, ceil(width / kRowOpsThreads)).
+// Row dst_rows[i] of dst (dst_rows == nullptr: row i) = scale[i] * row rows[i] of src (scale ==
+// nullptr: 1, a plain copy), `width` floats a row. Grid (n, ceil(width / kRowOpsThreads)).
 RS_KERNEL void RS_LAUNCH_BOUNDS(kRowOpsThreads)
-    gather_rows_kernel(float* dst, const float* src, const int32_t* rows, const float* scale,
-                       int64_t width) {
+    gather_rows_kernel(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows,
+                       const float* scale, int64_t width) {
   const int64_t i = blockIdx.x;
   const int64_t c = static_cast<int64_t>(blockIdx.y) * kRowOpsThreads + threadIdx.x;
   if (c >= width) return;
   const float v = src[static_cast<int64_t>(rows[i]) * width + c];
-  dst[i * width + c] = scale ? scale[i] * v : v;
+  const int64_t d = dst_rows ? static_cast<int64_t>(dst_rows[i]) : i;
+  dst[d * width + c] = scale ? scale[i] * v : v;
 }
 
 // The owner's end of an MoE layer: for token t < n_tok and h < H,

@@ -1,5 +1,6 @@
 // The distributed step's row kernels (kernels/cuda/row_ops_kernel.cuh) built for the host and
-// run through the SIMT emulator against loops written here: gather with and without a scale,
+// run through the SIMT emulator against loops written here: gather with and without a scale and
+// a destination index,
 // widths that leave a partial block, and the combine in slot order (bit-exact with the host's
 // SumExpertSlots + shared add + residual add order), with and without the shared term, k = 0.
 #include <gtest/gtest.h>
@@ -24,22 +25,26 @@ std::vector<float> Random(size_t n, uint32_t seed) {
 TEST(RowOpsEmu, GatherRows) {
   simt::set_order(simt::Order::kShuffled, 3);
   for (int64_t width : {1, 31, 256, 300, 777}) {
-    for (bool scaled : {false, true}) {
+    for (int mode = 0; mode < 4; ++mode) {
+      const bool scaled = mode & 1, scattered = mode & 2;
       const int64_t src_rows = 9, n = 6;
       const std::vector<float> src = Random(src_rows * width, static_cast<uint32_t>(width));
       const std::vector<int32_t> rows = {8, 0, 3, 3, 7, 1};
       const std::vector<float> scale = {0.5f, -1.25f, 3.0f, 0.0f, 1.0f, 7.5f};
+      const std::vector<int32_t> dst_rows = {2, 5, 0, 4, 1, 3};
       std::vector<float> dst(n * width + 5, NAN);
       ASSERT_EQ(simt::launch({static_cast<unsigned>(n),
                               static_cast<unsigned>((width + kRowOpsThreads - 1) / kRowOpsThreads)},
-                             {kRowOpsThreads}, 0, gather_rows_kernel, dst.data(), src.data(),
+                             {kRowOpsThreads}, 0, gather_rows_kernel, dst.data(),
+                             scattered ? dst_rows.data() : nullptr, src.data(),
                              rows.data(), scaled ? scale.data() : nullptr, width),
                 "");
       for (int64_t i = 0; i < n; ++i)
         for (int64_t c = 0; c < width; ++c) {
           const float v = src[rows[i] * width + c];
-          ASSERT_EQ(dst[i * width + c], scaled ? scale[i] * v : v)
-              << "width " << width << " row " << i << " col " << c;
+          const int64_t d = scattered ? dst_rows[i] : i;
+          ASSERT_EQ(dst[d * width + c], scaled ? scale[i] * v : v)
+              << "width " << width << " mode " << mode << " row " << i << " col " << c;
         }
       for (int64_t c = n * width; c < n * width + 5; ++c) ASSERT_TRUE(std::isnan(dst[c]));
     }
