@@ -462,20 +462,30 @@ constexpr uint64_t kHandOffMagic = 0x7273686964646e31ull;  // "rshiddn1"
 
 absl::Status SendHidden(Communicator& comm, int dst, const float* x, size_t num_tokens,
                         size_t hidden, uint32_t tag) {
+  return SendHidden(comm, comm, dst, x, num_tokens, hidden, tag);
+}
+
+absl::Status RecvHidden(Communicator& comm, int src, float* x, size_t num_tokens, size_t hidden,
+                        uint32_t tag) {
+  return RecvHidden(comm, comm, src, x, num_tokens, hidden, tag);
+}
+
+absl::Status SendHidden(Communicator& control, Communicator& data, int dst, const float* x,
+                        size_t num_tokens, size_t hidden, uint32_t tag) {
   HandOffHeader h{kHandOffMagic, num_tokens, hidden};
-  if (absl::Status s = comm.Send(dst, &h, sizeof(h), tag); !s.ok())
+  if (absl::Status s = control.Send(dst, &h, sizeof(h), tag); !s.ok())
     return absl::Status(s.code(), absl::StrCat("hand-off to rank ", dst, " (", num_tokens, " x ",
                                                hidden, "), header: ", s.message()));
-  if (absl::Status s = comm.Send(dst, x, num_tokens * hidden * sizeof(float), tag); !s.ok())
+  if (absl::Status s = data.Send(dst, x, num_tokens * hidden * sizeof(float), tag); !s.ok())
     return absl::Status(s.code(), absl::StrCat("hand-off to rank ", dst, " (", num_tokens, " x ",
                                                hidden, "): ", s.message()));
   return absl::OkStatus();
 }
 
-absl::Status RecvHidden(Communicator& comm, int src, float* x, size_t num_tokens, size_t hidden,
-                        uint32_t tag) {
+absl::Status RecvHidden(Communicator& control, Communicator& data, int src, float* x,
+                        size_t num_tokens, size_t hidden, uint32_t tag) {
   HandOffHeader h{};
-  if (absl::Status s = comm.Recv(src, &h, sizeof(h), tag); !s.ok())
+  if (absl::Status s = control.Recv(src, &h, sizeof(h), tag); !s.ok())
     return absl::Status(s.code(), absl::StrCat("hand-off from rank ", src, " (expecting ",
                                                num_tokens, " x ", hidden, "), header: ",
                                                s.message()));
@@ -485,14 +495,17 @@ absl::Status RecvHidden(Communicator& comm, int src, float* x, size_t num_tokens
                                             h.magic, ")"));
   const size_t bytes = h.num_tokens * h.hidden * sizeof(float);
   if (h.num_tokens != num_tokens || h.hidden != hidden) {
-    std::vector<char> drain(bytes);
-    absl::Status s = comm.Recv(src, drain.data(), bytes, tag);
+    absl::Status s = absl::OkStatus();
+    if (&control == &data) {  // host memory: drain, so that the stream stays usable
+      std::vector<char> drain(bytes);
+      s = data.Recv(src, drain.data(), bytes, tag);
+    }
     return absl::InvalidArgumentError(absl::StrCat(
         "hand-off from rank ", src, " tag ", tag, ": sent ", h.num_tokens, " tokens x ", h.hidden,
         " floats, this rank expected ", num_tokens, " x ", hidden,
         s.ok() ? "" : absl::StrCat(" (and draining failed: ", s.message(), ")")));
   }
-  if (absl::Status s = comm.Recv(src, x, bytes, tag); !s.ok())
+  if (absl::Status s = data.Recv(src, x, bytes, tag); !s.ok())
     return absl::Status(s.code(), absl::StrCat("hand-off from rank ", src, " (", num_tokens, " x ",
                                                hidden, "): ", s.message()));
   return absl::OkStatus();

@@ -190,5 +190,12 @@ absl::Status SendHidden(Communicator& comm, int dst, const float* x, size_t num_
 // shapes otherwise, after draining the message so that the stream stays usable).
 absl::Status RecvHidden(Communicator& comm, int src, float* x, size_t num_tokens, size_t hidden,
                         uint32_t tag);
+// The same with the header over `control` (host memory) and the rows over `data` (x in the data
+// communicator's memory: a device pointer for NCCL). A receiver that expects another shape
+// gets the error without the rows being drained (the group must reconnect).
+absl::Status SendHidden(Communicator& control, Communicator& data, int dst, const float* x,
+                        size_t num_tokens, size_t hidden, uint32_t tag);
+absl::Status RecvHidden(Communicator& control, Communicator& data, int src, float* x,
+                        size_t num_tokens, size_t hidden, uint32_t tag);
 
 }  // namespace rs::par

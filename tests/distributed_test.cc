@@ -376,5 +376,28 @@ TEST(Distributed, BadPlacementIsRefused) {
   EXPECT_NE(st.message().find("expert owners for 7 layers"), std::string::npos) << st;
 }
 
+// The device rows path needs a GPU model: a cpu worker given a data communicator says so, and the
+// sequence does not advance.
+TEST(Distributed, DeviceRowsNeedTheCudaBackend) {
+  auto m = Load(Tiny("moe-tiny:Q8_0"));
+  const ModelConfig& cfg = m->config();
+  EXPECT_EQ(m->CudaRows(), nullptr);
+  auto solo = par::MakeSoloCommunicator();
+  auto s = m->NewSequence();
+  std::vector<int32_t> p = {1, 2};
+  std::vector<float> lg;
+  StepItem it[1] = {{s.get(), p.data(), 2, false}};
+  Model::Placement pl;
+  pl.layer_owner.assign(cfg.n_layer, 0);
+  pl.expert_owner.assign(cfg.n_layer, std::vector<int>(cfg.n_expert, 0));
+  auto data = par::MakeSoloCommunicator();
+  absl::Status st = m->ForwardDistributed(it, solo.get(), pl, &lg, data.get());
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("needs the cuda backend"), std::string::npos) << st;
+  EXPECT_EQ(s->n_past, 0);
+  EXPECT_TRUE(m->ForwardDistributed(it, solo.get(), pl, &lg).ok());
+  EXPECT_EQ(s->n_past, 2);
+}
+
 }  // namespace
 }  // namespace rs

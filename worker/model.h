@@ -15,6 +15,7 @@
 #include "kernels/matmul.h"
 #include "kernels/sampler.h"
 #include "parallel/communicator.h"
+namespace rs::par { class RowMemory; }
 #include "parallel/moe_dispatch.h"
 #include "worker/gguf.h"
 #include "worker/model_config.h"
@@ -192,8 +193,17 @@ class Model {
     // worker runs every expert on its CPU either way.
     std::vector<std::vector<int>> expert_device;
   };
+  // `data` (optional, cuda backend only): the communicator of the rows, whose ops take device
+  // pointers (NCCL; or par::MakeStagedCommunicator over comm and CudaRows()); then the residual
+  // stream, the dispatched rows and the slot results stay on the GPU and only control messages
+  // (counts, hand-off headers) go over `comm`. Without it everything goes over `comm` in host
+  // memory (CUDA ranks copy each layer's rows in and out).
   absl::Status ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
-                                  const Placement& placement, std::vector<float>* logits);
+                                  const Placement& placement, std::vector<float>* logits,
+                                  par::Communicator* data = nullptr);
+  // The cuda backend's RowMemory (made on first use); null on the cpu backend or when the
+  // device copy cannot be made.
+  par::RowMemory* CudaRows();
   // This rank's traffic in ForwardDistributed, accumulated over its steps (decode: only the
   // steps whose items are all single tokens). Bytes are payload to / from other ranks.
   struct CommStats {
@@ -241,6 +251,10 @@ class Model {
   void Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidden, float* f);
   // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for every slot whose id is >= 0
   // (zero for id -1): the local executor's per-slot entry point, for ForwardDistributed.
+  absl::Status ForwardDistributedDevice(absl::Span<const StepItem> batch, par::Communicator* comm,
+                                        par::Communicator* data, const Placement& pl,
+                                        const std::vector<int64_t>& rows, int64_t N,
+                                        CommStats* step, std::vector<float>* logits);
   void RunLocalExpertSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
                            const float* weights, float* slots);
 

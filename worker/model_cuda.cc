@@ -97,6 +97,64 @@ class CudaSeqState : public SeqState::DeviceState {
   int64_t cap = 0;
 };
 
+// The RowMemory of a CUDA backend: device scratch buffers, copies and gathers on its stream,
+// each waited for (the data communicator runs on its own stream and must see the result).
+class CudaRowMemory : public par::RowMemory {
+ public:
+  CudaRowMemory(int device, cuda::Stream s)
+      : device_(device), stream_(s), name_(absl::StrCat("cuda:", device)) {}
+  absl::StatusOr<void*> Scratch(int slot, size_t bytes) override {
+    if (slot < 0 || slot >= 4)
+      return absl::InvalidArgumentError(absl::StrCat("row memory: scratch slot ", slot, " (0..3)"));
+    cuda::DeviceBuffer& b = bufs_[slot];
+    if (b.size() < bytes) {
+      cudaSetDevice(device_);
+      b = cuda::DeviceBuffer();  // the old one goes first
+      auto nb = cuda::DeviceBuffer::alloc(std::max(bytes, size_t{1} << 20));
+      if (!nb.ok())
+        return absl::Status(nb.status().code(),
+                            absl::StrCat("the distributed step's ", bytes, "-byte row buffer on ",
+                                         name_, ": ", nb.status().message()));
+      b = std::move(*nb);
+    }
+    return b.get();
+  }
+  absl::Status Upload(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    cudaSetDevice(device_);
+    RS_CU(cuda::copy_to_device(dst, src, bytes, stream_));
+    return cuda::synchronize(stream_);
+  }
+  absl::Status Download(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    cudaSetDevice(device_);
+    RS_CU(cuda::copy_to_host(dst, src, bytes, stream_));
+    return cuda::synchronize(stream_);
+  }
+  absl::Status GatherRows(float* dst, const float* src, const int32_t* rows, size_t n,
+                          size_t width) override {
+    if (n == 0) return absl::OkStatus();
+    cudaSetDevice(device_);
+    if (idx_.size() < n * 4) {
+      idx_ = cuda::DeviceBuffer();
+      auto nb = cuda::DeviceBuffer::alloc(std::max(n * 4, size_t{64} << 10));
+      if (!nb.ok()) return nb.status();
+      idx_ = std::move(*nb);
+    }
+    RS_CU(cuda::copy_to_device(idx_.get(), rows, n * 4, stream_));
+    RS_CU(cuda::gather_rows(dst, nullptr, src, idx_.as<int32_t>(), nullptr,
+                            static_cast<int64_t>(n), static_cast<int64_t>(width), stream_));
+    return cuda::synchronize(stream_);
+  }
+  const char* name() const override { return name_.c_str(); }
+
+ private:
+  int device_;
+  cuda::Stream stream_;
+  std::string name_;
+  cuda::DeviceBuffer bufs_[4], idx_;
+};
+
 class CudaModel : public CudaBackend {
  public:
   explicit CudaModel(const Model& m) : m_(m), c_(m.cfg_) {}
@@ -131,6 +189,16 @@ class CudaModel : public CudaBackend {
   }
   absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                            const float* weights, float* slots) override;
+  par::RowMemory* Rows() override;
+  float* DeviceHidden() override { return F(o_hidden_); }
+  absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
+                             float* weights) override;
+  const float* DeviceF() override { return F(o_a_); }
+  const float* DeviceFfn() override { return F(o_m_); }
+  absl::Status ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
+                          const float* weights, float* out) override;
+  absl::Status CombineOnDevice(const float* rows, const int32_t* slot_row, int64_t n_tok,
+                               int64_t k) override;
   // Uploads the rows of `experts` of the stacked tensor w as one compact device matrix.
   absl::Status UploadExperts(const WeightView& w, int64_t rows_per_expert,
                              const std::vector<int32_t>& experts, WeightView* out);
@@ -238,6 +306,15 @@ class CudaModel : public CudaBackend {
   // Workspace (offsets into ws_), sized for kMaxStepTokens.
   cuda::DeviceBuffer ws_, attn_ws_, act_ws_, tok_ws_, moe_ws_, norm_q8_ws_, dn_counters_,
       router_counter_;
+  // The distributed step's device path: its RowMemory, and index arrays (ExpertRows, Combine).
+  std::unique_ptr<par::RowMemory> rows_;
+  cuda::DeviceBuffer idx_buf_;
+  absl::StatusOr<int32_t*> Indices(size_t ints);
+  // Mixer's work on the device: the residual stream in o_hidden_ (uploaded from hidden_in when
+  // not null), f in o_a_, the shared expert / FFN output in o_m_ when `ffn`; ids / weights to
+  // the host when not null. Enqueued, not waited for.
+  absl::Status MixerDev(absl::Span<const StepItem> batch, int64_t l, const float* hidden_in,
+                        int32_t* ids, float* weights, bool ffn);
   // Inside Layers: o_a_'s q8 blocks, made by the norm that wrote o_a_ (x == nullptr: none).
   cuda::DeviceAct pre_;
   // The prepared activations for x (n tokens, cols) when Layers' last norm made them.
@@ -1243,6 +1320,24 @@ absl::Status CudaModel::BeginStep(const std::vector<Piece>& ps, bool decode) {
 
 absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
                              float* f, int32_t* ids, float* weights, float* ffn) {
+  RS_CU(MixerDev(batch, l, hidden, ids, weights, ffn != nullptr));
+  int64_t N = 0;
+  for (const StepItem& it : batch) N += it.n_tok;
+  const int64_t H = c_.n_embd;
+  if (ffn) RS_CU(cuda::copy_to_host(ffn, F(o_m_), N * H * 4, stream_));
+  RS_CU(cuda::copy_to_host(hidden, F(o_hidden_), N * H * 4, stream_));
+  RS_CU(cuda::copy_to_host(f, F(o_a_), N * H * 4, stream_));
+  return cuda::synchronize(stream_);
+}
+
+absl::Status CudaModel::MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
+                                      float* weights) {
+  RS_CU(MixerDev(batch, l, nullptr, ids, weights, /*ffn=*/true));
+  return cuda::synchronize(stream_);
+}
+
+absl::Status CudaModel::MixerDev(absl::Span<const StepItem> batch, int64_t l,
+                                 const float* hidden_in, int32_t* ids, float* weights, bool ffn) {
   cudaSetDevice(device_);
   const int64_t H = c_.n_embd;
   std::vector<Piece> ps;
@@ -1273,7 +1368,7 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
   const DevLayer& L = layers_[l];
   float* dh = F(o_hidden_);
   float* a = F(o_a_);
-  RS_CU(cuda::copy_to_device(dh, hidden, N * H * 4, stream_));
+  if (hidden_in) RS_CU(cuda::copy_to_device(dh, hidden_in, N * H * 4, stream_));
   RS_CU(cuda::rms_norm(dh, L.attn_norm, N, H, c_.eps, a, stream_));
   if (L.kind == LayerKind::kAttention)
     RS_CU(Attention(L, attn_slot_[l], ps, N, /*graph=*/false));
@@ -1298,11 +1393,8 @@ absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float
     } else {
       RS_CU(DenseFfn(L, a, N, out));
     }
-    RS_CU(cuda::copy_to_host(ffn, out, N * H * 4, stream_));
   }
-  RS_CU(cuda::copy_to_host(hidden, dh, N * H * 4, stream_));
-  RS_CU(cuda::copy_to_host(f, a, N * H * 4, stream_));
-  return cuda::synchronize(stream_);
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::ExpertSlots(int64_t l, const float* x, int64_t n_tok,
@@ -1346,6 +1438,94 @@ absl::Status CudaModel::ExpertSlots(int64_t l, const float* x, int64_t n_tok,
     for (int64_t h = 0; h < H; ++h) dst[h] = weights[s] * src[h];
   }
   return absl::OkStatus();
+}
+
+par::RowMemory* CudaModel::Rows() {
+  if (!rows_) rows_ = std::make_unique<CudaRowMemory>(device_, stream_);
+  return rows_.get();
+}
+
+absl::StatusOr<int32_t*> CudaModel::Indices(size_t ints) {
+  if (idx_buf_.size() < ints * 4) {
+    idx_buf_ = cuda::DeviceBuffer();
+    auto nb = cuda::DeviceBuffer::alloc(std::max(ints * 4, size_t{64} << 10));
+    if (!nb.ok()) return nb.status();
+    idx_buf_ = std::move(*nb);
+  }
+  return idx_buf_.as<int32_t>();
+}
+
+absl::Status CudaModel::ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
+                                   const float* weights, float* out) {
+  cudaSetDevice(device_);
+  const int64_t H = c_.n_embd, k = c_.n_expert_used, I = c_.n_ff_exp;
+  if (l < 0 || l >= static_cast<int64_t>(expert_local_.size()) || n_local_experts_[l] == 0 ||
+      n_tok == 0)
+    return absl::OkStatus();
+  if (n_tok > kMaxStepTokens)
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda: ", n_tok, " tokens for the experts of layer ", l, "; the device workspace holds ",
+        kMaxStepTokens));
+  const int64_t S = n_tok * k;
+  // Local ids (-1: not on this device) and each of our slots' row in `out`.
+  std::vector<int32_t> local(S), dst;
+  std::vector<float> scale;
+  std::vector<int64_t> ours;
+  int32_t p = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    local[s] = ids[s] >= 0 && HoldsExpert(l, ids[s]) ? expert_local_[l][ids[s]] : -1;
+    if (local[s] >= 0) {
+      ours.push_back(s);
+      dst.push_back(p);
+      scale.push_back(weights[s]);
+    }
+    p += ids[s] >= 0;
+  }
+  if (ours.empty()) return absl::OkStatus();
+  const DevLayer& L = layers_[l];
+  RS_CU(cuda::copy_to_device(d_ids_, local.data(), S * 4, stream_));
+  RS_CU(cuda::copy_to_device(d_w_, weights, S * 4, stream_));
+  const int64_t El = n_local_experts_[l];
+  RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, El,
+                          I, H, x, n_tok, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
+                          moe_ws_.get(), moe_ws_.size(), /*out=*/nullptr, stream_));
+  // Bucket position inv[s] of d holds slot s's unweighted result (as in ExpertSlots).
+  std::vector<int32_t> inv(S);
+  RS_CU(cuda::copy_to_host(inv.data(), cuda::moe_grouped_inv(moe_ws_.get(), S), S * 4, stream_));
+  RS_CU(cuda::synchronize(stream_));
+  const size_t n = ours.size();
+  std::vector<int32_t> idx(3 * n);  // [src rows][dst rows][scale bits]
+  for (size_t i = 0; i < n; ++i) {
+    idx[i] = inv[ours[i]];
+    idx[n + i] = dst[i];
+    std::memcpy(&idx[2 * n + i], &scale[i], 4);
+  }
+  absl::StatusOr<int32_t*> d_idx = Indices(3 * n);
+  if (!d_idx.ok()) return d_idx.status();
+  RS_CU(cuda::copy_to_device(*d_idx, idx.data(), 3 * n * 4, stream_));
+  RS_CU(cuda::gather_rows(out, *d_idx + n, F(o_moe_d_), *d_idx,
+                          reinterpret_cast<const float*>(*d_idx + 2 * n),
+                          static_cast<int64_t>(n), H, stream_));
+  return cuda::synchronize(stream_);
+}
+
+absl::Status CudaModel::CombineOnDevice(const float* rows, const int32_t* slot_row, int64_t n_tok,
+                                        int64_t k) {
+  cudaSetDevice(device_);
+  if (n_tok <= 0) return absl::OkStatus();
+  if (n_tok > kMaxStepTokens)
+    return absl::FailedPreconditionError(absl::StrCat("cuda: combine of ", n_tok,
+                                                      " tokens; the workspace holds ",
+                                                      kMaxStepTokens));
+  int32_t* d_rows = nullptr;
+  if (k > 0) {
+    absl::StatusOr<int32_t*> d = Indices(static_cast<size_t>(n_tok * k));
+    if (!d.ok()) return d.status();
+    d_rows = *d;
+    RS_CU(cuda::copy_to_device(d_rows, slot_row, n_tok * k * 4, stream_));
+  }
+  RS_CU(cuda::combine_slots(F(o_hidden_), rows, d_rows, F(o_m_), n_tok, k, c_.n_embd, stream_));
+  return cuda::synchronize(stream_);
 }
 
 absl::Status CudaModel::Run(absl::Span<const StepItem> batch, std::vector<float>* logits,

@@ -92,8 +92,14 @@ Model::CommStats Model::comm_stats(bool decode_only) const {
   return decode_only ? dist_->decode : dist_->all;
 }
 
+par::RowMemory* Model::CudaRows() {
+  if (!EnsureCuda().ok() || !cuda_) return nullptr;
+  return cuda_->Rows();
+}
+
 absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
-                                       const Placement& pl, std::vector<float>* logits) {
+                                       const Placement& pl, std::vector<float>* logits,
+                                       par::Communicator* data) {
   if (auto st = EnsureCuda(); !st.ok()) return st;
   const ModelConfig& c = cfg_;
   const int me = comm->rank();
@@ -146,6 +152,18 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
   step.steps = 1;
   step.tokens = static_cast<uint64_t>(N);
 
+  if (data != nullptr) {
+    absl::Status st = ForwardDistributedDevice(batch, comm, data, pl, rows, N, &step, logits);
+    Add(&d.all, step);
+    if (!st.ok()) return st;
+    for (const auto& it : batch) it.seq->n_past += it.n_tok;
+    if (decode) Add(&d.decode, step);
+    if (d.log_every > 0 && d.all.steps % d.log_every == 0) {
+      Log(me, world, "all", d.all);
+      Log(me, world, "decode", d.decode);
+    }
+    return absl::OkStatus();
+  }
   const int64_t H = c.n_embd, k = c.n_expert_used;
   std::vector<float>& hidden = d.hidden;
   hidden.assign(N * H, 0.0f);
@@ -264,6 +282,132 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
   if (d.log_every > 0 && d.all.steps % d.log_every == 0) {
     Log(me, world, "all", d.all);
     Log(me, world, "decode", d.decode);
+  }
+  return absl::OkStatus();
+}
+
+// The same loop with the rows on the GPU (see ForwardDistributed in model.h): the owner's mixer
+// leaves the residual stream in the backend's DeviceHidden() and f in DeviceF(); the dispatcher
+// (RunRows) gathers and moves rows in the backend's RowMemory over `data`; each rank's GPU
+// experts write their slot rows on the device (its host-RAM experts run on its CPU, their rows
+// uploaded); the owner adds the slots in slot order, the shared expert and the residual on the
+// device (CombineOnDevice: the host path's float operations, in its order); hand-offs move
+// DeviceHidden() over `data` with the header over `comm`. The embedding and the LM head stay on
+// the host (one upload on the first stage, one download on the last).
+absl::Status Model::ForwardDistributedDevice(absl::Span<const StepItem> batch,
+                                             par::Communicator* comm, par::Communicator* data,
+                                             const Placement& pl,
+                                             const std::vector<int64_t>& rows, int64_t N,
+                                             CommStats* step, std::vector<float>* logits) {
+  const ModelConfig& c = cfg_;
+  const int me = comm->rank();
+  if (!cuda_)
+    return absl::FailedPreconditionError(
+        "a device data communicator needs the cuda backend (this worker runs on the cpu)");
+  if (data->rank() != me || data->size() != comm->size())
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the data communicator is rank %d of %d, the control one rank %d of %d", data->rank(),
+        data->size(), me, comm->size()));
+  constexpr int64_t kMaxTokens = 512;  // the device workspace (model_cuda.cc kMaxStepTokens)
+  if (N > kMaxTokens)
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda: a distributed step of ", N, " tokens; the device workspace holds ", kMaxTokens,
+        " (lower the daemon's step token budget)"));
+  CudaBackend& cu = *cuda_;
+  par::RowMemory& mem = *cu.Rows();
+  DistributedState& d = *dist_;
+  const int64_t H = c.n_embd, k = c.n_expert_used;
+  float* dh = cu.DeviceHidden();
+  std::vector<float>& hidden = d.hidden;
+  hidden.assign(N * H, 0.0f);
+  if (pl.layer_owner[0] == me) {
+    Embed(batch, hidden.data());
+    if (auto st = mem.Upload(dh, hidden.data(), N * H * 4); !st.ok()) return st;
+  }
+  std::vector<int32_t> host_ids;
+  std::vector<float> hx, hslots;
+  const par::RowFn compute = [&](const par::RowWork& w) -> absl::Status {
+    const int64_t n = static_cast<int64_t>(w.num_tokens);
+    // Experts of this rank kept in host RAM run on the CPU: their rows go down and back up.
+    host_ids.assign(w.experts, w.experts + n * k);
+    bool any_host = false;
+    for (int32_t& e : host_ids) {
+      if (e >= 0 && cu.HoldsExpert(w.layer, e)) e = -1;
+      any_host = any_host || e >= 0;
+    }
+    if (any_host) {
+      hx.resize(n * H);
+      if (auto st = mem.Download(hx.data(), w.x, n * H * 4); !st.ok()) return st;
+      hslots.assign(n * k * H, 0.0f);
+      RunLocalExpertSlots(w.layer, hx.data(), n, host_ids.data(), w.weights, hslots.data());
+      int64_t p = 0;
+      for (int64_t s = 0; s < n * k; ++s) {
+        if (w.experts[s] < 0) continue;
+        if (host_ids[s] >= 0)
+          if (auto st = mem.Upload(w.out + p * H, hslots.data() + s * H, H * 4); !st.ok())
+            return st;
+        ++p;
+      }
+    }
+    return cu.ExpertRows(w.layer, w.x, n, w.experts, w.weights, w.out);
+  };
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const int owner = pl.layer_owner[l];
+    const bool mine = owner == me;
+    if (mine) {
+      d.ids.resize(N * k);
+      d.ew.resize(N * k);
+      if (auto st = cu.MixerOnDevice(batch, l, c.moe ? d.ids.data() : nullptr,
+                                     c.moe ? d.ew.data() : nullptr);
+          !st.ok())
+        return absl::Status(st.code(), absl::StrCat("layer ", l, " on the device: ", st.message()));
+    }
+    if (c.moe) {
+      par::RowLayer rl;
+      rl.layer = static_cast<int>(l);
+      rl.owner = owner;
+      rl.hidden = static_cast<size_t>(H);
+      rl.top_k = static_cast<int>(k);
+      rl.expert_rank = &pl.expert_owner[l];
+      par::RowResult res;
+      if (mine) {
+        rl.num_tokens = static_cast<size_t>(N);
+        rl.x = cu.DeviceF();
+        rl.experts = d.ids.data();
+        rl.weights = d.ew.data();
+      }
+      absl::Status st = d.dispatcher->RunRows(rl, mem, *data, compute, mine ? &res : nullptr);
+      AddMoe(&step->moe, d.dispatcher->stats());
+      d.dispatcher->reset_stats();
+      if (!st.ok()) return st;
+      if (mine)
+        if (auto s2 = cu.CombineOnDevice(res.rows, res.slot_row.data(), N, k); !s2.ok())
+          return absl::Status(s2.code(), absl::StrCat("layer ", l, " combine: ", s2.message()));
+    } else if (mine) {
+      if (auto st = cu.CombineOnDevice(nullptr, nullptr, N, 0); !st.ok()) return st;
+    }
+    const int next = l + 1 < c.n_layer ? pl.layer_owner[l + 1] : owner;
+    if (next != owner && (me == owner || me == next)) {
+      const auto t0 = Clock::now();
+      const size_t bytes = static_cast<size_t>(N * H) * sizeof(float);
+      absl::Status st =
+          me == owner
+              ? par::SendHidden(*comm, *data, next, dh, N, H, static_cast<uint32_t>(l))
+              : par::RecvHidden(*comm, *data, owner, dh, N, H, static_cast<uint32_t>(l));
+      step->handoff_seconds += Seconds(t0, Clock::now());
+      if (!st.ok())
+        return absl::Status(st.code(),
+                            absl::StrCat("layer ", l, " -> ", l + 1, " hand-off (rank ", me,
+                                         ", peer rank ", me == owner ? next : owner, "): ",
+                                         st.message()));
+      (me == owner ? step->handoff_bytes_sent : step->handoff_bytes_received) += bytes;
+    }
+  }
+  logits->clear();
+  if (pl.layer_owner.back() == me) {
+    if (auto st = mem.Download(hidden.data(), dh, N * H * 4); !st.ok()) return st;
+    logits->resize(rows.size() * c.n_vocab);
+    Logits(hidden.data(), rows, logits->data());
   }
   return absl::OkStatus();
 }

@@ -3,7 +3,10 @@
 // rest on the host CPU. The last stage's logits must match one whole CPU model, for groups of
 // GPU + CPU ranks and of two GPU ranks, with the GPU ranks holding only their layers' mixers
 // (as group workers do) or the whole model, and none, half or all of their routed experts on
-// the device (the rest run on the host CPU). Skips without a GPU.
+// the device (the rest run on the host CPU). Groups of GPU ranks also run the device path (rows on
+// the GPU: the residual stream, dispatch and combine stay on the device), over Gloo staged
+// through the device (several ranks share one GPU) and over NCCL (one GPU per rank; skips with
+// fewer GPUs); its logits must equal the host path's bit for bit. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -14,6 +17,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "parallel/communicator.h"
+#include "parallel/moe_dispatch.h"
+#ifdef RIGSERVE_HAVE_NCCL
+#include <cuda_runtime.h>
+
+#include "parallel/nccl/nccl_comm.h"
+#endif
 #include "tests/cuda/cuda_test_util.h"
 #include "worker/model.h"
 #include "worker/synthetic.h"
@@ -27,9 +36,10 @@ std::shared_ptr<const gguf::File> Tiny(const std::string& spec) {
   return r.ok() ? std::shared_ptr<const gguf::File>(std::move(*r)) : nullptr;
 }
 
-std::unique_ptr<Model> Load(std::shared_ptr<const gguf::File> f, bool cuda) {
+std::unique_ptr<Model> Load(std::shared_ptr<const gguf::File> f, bool cuda, int device = 0) {
   ModelOptions o;
   o.n_threads = 1;
+  o.cuda_device = device;
   if (cuda) o.backend = Backend::kCuda;
   auto m = Model::Load(std::move(f), o);
   EXPECT_TRUE(m.ok()) << m.status();
@@ -52,6 +62,7 @@ struct Case {
   bool shard = true;  // GPU ranks keep only their layers' mixers on the device (as workers do)
   int gpu_experts = 0;  // 0: all experts on the host CPU; 1: every other of the rank's on its GPU;
                         // 2: all of the rank's on its GPU
+  int rows = 0;  // 0: rows in host memory; 1: on the GPU, Gloo staged; 2: on the GPUs, NCCL
 };
 
 class CudaDistributed : public ::testing::TestWithParam<Case> {
@@ -68,6 +79,15 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
   const ModelConfig& cfg = whole->config();
   ASSERT_EQ(static_cast<int64_t>(c.layer_owner.size()), cfg.n_layer);
   const int world = static_cast<int>(c.rank_on_gpu.size());
+  if (c.rows == 2) {
+#ifndef RIGSERVE_HAVE_NCCL
+    GTEST_SKIP() << "built without NCCL";
+#else
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n < world)
+      GTEST_SKIP() << "NCCL needs one GPU per rank: " << world << " ranks, " << n << " GPU(s)";
+#endif
+  }
   Model::Placement pl;
   pl.layer_owner = c.layer_owner;
   if (cfg.moe)
@@ -103,7 +123,7 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
       auto comm = par::CreateGlooCommunicator(r, world, store.get(), prefix, "127.0.0.1",
                                               std::chrono::milliseconds(30000));
       if (!comm.ok()) { errors[r] = std::string(comm.status().message()); return; }
-      auto m = Load(f, c.rank_on_gpu[r]);
+      auto m = Load(f, c.rank_on_gpu[r], c.rows == 2 ? r : 0);
       if (!m) { errors[r] = "load failed"; return; }
       if (c.rank_on_gpu[r] && c.shard) {
         std::vector<char> mine(c.layer_owner.size());
@@ -126,19 +146,49 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
         StepItem it{s.get(), &tok, 1, false};
         if (m->Forward({&it, 1}, &none).ok()) { errors[r] = "a shard ran a whole-model step"; return; }
       }
-      auto s1 = m->NewSequence(), s2 = m->NewSequence();
-      std::vector<float> lg;
-      StepItem a[2] = {{s1.get(), p1.data(), 23, false}, {s2.get(), p2.data(), 70, false}};
-      if (auto st = m->ForwardDistributed(a, comm->get(), pl, &lg); !st.ok()) { errors[r] = st.ToString(); return; }
-      got[r].push_back(lg);
-      StepItem b[2] = {{s1.get(), d1.data(), 1, false}, {s2.get(), d2.data(), 1, false}};
-      if (auto st = m->ForwardDistributed(b, comm->get(), pl, &lg); !st.ok()) { errors[r] = st.ToString(); return; }
-      got[r].push_back(lg);
+      // The rows' communicator of the device path.
+      std::unique_ptr<par::Communicator> data;
+      if (c.rows == 1) {
+        par::RowMemory* mem = m->CudaRows();
+        if (!mem) { errors[r] = "no device row memory"; return; }
+        data = par::MakeStagedCommunicator(comm->get(), mem);
+      }
+#ifdef RIGSERVE_HAVE_NCCL
+      if (c.rows == 2) {
+        auto nc = par::CreateNcclCommunicator(r, world, store.get(), prefix + "nccl", r,
+                                              std::chrono::milliseconds(30000));
+        if (!nc.ok()) { errors[r] = nc.status().ToString(); return; }
+        data = std::move(*nc);
+      }
+#endif
+      // The host path first (the reference of the device path), then the path under test.
+      std::vector<par::Communicator*> paths = {nullptr};
+      if (c.rows > 0) paths.push_back(data.get());
+      for (par::Communicator* dc : paths) {
+        auto s1 = m->NewSequence(), s2 = m->NewSequence();
+        std::vector<float> lg;
+        StepItem a[2] = {{s1.get(), p1.data(), 23, false}, {s2.get(), p2.data(), 70, false}};
+        if (auto st = m->ForwardDistributed(a, comm->get(), pl, &lg, dc); !st.ok()) { errors[r] = st.ToString(); return; }
+        got[r].push_back(lg);
+        StepItem b[2] = {{s1.get(), d1.data(), 1, false}, {s2.get(), d2.data(), 1, false}};
+        if (auto st = m->ForwardDistributed(b, comm->get(), pl, &lg, dc); !st.ok()) { errors[r] = st.ToString(); return; }
+        got[r].push_back(lg);
+      }
     });
   for (auto& t : threads) t.join();
   for (int r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
   const int last = c.layer_owner.back();
   const int64_t V = cfg.n_vocab;
+  if (c.rows > 0) {
+    ASSERT_EQ(got[last].size(), 4u);
+    for (int s = 0; s < 2; ++s) {
+      ASSERT_EQ(got[last][2 + s].size(), got[last][s].size());
+      size_t diff = 0;
+      for (size_t i = 0; i < got[last][s].size(); ++i) diff += got[last][2 + s][i] != got[last][s][i];
+      EXPECT_EQ(diff, 0u) << "device rows (" << (c.rows == 1 ? "staged" : "nccl")
+                          << ") vs host rows, step " << s << ": " << diff << " logits differ";
+    }
+  }
   for (int s = 0; s < 2; ++s) {
     ASSERT_EQ(got[last][s].size(), want[s].size()) << "step " << s;
     // F32 models: the device mixers differ from the CPU by rounding only.
@@ -163,7 +213,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe-tiny:F32", {0, 1, 0, 1, 0, 1, 0, 1}, {true, true}, false},
                       Case{"moe-tiny:F32", {0, 0, 0, 1, 1, 1, 1, 1}, {true, false}, true, 1},
                       Case{"moe-tiny:F32", {0, 0, 0, 0, 1, 1, 1, 1}, {true, true}, true, 2},
-                      Case{"dense-tiny:F32", {0, 1, 1, 1, 1, 1, 1, 1}, {true, false}}),
+                      Case{"dense-tiny:F32", {0, 1, 1, 1, 1, 1, 1, 1}, {true, false}},
+                      // Rows on the device: every expert on the GPUs, half of them, none.
+                      Case{"moe-tiny:F32", {0, 0, 0, 0, 1, 1, 1, 1}, {true, true}, true, 2, 1},
+                      Case{"moe-tiny:F32", {0, 1, 1, 0, 2, 2, 1, 0}, {true, true, true}, true, 1, 1},
+                      Case{"moe-tiny:F32", {0, 0, 1, 1, 1, 1, 0, 0}, {true, true}, true, 0, 1},
+                      Case{"dense-tiny:F32", {0, 0, 0, 1, 1, 1, 1, 1}, {true, true}, true, 0, 1},
+                      Case{"moe-tiny:F32", {0, 0, 0, 0, 1, 1, 1, 1}, {true, true}, true, 1, 2}),
     [](const ::testing::TestParamInfo<Case>& i) {
       std::string s = i.param.spec;
       for (auto& ch : s)
