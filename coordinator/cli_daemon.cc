@@ -85,7 +85,9 @@ void AddEngineOptions(Args& a) {
       .opt("placement", "several workers: plan (layer ranges and experts from the placement planner, "
            "fed with the tensor table and each worker's memory; as `rigserve plan`) | even "
            "(even layer split, experts round-robin)", "plan")
-      .opt("collective-timeout-ms", "timeout of the workers' collectives", "10000");
+      .opt("collective-timeout-ms", "timeout of the workers' collectives", "10000")
+      .opt("data-plane", "where a group's activations move: auto (NCCL between GPUs when every "
+           "worker is on one), nccl, host (Gloo, host memory)", "auto");
 }
 
 // Reads the weights in once, logging bytes, percent and time (mmap would otherwise load them
@@ -216,6 +218,11 @@ bool EngineOptionsFrom(const Args& a, EngineOptions* o, double* step_timeout) {
   o->use_planner = a.get("placement") == "plan";
   if (!ParseInt(a, "collective-timeout-ms", 100, &v)) return false;
   o->collective_timeout_ms = static_cast<int>(v);
+  o->data_plane = a.get("data-plane");
+  if (o->data_plane != "auto" && o->data_plane != "nccl" && o->data_plane != "host") {
+    a.usage_error("--data-plane must be auto, nccl or host, got '" + o->data_plane + "'");
+    return false;
+  }
   if (!absl::SimpleAtod(a.get("step-timeout"), step_timeout) || *step_timeout <= 0) {
     a.usage_error("--step-timeout must be a positive number of seconds");
     return false;

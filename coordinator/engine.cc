@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <future>
 #include <map>
 
@@ -299,6 +300,21 @@ absl::Status Engine::ConnectGroup() {
     opts_.drop_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));
   ++generation_;
   std::vector<std::future<absl::StatusOr<pb::LoadResponse>>> fs;
+  // The data plane: NCCL when every worker is on a GPU (the workers agree among themselves and
+  // fall back to host memory together when one cannot create it).
+  std::string data_plane = "host";
+  if (opts_.data_plane != "host") {
+    bool all_gpu = true;
+    for (auto& w : workers_) {
+      auto d = w->Describe(false);
+      if (!d.ok()) return d.status();
+      all_gpu = all_gpu && absl::StartsWith(d->device(), "cuda");
+    }
+    if (all_gpu) data_plane = "nccl";
+    else if (opts_.data_plane == "nccl")
+      std::fprintf(stderr, "rigserve: --data-plane nccl, but not every worker is on a GPU: "
+                           "activations go over Gloo in host memory\n");
+  }
   for (int r = 0; r < n; ++r) {
     pb::LoadRequest req;
     req.set_rank(r);
@@ -316,6 +332,7 @@ absl::Status Engine::ConnectGroup() {
     req.set_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));
     req.set_bind_address(BindAddressOf(workers_[r]->name(), opts_.bind_address));
     req.set_collective_timeout_ms(opts_.collective_timeout_ms);
+    req.set_data_plane(data_plane);
     req.set_last_stage(r == layer_owner_.back());
     fs.push_back(std::async(std::launch::async, [this, r, req] { return workers_[r]->Load(req); }));
   }

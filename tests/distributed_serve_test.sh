@@ -20,13 +20,13 @@ wait_serving() {  # log file
 }
 
 PROMPTS=("1 2 3 4 5 6 7 8" "40 41 42" "100 7 300 9 12 55 61 2 8 19 20 21 22 23 24 25 26 27 28 29")
-check_model() {  # arch, n workers, layers
-  local arch=$1 n=$2 layers=$3
+check_model() {  # arch, n workers, layers, [extra serve flags]
+  local arch=$1 n=$2 layers=$3 extra=${4:-}
   local model="$T/$arch.gguf"
   "$R" make-model --arch "$arch" --preset tiny --quant Q8_0 --seed 5 --out "$model" >/dev/null 2>&1 || fail "make-model"
   local port; port=$(free_port)
   "$R" serve --model "$model" --listen "127.0.0.1:$port" --metrics-port -1 --local-workers "$n" \
-      --layers "$layers" --threads 1 >"$T/serve-$arch-$n.log" 2>&1 &
+      --layers "$layers" --threads 1 $extra >"$T/serve-$arch-$n.log" 2>&1 &
   local sp=$!
   wait_serving "$T/serve-$arch-$n.log"
   local i=0 cps=()
@@ -49,8 +49,11 @@ check_model() {  # arch, n workers, layers
   echo "$port $sp"
 }
 
-check_model qwen35 2 "0-2,3-7" >"$T/r2" || exit 1
+# Asked for NCCL on CPU workers: the coordinator says why not, and the rows go over Gloo.
+check_model qwen35 2 "0-2,3-7" "--data-plane nccl" >"$T/r2" || exit 1
 grep "^ok" "$T/r2"; read -r _ SP2 <<<"$(tail -1 "$T/r2")"
+grep -q "not every worker is on a GPU" "$T/serve-qwen35-2.log" || fail "no data-plane note in the log"
+grep -q "activations over host" "$T/serve-qwen35-2.log" || fail "workers did not log their data plane"
 kill "$SP2" 2>/dev/null
 check_model qwen35moe 3 "0-1,2-5,6-7" >"$T/r3" || exit 1
 grep "^ok" "$T/r3"; read -r PORT SP <<<"$(tail -1 "$T/r3")"

@@ -130,6 +130,7 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   Backend backend() const { return opts_.backend; }
+  int cuda_device() const { return opts_.cuda_device; }
   GgmlType kv_type() const { return kv_type_; }
   int n_threads() const { return n_threads_; }
 

@@ -16,10 +16,18 @@ void StepExecutor::Reset() {
 }
 
 void StepExecutor::SetDistributed(std::unique_ptr<par::Communicator> comm,
-                                  Model::Placement placement) {
+                                  Model::Placement placement,
+                                  std::unique_ptr<par::Communicator> data) {
+  data_.reset();  // it may stage through or sit beside the old comm_
   comm_ = std::move(comm);
+  data_ = std::move(data);
   placement_ = std::move(placement);
   Reset();
+}
+
+const char* StepExecutor::data_plane() const {
+  if (!comm_) return "";
+  return data_ ? data_->backend() : "host";
 }
 
 bool StepExecutor::last_stage() const {
@@ -108,7 +116,7 @@ absl::StatusOr<std::vector<SeqOutput>> StepExecutor::Execute(const StepRequest& 
     return out;
   }
   // Distributed: the last stage samples from the logits ForwardDistributed leaves it.
-  if (auto st = model_->ForwardDistributed(items, comm_.get(), placement_, &logits_); !st.ok())
+  if (auto st = model_->ForwardDistributed(items, comm_.get(), placement_, &logits_, data_.get()); !st.ok())
     return st;
   if (!last_stage()) {
     for (size_t i = 0; i < req.seqs.size(); ++i)

@@ -50,7 +50,13 @@ class StepExecutor {
   void Reset();
   // Distributed execution: this worker is one rank of a group that runs every step together.
   // Only the rank holding the last layer samples.
-  void SetDistributed(std::unique_ptr<par::Communicator> comm, Model::Placement placement);
+  // `data` (optional): the rows' communicator of a group of GPU workers (NCCL; see
+  // Model::ForwardDistributed), released before `comm`.
+  void SetDistributed(std::unique_ptr<par::Communicator> comm, Model::Placement placement,
+                      std::unique_ptr<par::Communicator> data = nullptr);
+  // "nccl" (the rows move between the GPUs), "host" (over the control communicator) or "" (not
+  // in a group).
+  const char* data_plane() const;
   bool last_stage() const;
   int running() const { return static_cast<int>(seqs_.size()); }
   int kept() const { return static_cast<int>(kept_.size()); }
@@ -72,6 +78,7 @@ class StepExecutor {
   std::unordered_map<uint64_t, Seq> seqs_;
   std::unordered_map<uint64_t, Seq> kept_;
   std::unique_ptr<par::Communicator> comm_;
+  std::unique_ptr<par::Communicator> data_;
   Model::Placement placement_;
   SamplerScratch scratch_;
   std::vector<float> logits_;
