@@ -89,8 +89,8 @@ struct MoeStats {
 class RowMemory {
  public:
   virtual ~RowMemory() = default;
-  // A buffer of at least `bytes` for `slot` (0..3), kept and reused: it changes (and its
-  // contents are lost) only when a call asks for more than it holds.
+  // A buffer of at least `bytes` for `slot` (0..7; the dispatcher uses 0..3), kept and reused:
+  // it changes (and its contents are lost) only when a call asks for more than it holds.
   virtual absl::StatusOr<void*> Scratch(int slot, size_t bytes) = 0;
   virtual absl::Status Upload(void* dst, const void* src, size_t bytes) = 0;
   virtual absl::Status Download(void* dst, const void* src, size_t bytes) = 0;

@@ -12,8 +12,8 @@ namespace {
 class HostRowMemory : public RowMemory {
  public:
   absl::StatusOr<void*> Scratch(int slot, size_t bytes) override {
-    if (slot < 0 || slot >= 4)
-      return absl::InvalidArgumentError(absl::StrCat("row memory: scratch slot ", slot, " (0..3)"));
+    if (slot < 0 || slot >= 8)
+      return absl::InvalidArgumentError(absl::StrCat("row memory: scratch slot ", slot, " (0..7)"));
     auto& b = bufs_[slot];
     const size_t n = (bytes + sizeof(float) - 1) / sizeof(float);
     if (b.size() < n) b.resize(n);
@@ -37,7 +37,7 @@ class HostRowMemory : public RowMemory {
   const char* name() const override { return "host"; }
 
  private:
-  std::vector<float> bufs_[4];
+  std::vector<float> bufs_[8];
 };
 
 class StagedCommunicator : public Communicator {

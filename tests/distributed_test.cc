@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "parallel/communicator.h"
+#include "parallel/moe_dispatch.h"
+#include "tests/fenced_row_memory.h"
 #include "worker/model.h"
 #include "worker/synthetic.h"
 
@@ -79,10 +81,15 @@ struct Result {
 
 using ExpertPlacement = std::function<int(int64_t layer, int64_t expert)>;
 
+// Where the ranks keep the rows (Model::ForwardDistributed's `data`): host memory over the Gloo
+// group, or the device-rows path on the CPU (Model::UseHostRows) with a fenced "device" memory
+// and Gloo staged through it, the "device" holding none of a rank's experts or the even ones.
+enum class Rows { kHost, kDeviceNoExperts, kDeviceEvenExperts };
+
 // Two steps (a prefill batch of two sequences, then one decode token each) on one model and on
 // `world` ranks; the last stage's logits must equal the single worker's, bit for bit (and so
 // within 1e-5 NMSE), on every step.
-Result Check(const Case& c, int world, const ExpertPlacement& expert_rank) {
+Result Check(const Case& c, int world, const ExpertPlacement& expert_rank, Rows rows = Rows::kHost) {
   Result res;
   auto f = Tiny(c.spec);
   auto whole = Load(f);
@@ -134,13 +141,19 @@ Result Check(const Case& c, int world, const ExpertPlacement& expert_rank) {
                                               std::chrono::milliseconds(20000));
       if (!comm.ok()) { errors[r] = std::string(comm.status().message()); return; }
       auto m = Load(f);
+      par::FencedRowMemory mem(8 << 20);
+      std::unique_ptr<par::Communicator> data;
+      if (rows != Rows::kHost) {
+        m->UseHostRows(&mem, rows == Rows::kDeviceEvenExperts);
+        data = par::MakeStagedCommunicator(comm->get(), &mem);
+      }
       auto s1 = m->NewSequence(), s2 = m->NewSequence();
       std::vector<float> lg;
       StepItem a[2] = {{s1.get(), p1.data(), 23, true}, {s2.get(), p2.data(), 70, true}};
-      if (auto st = m->ForwardDistributed(a, comm->get(), pl, &lg); !st.ok()) { errors[r] = std::string(st.message()); return; }
+      if (auto st = m->ForwardDistributed(a, comm->get(), pl, &lg, data.get()); !st.ok()) { errors[r] = std::string(st.message()); return; }
       got[r].push_back(lg);
       StepItem b[2] = {{s1.get(), d1.data(), 1, false}, {s2.get(), d2.data(), 1, false}};
-      if (auto st = m->ForwardDistributed(b, comm->get(), pl, &lg); !st.ok()) { errors[r] = std::string(st.message()); return; }
+      if (auto st = m->ForwardDistributed(b, comm->get(), pl, &lg, data.get()); !st.ok()) { errors[r] = std::string(st.message()); return; }
       got[r].push_back(lg);
       res.stats[r] = m->comm_stats(false);
       const Model::CommStats dec = m->comm_stats(true);
@@ -175,12 +188,15 @@ Result Check(const Case& c, int world, const ExpertPlacement& expert_rank) {
 }
 
 // expert_rank: >= 0 puts every expert there; -3 alternates experts over ranks; -1 scatters.
-void Check(const Case& c, int world, int expert_rank = -1) {
-  Check(c, world, [&](int64_t l, int64_t e) {
-    return expert_rank >= 0    ? expert_rank                             // all on one rank
-           : expert_rank == -3 ? static_cast<int>(e % world)             // alternate
-                               : static_cast<int>((e * 7 + l) % world);  // scattered
-  });
+void Check(const Case& c, int world, int expert_rank = -1, Rows rows = Rows::kHost) {
+  Check(
+      c, world,
+      [&](int64_t l, int64_t e) {
+        return expert_rank >= 0    ? expert_rank                             // all on one rank
+               : expert_rank == -3 ? static_cast<int>(e % world)             // alternate
+                                   : static_cast<int>((e * 7 + l) % world);  // scattered
+      },
+      rows);
 }
 
 // The traffic each rank must see for `routing` under the placement: every non-owner rank gets
@@ -268,6 +284,31 @@ TEST(Distributed, OnlyRoutedTokensTravel) {
   const uint64_t old_per_rank = 8 * 95 * (r.H * 4 + 2 * r.k * 4 + r.k * r.H * 4);
   EXPECT_GT(r.stats[1].moe.bytes_received, 0u);
   EXPECT_LT(r.stats[1].moe.bytes_received + r.stats[1].moe.bytes_sent, old_per_rank / 4);
+}
+
+// The device-rows path (the one GPU groups take, here with the CPU standing in for the GPUs):
+// residual stream, dispatched rows and slot results in the fenced "device" memory, moved by Gloo
+// staged through it, hand-off headers over the control group. Same logits as one worker, bit for
+// bit, whether a rank's experts run "on the device", on its host CPU, or both in one layer.
+TEST(DistributedDeviceRows, MoeMatchesOneWorker) {
+  for (Rows rows : {Rows::kDeviceNoExperts, Rows::kDeviceEvenExperts}) {
+    Check({"moe-tiny:Q8_0", {0, 0, 0, 1, 1, 1, 2, 2}}, 3, -1, rows);
+    Check({"moe-tiny:Q8_0", {1, 0, 0, 2, 2, 1, 0, 2}}, 3, -1, rows);
+    Check({"moe-tiny:F32", {0, 1, 1, 1, 1, 1, 1, 1}}, 2, -3, rows);
+  }
+}
+TEST(DistributedDeviceRows, DenseMatchesOneWorker) {
+  Check({"dense-tiny:Q8_0", {0, 0, 0, 1, 1, 1, 1, 1}}, 2, -1, Rows::kDeviceNoExperts);
+  Check({"dense-tiny:F32", {0, 0, 1, 1, 1, 2, 2, 2}}, 3, -1, Rows::kDeviceNoExperts);
+}
+// The traffic is the host path's to the byte (same messages, other memory).
+TEST(DistributedDeviceRows, SameTrafficAsHostRows) {
+  const std::vector<int> owners = {0, 0, 0, 1, 1, 1, 2, 2};
+  const ExpertPlacement ex = [](int64_t l, int64_t e) {
+    return l % 2 == 0 ? static_cast<int>(e % 2) : static_cast<int>((e + l) % 3);
+  };
+  Result r = Check({"moe-tiny:Q8_0", owners}, 3, ex, Rows::kDeviceEvenExperts);
+  ExpectTraffic(r, Expected(r, owners, ex, 3));
 }
 
 // Pipeline hand-offs: each stage boundary moves N x H floats once per step.

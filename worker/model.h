@@ -205,6 +205,12 @@ class Model {
   // The cuda backend's RowMemory (made on first use); null on the cpu backend or when the
   // device copy cannot be made.
   par::RowMemory* CudaRows();
+  // Tests of the device-rows path without a GPU: a cpu model runs ForwardDistributed(..., data)
+  // with its "device" buffers in `mem` (which must outlive the model's use of it; the ops of
+  // `data` take its pointers), the mixers and experts on the CPU; with `holds_even_experts` the
+  // even expert ids take the path of experts kept on the device, the odd ones that of host-RAM
+  // experts. The logits equal the host path's bit for bit.
+  void UseHostRows(par::RowMemory* mem, bool holds_even_experts);
   // This rank's traffic in ForwardDistributed, accumulated over its steps (decode: only the
   // steps whose items are all single tokens). Bytes are payload to / from other ranks.
   struct CommStats {
@@ -250,12 +256,12 @@ class Model {
   void Route(const Layer& L, const float* f, int64_t n_tok, int32_t* ids, float* weights);
   void SharedExpertAdd(const Layer& L, const float* f, int64_t n_tok, float* out);
   void Mixer(const Layer& L, absl::Span<const StepItem> batch, float* hidden, float* f);
-  // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for every slot whose id is >= 0
-  // (zero for id -1): the local executor's per-slot entry point, for ForwardDistributed.
   absl::Status ForwardDistributedDevice(absl::Span<const StepItem> batch, par::Communicator* comm,
                                         par::Communicator* data, const Placement& pl,
                                         const std::vector<int64_t>& rows, int64_t N,
                                         CommStats* step, std::vector<float>* logits);
+  // slots[t][i] = weights[t][i] * expert_{ids[t][i]}(x[t]) for every slot whose id is >= 0
+  // (zero for id -1): the local executor's per-slot entry point, for ForwardDistributed.
   void RunLocalExpertSlots(int64_t layer, const float* x, int64_t n_tok, const int32_t* ids,
                            const float* weights, float* slots);
 
@@ -276,6 +282,8 @@ class Model {
   ExpertExecutor* experts_ = nullptr;
   std::unique_ptr<class CudaBackend> cuda_;
   std::shared_ptr<struct DistributedState> dist_;  // ForwardDistributed (model_distributed.cc)
+  std::shared_ptr<class RowsBackend> host_rows_;   // UseHostRows
+  friend class HostRowsBackend;
   friend class LocalExpertExecutor;
 };
 

@@ -104,8 +104,8 @@ class CudaRowMemory : public par::RowMemory {
   CudaRowMemory(int device, cuda::Stream s)
       : device_(device), stream_(s), name_(absl::StrCat("cuda:", device)) {}
   absl::StatusOr<void*> Scratch(int slot, size_t bytes) override {
-    if (slot < 0 || slot >= 4)
-      return absl::InvalidArgumentError(absl::StrCat("row memory: scratch slot ", slot, " (0..3)"));
+    if (slot < 0 || slot >= 8)
+      return absl::InvalidArgumentError(absl::StrCat("row memory: scratch slot ", slot, " (0..7)"));
     cuda::DeviceBuffer& b = bufs_[slot];
     if (b.size() < bytes) {
       cudaSetDevice(device_);
@@ -152,7 +152,7 @@ class CudaRowMemory : public par::RowMemory {
   int device_;
   cuda::Stream stream_;
   std::string name_;
-  cuda::DeviceBuffer bufs_[4], idx_;
+  cuda::DeviceBuffer bufs_[8], idx_;
 };
 
 class CudaModel : public CudaBackend {
@@ -194,11 +194,11 @@ class CudaModel : public CudaBackend {
   absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
                              float* weights) override;
   const float* DeviceF() override { return F(o_a_); }
-  const float* DeviceFfn() override { return F(o_m_); }
   absl::Status ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                           const float* weights, float* out) override;
-  absl::Status CombineOnDevice(const float* rows, const int32_t* slot_row, int64_t n_tok,
-                               int64_t k) override;
+  // The shared expert / FFN output is already in o_m_ (MixerOnDevice).
+  absl::Status CombineOnDevice(int64_t l, const float* rows, const int32_t* slot_row,
+                               int64_t n_tok, int64_t k) override;
   // Uploads the rows of `experts` of the stacked tensor w as one compact device matrix.
   absl::Status UploadExperts(const WeightView& w, int64_t rows_per_expert,
                              const std::vector<int32_t>& experts, WeightView* out);
@@ -1509,8 +1509,8 @@ absl::Status CudaModel::ExpertRows(int64_t l, const float* x, int64_t n_tok, con
   return cuda::synchronize(stream_);
 }
 
-absl::Status CudaModel::CombineOnDevice(const float* rows, const int32_t* slot_row, int64_t n_tok,
-                                        int64_t k) {
+absl::Status CudaModel::CombineOnDevice(int64_t /*l*/, const float* rows,
+                                        const int32_t* slot_row, int64_t n_tok, int64_t k) {
   cudaSetDevice(device_);
   if (n_tok <= 0) return absl::OkStatus();
   if (n_tok > kMaxStepTokens)

@@ -92,6 +92,91 @@ Model::CommStats Model::comm_stats(bool decode_only) const {
   return decode_only ? dist_->decode : dist_->all;
 }
 
+// The device-rows path on the CPU (Model::UseHostRows): the "device" buffers are in the given
+// RowMemory, the mixers, router, shared expert / FFN and experts run on the CPU with the host
+// path's functions, and the combine keeps the host path's order (slots in slot order, then the
+// shared expert added into that sum, then the residual), so the logits are the host path's.
+class HostRowsBackend : public RowsBackend {
+ public:
+  HostRowsBackend(Model* m, par::RowMemory* mem, bool holds_even)
+      : m_(m), mem_(mem), holds_even_(holds_even) {}
+  bool HoldsExpert(int64_t, int32_t e) const override { return holds_even_ && e % 2 == 0; }
+  par::RowMemory* Rows() override { return mem_; }
+  float* DeviceHidden() override { return Buf(4); }
+  const float* DeviceF() override { return Buf(5); }
+  absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
+                             float* weights) override {
+    float* h = Buf(4);
+    float* f = Buf(5);
+    if (!h || !f) return absl::ResourceExhaustedError("host rows: no scratch buffer");
+    int64_t N = 0;
+    for (const auto& it : batch) N += it.n_tok;
+    const Model::Layer& L = m_->layers_[l];
+    m_->Mixer(L, batch, h, f);
+    if (m_->cfg_.moe && ids) m_->Route(L, f, N, ids, weights);
+    return absl::OkStatus();
+  }
+  absl::Status ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
+                          const float* weights, float* out) override {
+    const int64_t k = m_->cfg_.n_expert_used, H = m_->cfg_.n_embd, S = n_tok * k;
+    held_.assign(ids, ids + S);
+    bool any = false;
+    for (int32_t& e : held_) {
+      if (e >= 0 && !HoldsExpert(l, e)) e = -1;
+      any = any || e >= 0;
+    }
+    if (!any) return absl::OkStatus();
+    slots_.assign(S * H, 0.0f);
+    m_->RunLocalExpertSlots(l, x, n_tok, held_.data(), weights, slots_.data());
+    int64_t p = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      if (ids[s] < 0) continue;
+      if (held_[s] >= 0) std::memcpy(out + p * H, slots_.data() + s * H, H * sizeof(float));
+      ++p;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status CombineOnDevice(int64_t l, const float* rows, const int32_t* slot_row,
+                               int64_t n_tok, int64_t k) override {
+    const int64_t H = m_->cfg_.n_embd;
+    float* h = Buf(4);
+    const float* f = Buf(5);
+    partial_.assign(n_tok * H, 0.0f);
+    const Model::Layer& L = m_->layers_[l];
+    if (k > 0) {
+      for (int64_t t = 0; t < n_tok; ++t) {
+        float* o = partial_.data() + t * H;
+        const float* r0 = rows + static_cast<int64_t>(slot_row[t * k]) * H;
+        for (int64_t i = 0; i < H; ++i) o[i] = r0[i];
+        for (int64_t j = 1; j < k; ++j) {
+          const float* rj = rows + static_cast<int64_t>(slot_row[t * k + j]) * H;
+          for (int64_t i = 0; i < H; ++i) o[i] += rj[i];
+        }
+      }
+      m_->SharedExpertAdd(L, f, n_tok, partial_.data());
+    } else {
+      m_->FfnLayer(L, l, f, n_tok, partial_.data());
+    }
+    for (int64_t i = 0; i < n_tok * H; ++i) h[i] += partial_[i];
+    return absl::OkStatus();
+  }
+
+ private:
+  float* Buf(int slot) {
+    auto p = mem_->Scratch(slot, static_cast<size_t>(512 * m_->cfg_.n_embd) * sizeof(float));
+    return p.ok() ? static_cast<float*>(*p) : nullptr;
+  }
+  Model* m_;
+  par::RowMemory* mem_;
+  bool holds_even_;
+  std::vector<int32_t> held_;
+  std::vector<float> slots_, partial_;
+};
+
+void Model::UseHostRows(par::RowMemory* mem, bool holds_even_experts) {
+  host_rows_ = std::make_shared<HostRowsBackend>(this, mem, holds_even_experts);
+}
+
 par::RowMemory* Model::CudaRows() {
   if (!EnsureCuda().ok() || !cuda_) return nullptr;
   return cuda_->Rows();
@@ -301,7 +386,8 @@ absl::Status Model::ForwardDistributedDevice(absl::Span<const StepItem> batch,
                                              CommStats* step, std::vector<float>* logits) {
   const ModelConfig& c = cfg_;
   const int me = comm->rank();
-  if (!cuda_)
+  RowsBackend* backend = cuda_ ? static_cast<RowsBackend*>(cuda_.get()) : host_rows_.get();
+  if (backend == nullptr)
     return absl::FailedPreconditionError(
         "a device data communicator needs the cuda backend (this worker runs on the cpu)");
   if (data->rank() != me || data->size() != comm->size())
@@ -313,7 +399,7 @@ absl::Status Model::ForwardDistributedDevice(absl::Span<const StepItem> batch,
     return absl::FailedPreconditionError(absl::StrCat(
         "cuda: a distributed step of ", N, " tokens; the device workspace holds ", kMaxTokens,
         " (lower the daemon's step token budget)"));
-  CudaBackend& cu = *cuda_;
+  RowsBackend& cu = *backend;
   par::RowMemory& mem = *cu.Rows();
   DistributedState& d = *dist_;
   const int64_t H = c.n_embd, k = c.n_expert_used;
@@ -381,10 +467,10 @@ absl::Status Model::ForwardDistributedDevice(absl::Span<const StepItem> batch,
       d.dispatcher->reset_stats();
       if (!st.ok()) return st;
       if (mine)
-        if (auto s2 = cu.CombineOnDevice(res.rows, res.slot_row.data(), N, k); !s2.ok())
+        if (auto s2 = cu.CombineOnDevice(l, res.rows, res.slot_row.data(), N, k); !s2.ok())
           return absl::Status(s2.code(), absl::StrCat("layer ", l, " combine: ", s2.message()));
     } else if (mine) {
-      if (auto st = cu.CombineOnDevice(nullptr, nullptr, N, 0); !st.ok()) return st;
+      if (auto st = cu.CombineOnDevice(l, nullptr, nullptr, N, 0); !st.ok()) return st;
     }
     const int next = l + 1 < c.n_layer ? pl.layer_owner[l + 1] : owner;
     if (next != owner && (me == owner || me == next)) {

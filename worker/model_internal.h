@@ -52,9 +52,42 @@ struct Model::Workspace {
 std::vector<uint8_t> GatherExpertRows(const WeightView& w, int64_t rows_per_expert,
                                       const std::vector<int32_t>& experts);
 
+// ForwardDistributed with the rows on the device (a data communicator whose ops take device
+// pointers: NCCL, or Gloo staged through the device): what it needs of the backend. The step's
+// residual stream stays in DeviceHidden() ([N][H], N <= 512) between layers. Implemented by the
+// CUDA backend, and on the CPU for tests (Model::UseHostRows).
+class RowsBackend {
+ public:
+  virtual ~RowsBackend() = default;
+  // The routed experts this device keeps (ModelOptions::cuda_experts); the others of this rank
+  // run on the host CPU.
+  virtual bool HoldsExpert(int64_t l, int32_t e) const = 0;
+  // This device's RowMemory: scratch buffers (allocated on first use, grown when a step needs
+  // more), copies and row gathers, each complete when it returns.
+  virtual par::RowMemory* Rows() = 0;
+  virtual float* DeviceHidden() = 0;
+  // As CudaBackend::Mixer with the residual stream in DeviceHidden() (updated in place):
+  // f = post_norm(hidden) stays in DeviceF(); only the router's ids / weights ([N][k], MoE; null
+  // for dense models) come to the host.
+  virtual absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
+                                     float* weights) = 0;
+  virtual const float* DeviceF() = 0;
+  // For the rows x (device, n_tok x H) and their routing (host; -1 where another rank holds the
+  // expert): each slot whose expert this device holds gets weights[s] * expert(x[t]) at row p of
+  // `out` (device), p = the slot's index among all slots with ids >= 0 in (token, slot) order
+  // (par::RowWork's layout); other rows are left alone.
+  virtual absl::Status ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
+                                  const float* weights, float* out) = 0;
+  // The owner's end of layer l: DeviceHidden()[t] += (the k slot rows of token t, rows: device,
+  // slot_row: host [n_tok][k], summed in slot order) + the shared expert's output (MoE) or the
+  // FFN's (dense, k = 0), with the float operations of the host path in its order.
+  virtual absl::Status CombineOnDevice(int64_t l, const float* rows, const int32_t* slot_row,
+                                       int64_t n_tok, int64_t k) = 0;
+};
+
 // The CUDA backend of Model (worker/model_cuda.cc; a stub that says so in builds without
 // CUDA). It uploads the bound weights once at load and runs Forward on the device.
-class CudaBackend {
+class CudaBackend : public RowsBackend {
  public:
   virtual ~CudaBackend() = default;
   virtual std::unique_ptr<SeqState::DeviceState> NewState(int64_t reserve_ctx) = 0;
@@ -87,39 +120,12 @@ class CudaBackend {
   // does it after the last layer).
   virtual absl::Status Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,
                              float* f, int32_t* ids, float* weights, float* ffn) = 0;
-  // The routed experts this shard keeps on the device (ModelOptions::cuda_experts).
-  virtual bool HoldsExpert(int64_t l, int32_t e) const = 0;
   // For the slots whose expert this shard holds: slots[t][i] = weights[t][i] * expert(x[t]) (H
   // floats), computed on the device; other slots are left as they are. x: n_tok rows of H on the
   // host, ids / weights [n_tok][k] on the host.
   virtual absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                                    const float* weights, float* slots) = 0;
 
-  // ForwardDistributed with the rows on the device (a data communicator whose ops take device
-  // pointers: NCCL, or Gloo staged through this device). The step's residual stream stays in
-  // DeviceHidden() ([N][H], N <= 512) between layers.
-  // This device's RowMemory: scratch buffers (allocated on first use, grown when a step needs
-  // more), copies and row gathers on the backend's stream, each complete when it returns.
-  virtual par::RowMemory* Rows() = 0;
-  virtual float* DeviceHidden() = 0;
-  // As Mixer with the residual stream in DeviceHidden() (updated in place): f = post_norm(hidden)
-  // stays in DeviceF() and the shared expert's / dense FFN's output in DeviceFfn(); only the
-  // router's ids / weights ([N][k], MoE; may be null for dense models) come to the host.
-  virtual absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
-                                     float* weights) = 0;
-  virtual const float* DeviceF() = 0;
-  virtual const float* DeviceFfn() = 0;
-  // For the rows x (device, n_tok x H) and their routing (host; -1 where another rank or the
-  // host RAM holds the expert): each slot whose expert this device holds gets
-  // weights[s] * expert(x[t]) at row p of `out` (device), p = the slot's index among all slots
-  // with ids >= 0 in (token, slot) order (par::RowWork's layout); other rows are left alone.
-  virtual absl::Status ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
-                                  const float* weights, float* out) = 0;
-  // The owner's end of layer l on the device: DeviceHidden()[t] += (the k slot rows of token t,
-  // rows: device, slot_row: host [n_tok][k], summed in slot order) + DeviceFfn()[t]; k = 0 for a
-  // dense layer (hidden += FFN output).
-  virtual absl::Status CombineOnDevice(const float* rows, const int32_t* slot_row, int64_t n_tok,
-                                       int64_t k) = 0;
 };
 absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const Model& m);
 
