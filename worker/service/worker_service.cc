@@ -146,6 +146,40 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
   if (!comm.ok())
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         absl::StrCat("rank ", req->rank(), " of ", req->world_size(), ": ", comm.status().message()));
+  // The rows' communicator: NCCL between the GPUs when the coordinator asks for it and every
+  // rank can make it; the ranks agree over Gloo so that all take the same path.
+  std::unique_ptr<par::Communicator> data;
+  if (req->data_plane() == "nccl") {
+    std::string why;
+#ifdef RIGSERVE_HAVE_NCCL
+    if (model_->backend() == Backend::kCuda) {
+      auto nc = par::CreateNcclCommunicator(req->rank(), req->world_size(), store_.get(),
+                                            req->rendezvous_prefix() + "nccl/",
+                                            model_->cuda_device(), timeout);
+      if (nc.ok())
+        data = std::move(*nc);
+      else
+        why = std::string(nc.status().message());
+    } else {
+      why = "this worker runs on the cpu";
+    }
+#else
+    why = "this rigserve was built without NCCL";
+#endif
+    float missing = data ? 0.0f : 1.0f;
+    if (absl::Status st = (*comm)->AllReduceSum(&missing, 1); !st.ok())
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("rank ", req->rank(), ": agreeing on the data plane: ",
+                                       st.message()));
+    if (missing > 0) {
+      data.reset();
+      std::fprintf(stderr,
+                   "rigserve worker: NCCL not used (%d of %d ranks could not create it%s%s); "
+                   "activations go over Gloo in host memory\n",
+                   static_cast<int>(missing), req->world_size(), why.empty() ? "" : "; here: ",
+                   why.c_str());
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     // A CUDA worker keeps only its own layers on the device (no-op on the CPU).
@@ -166,40 +200,6 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                               ? grpc::StatusCode::RESOURCE_EXHAUSTED
                               : grpc::StatusCode::FAILED_PRECONDITION,
                           absl::StrCat("rank ", req->rank(), ": ", st.message()));
-    // The rows' communicator: NCCL between the GPUs when the coordinator asks for it and every
-    // rank can make it; the ranks agree over Gloo so that all take the same path.
-    std::unique_ptr<par::Communicator> data;
-    if (req->data_plane() == "nccl") {
-      std::string why;
-#ifdef RIGSERVE_HAVE_NCCL
-      if (model_->backend() == Backend::kCuda) {
-        auto nc = par::CreateNcclCommunicator(req->rank(), req->world_size(), store_.get(),
-                                              req->rendezvous_prefix() + "nccl/",
-                                              model_->cuda_device(), timeout);
-        if (nc.ok())
-          data = std::move(*nc);
-        else
-          why = std::string(nc.status().message());
-      } else {
-        why = "this worker runs on the cpu";
-      }
-#else
-      why = "this rigserve was built without NCCL";
-#endif
-      float missing = data ? 0.0f : 1.0f;
-      if (absl::Status st = (*comm)->AllReduceSum(&missing, 1); !st.ok())
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            absl::StrCat("rank ", req->rank(), ": agreeing on the data plane: ",
-                                         st.message()));
-      if (missing > 0) {
-        data.reset();
-        std::fprintf(stderr,
-                     "rigserve worker: NCCL not used (%d of %d ranks could not create it%s%s); "
-                     "activations go over Gloo in host memory\n",
-                     static_cast<int>(missing), req->world_size(), why.empty() ? "" : "; here: ",
-                     why.c_str());
-      }
-    }
     exec_.SetDistributed(std::move(*comm), std::move(pl), std::move(data));
   }
   resp->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
