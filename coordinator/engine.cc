@@ -304,16 +304,32 @@ absl::Status Engine::ConnectGroup() {
   // fall back to host memory together when one cannot create it).
   std::string data_plane = "host";
   if (opts_.data_plane != "host") {
-    bool all_gpu = true;
+    bool all_gpu = true, shared = false;
+    std::string why;
+    std::map<std::string, std::string> gpu_of;  // (host, device) -> worker: NCCL wants one rank per GPU
     for (auto& w : workers_) {
       auto d = w->Describe(false);
       if (!d.ok()) return d.status();
-      all_gpu = all_gpu && absl::StartsWith(d->device(), "cuda");
+      if (!absl::StartsWith(d->device(), "cuda")) {
+        all_gpu = false;
+        why = absl::StrCat("worker ", w->name(), " is on the ", d->device().empty() ? "cpu" : d->device());
+        break;
+      }
+      const std::string key = absl::StrCat(d->host_id(), "/", d->device());
+      if (!d->host_id().empty() && gpu_of.count(key)) {
+        all_gpu = false;
+        shared = true;
+        why = absl::StrCat("workers ", gpu_of[key], " and ", w->name(), " share ", d->device(),
+                           " (NCCL needs one GPU per worker)");
+        break;
+      }
+      gpu_of[key] = w->name();
     }
-    if (all_gpu) data_plane = "nccl";
-    else if (opts_.data_plane == "nccl")
-      std::fprintf(stderr, "rigserve: --data-plane nccl, but not every worker is on a GPU: "
-                           "activations go over Gloo in host memory\n");
+    if (all_gpu)
+      data_plane = "nccl";
+    else if (opts_.data_plane == "nccl" || shared)
+      std::fprintf(stderr, "rigserve: --data-plane %s, but %s: activations go over Gloo in host "
+                           "memory\n", opts_.data_plane.c_str(), why.c_str());
   }
   for (int r = 0; r < n; ++r) {
     pb::LoadRequest req;
