@@ -59,6 +59,10 @@ class Communicator {
                                  const std::vector<size_t>& recv_offsets,
                                  const std::vector<size_t>& recv_bytes) = 0;
   virtual absl::Status Barrier() = 0;
+  // Leaves the group without waiting for the peers (a regroup after a failure: some may be
+  // gone). Every later op fails. NCCL aborts its communicator (destroying it could wait for a
+  // dead peer); the Gloo and solo ones have nothing to wait for and do nothing.
+  virtual void Abort() {}
 };
 
 // Gloo over TCP on `bind_address` (an IP of this host; "127.0.0.1" on loopback). `prefix`

@@ -915,6 +915,12 @@ TEST(Nccl, CreateOrSkipWithoutDevice) {
   EXPECT_STREQ((*comm)->backend(), "nccl");
   absl::Status self = NcclSelfTest(**comm);
   EXPECT_TRUE(self.ok()) << self;
+  // Abort (a regroup): every later op fails at once, naming the cause; the destructor is quick.
+  (*comm)->Abort();
+  absl::Status after = (*comm)->Barrier();
+  EXPECT_EQ(after.code(), absl::StatusCode::kFailedPrecondition) << after;
+  EXPECT_NE(after.message().find("aborted"), std::string::npos) << after;
+  comm->reset();
   // A peer that never joins: creation gives up within the timeout (non-blocking init + abort).
   auto t0 = Clock::now();
   auto lonely = CreateNcclCommunicator(0, 2, store.get(), "nccl-lonely", 0, Ms(1000));

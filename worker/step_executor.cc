@@ -18,7 +18,10 @@ void StepExecutor::Reset() {
 void StepExecutor::SetDistributed(std::unique_ptr<par::Communicator> comm,
                                   Model::Placement placement,
                                   std::unique_ptr<par::Communicator> data) {
-  data_.reset();  // it may stage through or sit beside the old comm_
+  // The old group is over (a regroup: some peers may be gone); the data communicator may stage
+  // through or sit beside the old comm_, so it goes first.
+  if (data_) data_->Abort();
+  data_.reset();
   comm_ = std::move(comm);
   data_ = std::move(data);
   placement_ = std::move(placement);

@@ -207,6 +207,11 @@ class NcclCommunicator : public Communicator {
     }
   }
 
+  void Abort() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    (void)Fail(absl::CancelledError("aborted: the group re-forms"));
+  }
+
   absl::Status Fail(absl::Status s) {
     if (broken_.ok()) {
       broken_ = s;
