@@ -190,6 +190,7 @@ class CudaModel : public CudaBackend {
   absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                            const float* weights, float* slots) override;
   par::RowMemory* Rows() override;
+  absl::Status ReserveRows() override;
   float* DeviceHidden() override { return F(o_hidden_); }
   absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
                              float* weights) override;
@@ -1443,6 +1444,21 @@ absl::Status CudaModel::ExpertSlots(int64_t l, const float* x, int64_t n_tok,
 par::RowMemory* CudaModel::Rows() {
   if (!rows_) rows_ = std::make_unique<CudaRowMemory>(device_, stream_);
   return rows_.get();
+}
+
+absl::Status CudaModel::ReserveRows() {
+  cudaSetDevice(device_);
+  if (!c_.moe) return absl::OkStatus();
+  const size_t T = kMaxStepTokens, H = c_.n_embd, k = c_.n_expert_used;
+  const size_t row = T * (H + 2 * k) * 4, slots = T * k * H * 4;
+  const size_t want[4] = {row, row, slots, slots};  // send, receive, slot results, combine
+  for (int i = 0; i < 4; ++i)
+    if (auto b = Rows()->Scratch(i, want[i]); !b.ok()) return b.status();
+  if (auto ix = Indices(3 * T * k); !ix.ok()) return ix.status();
+  // The RowMemory's gather index array (its first allocation holds 16K rows): one row, into
+  // scratch that the next mixer overwrites.
+  const int32_t row0 = 0;
+  return Rows()->GatherRows(F(o_a_), F(o_hidden_), &row0, 1, H);
 }
 
 absl::StatusOr<int32_t*> CudaModel::Indices(size_t ints) {

@@ -102,6 +102,7 @@ class HostRowsBackend : public RowsBackend {
       : m_(m), mem_(mem), holds_even_(holds_even) {}
   bool HoldsExpert(int64_t, int32_t e) const override { return holds_even_ && e % 2 == 0; }
   par::RowMemory* Rows() override { return mem_; }
+  absl::Status ReserveRows() override { return absl::OkStatus(); }
   float* DeviceHidden() override { return Buf(4); }
   const float* DeviceF() override { return Buf(5); }
   absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
@@ -175,6 +176,11 @@ class HostRowsBackend : public RowsBackend {
 
 void Model::UseHostRows(par::RowMemory* mem, bool holds_even_experts) {
   host_rows_ = std::make_shared<HostRowsBackend>(this, mem, holds_even_experts);
+}
+
+absl::Status Model::ReserveDeviceRows() {
+  if (auto st = EnsureCuda(); !st.ok()) return st;
+  return cuda_ ? cuda_->ReserveRows() : absl::OkStatus();
 }
 
 par::RowMemory* Model::CudaRows() {

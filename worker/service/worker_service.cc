@@ -200,6 +200,11 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                               ? grpc::StatusCode::RESOURCE_EXHAUSTED
                               : grpc::StatusCode::FAILED_PRECONDITION,
                           absl::StrCat("rank ", req->rank(), ": ", st.message()));
+    if (data)
+      if (auto st = model_->ReserveDeviceRows(); !st.ok())
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            absl::StrCat("rank ", req->rank(), ": the dispatch buffers: ",
+                                         st.message()));
     exec_.SetDistributed(std::move(*comm), std::move(pl), std::move(data));
   }
   resp->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
