@@ -157,7 +157,9 @@ class MoeDispatcher {
   // The same exchange with the rows in `mem`, moved by `data` (whose ops take `mem` pointers);
   // the count broadcast goes over this dispatcher's communicator, which must be the same group
   // (same ranks) as `data`. Wire layout and messages as Run in per-slot mode. `result` is
-  // filled on the owner.
+  // filled on the owner. As in Run, a failed callback still takes part in the combine (with
+  // zeros); a RowMemory failure or a received expert this rank does not hold returns at once,
+  // and the peers fail with the communicator's timeout (the group then re-forms).
   absl::Status RunRows(const RowLayer& layer, RowMemory& mem, Communicator& data,
                        const RowFn& compute, RowResult* result);
 

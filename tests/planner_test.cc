@@ -160,12 +160,15 @@ TEST(Planner, Outcome122bIq4xsOn3x24GiBFitsOnGpus) {
     for (int w = 0; w < 3; ++w) EXPECT_GT(per[w], 50) << "layer " << l << " worker " << w;
   }
   EXPECT_NE(PlanTable(*p).find("fits on GPUs alone"), std::string::npos);
-  // Each worker's workspace holds the group's dispatch buffers: 512 tokens x 2 x (H + 2k + kH)
-  // floats (H 3072, k 8: 50.6 MB), on top of the activations (and the first stage has no logits).
+  // Each worker's workspace holds the group's dispatch buffers: 512 tokens x ((3 + 1) x (H + 2k)
+  // + 2kH) floats (H 3072, k 8, 3 workers: 126 MB), on top of the activations (and the first
+  // stage has no logits).
   const ModelShape& m = p->shape;
-  EXPECT_EQ(DispatchWorkspaceBytes(m, 512), 512ull * 2 * (3072 + 16 + 8 * 3072) * 4);
+  EXPECT_EQ(DispatchWorkspaceBytes(m, 512, 3), 512ull * (4 * (3072 + 16) + 2 * 8 * 3072) * 4);
+  EXPECT_EQ(DispatchWorkspaceBytes(m, 512, 1), 0u);
+  EXPECT_EQ(DispatchWorkspaceBytes(m, 512, 20), 512ull * (9 * (3072 + 16) + 2 * 8 * 3072) * 4);
   EXPECT_EQ(p->workers[0].devices[0].use.workspace,
-            WorkspaceBytes(m, 512, 1, false) + DispatchWorkspaceBytes(m, 512) +
+            WorkspaceBytes(m, 512, 1, false) + DispatchWorkspaceBytes(m, 512, 3) +
                 ExpertWorkspaceBytes(m, 512));
 }
 

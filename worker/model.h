@@ -205,9 +205,9 @@ class Model {
   // The cuda backend's RowMemory (made on first use); null on the cpu backend or when the
   // device copy cannot be made.
   par::RowMemory* CudaRows();
-  // The cuda backend's dispatch buffers for the device-rows path, allocated now (a group rank
-  // with an NCCL data plane, at load); no-op on the cpu.
-  absl::Status ReserveDeviceRows();
+  // The cuda backend's dispatch buffers for the device-rows path in a group of `world` ranks,
+  // allocated now (a group rank with an NCCL data plane, at load); no-op on the cpu.
+  absl::Status ReserveDeviceRows(int world);
   // Tests of the device-rows path without a GPU: a cpu model runs ForwardDistributed(..., data)
   // with its "device" buffers in `mem` (which must outlive the model's use of it; the ops of
   // `data` take its pointers), the mixers and experts on the CPU; with `holds_even_experts` the

@@ -190,7 +190,7 @@ class CudaModel : public CudaBackend {
   absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                            const float* weights, float* slots) override;
   par::RowMemory* Rows() override;
-  absl::Status ReserveRows() override;
+  absl::Status ReserveRows(int world) override;
   float* DeviceHidden() override { return F(o_hidden_); }
   absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
                              float* weights) override;
@@ -1446,12 +1446,14 @@ par::RowMemory* CudaModel::Rows() {
   return rows_.get();
 }
 
-absl::Status CudaModel::ReserveRows() {
+absl::Status CudaModel::ReserveRows(int world) {
   cudaSetDevice(device_);
   if (!c_.moe) return absl::OkStatus();
   const size_t T = kMaxStepTokens, H = c_.n_embd, k = c_.n_expert_used;
   const size_t row = T * (H + 2 * k) * 4, slots = T * k * H * 4;
-  const size_t want[4] = {row, row, slots, slots};  // send, receive, slot results, combine
+  // The owner sends a token once to each rank holding one of its experts (itself included).
+  const size_t copies = std::min<size_t>(std::max(world, 1), k);
+  const size_t want[4] = {copies * row, row, slots, slots};  // send, receive, slots, combine
   for (int i = 0; i < 4; ++i)
     if (auto b = Rows()->Scratch(i, want[i]); !b.ok()) return b.status();
   if (auto ix = Indices(3 * T * k); !ix.ok()) return ix.status();

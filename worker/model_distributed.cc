@@ -102,7 +102,7 @@ class HostRowsBackend : public RowsBackend {
       : m_(m), mem_(mem), holds_even_(holds_even) {}
   bool HoldsExpert(int64_t, int32_t e) const override { return holds_even_ && e % 2 == 0; }
   par::RowMemory* Rows() override { return mem_; }
-  absl::Status ReserveRows() override { return absl::OkStatus(); }
+  absl::Status ReserveRows(int) override { return absl::OkStatus(); }
   float* DeviceHidden() override { return Buf(4); }
   const float* DeviceF() override { return Buf(5); }
   absl::Status MixerOnDevice(absl::Span<const StepItem> batch, int64_t l, int32_t* ids,
@@ -178,9 +178,9 @@ void Model::UseHostRows(par::RowMemory* mem, bool holds_even_experts) {
   host_rows_ = std::make_shared<HostRowsBackend>(this, mem, holds_even_experts);
 }
 
-absl::Status Model::ReserveDeviceRows() {
+absl::Status Model::ReserveDeviceRows(int world) {
   if (auto st = EnsureCuda(); !st.ok()) return st;
-  return cuda_ ? cuda_->ReserveRows() : absl::OkStatus();
+  return cuda_ ? cuda_->ReserveRows(world) : absl::OkStatus();
 }
 
 par::RowMemory* Model::CudaRows() {
@@ -302,7 +302,21 @@ absl::Status Model::ForwardDistributed(absl::Span<const StepItem> batch, par::Co
     if (c.moe) {
       if (mine && !cuda_) Route(L, f, N, d.ids.data(), d.ew.data());
       if (world == 1) {
-        RunLocalExpertSlots(l, f, N, d.ids.data(), d.ew.data(), d.slots.data());
+        // A group of one: the same split as a rank's (GPU experts on the device, the rest here).
+        par::ExpertWork w;
+        w.layer = static_cast<int>(l);
+        w.num_tokens = static_cast<size_t>(N);
+        w.hidden = static_cast<size_t>(H);
+        w.top_k = static_cast<int>(k);
+        w.x = f;
+        w.experts = d.ids.data();
+        w.weights = d.ew.data();
+        w.out = d.slots.data();
+        w.per_slot = true;
+        if (absl::Status st = compute(w); !st.ok()) {
+          Add(&d.all, step);
+          return absl::Status(st.code(), absl::StrCat("layer ", l, " experts: ", st.message()));
+        }
       } else {
         par::MoeLayer ml;
         ml.layer = static_cast<int>(l);

@@ -65,10 +65,10 @@ class RowsBackend {
   // This device's RowMemory: scratch buffers (allocated on first use, grown when a step needs
   // more), copies and row gathers, each complete when it returns.
   virtual par::RowMemory* Rows() = 0;
-  // Allocates Rows()' dispatch buffers (and index arrays) for a full step now, at load, so that
-  // no step allocates (par::MoeDispatcher::RunRows' scratch slots 0-3; the planner counts them
-  // as DispatchWorkspaceBytes).
-  virtual absl::Status ReserveRows() = 0;
+  // Allocates Rows()' dispatch buffers (and index arrays) for a full step of a group of `world`
+  // ranks now, at load, so that no step allocates (par::MoeDispatcher::RunRows' scratch slots
+  // 0-3; the planner counts them as DispatchWorkspaceBytes).
+  virtual absl::Status ReserveRows(int world) = 0;
   virtual float* DeviceHidden() = 0;
   // As CudaBackend::Mixer with the residual stream in DeviceHidden() (updated in place):
   // f = post_norm(hidden) stays in DeviceF(); only the router's ids / weights ([N][k], MoE; null

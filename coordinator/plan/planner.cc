@@ -106,10 +106,11 @@ uint64_t WorkspaceBytes(const ModelShape& m, int64_t batch_tokens, int64_t slots
   return b;
 }
 
-uint64_t DispatchWorkspaceBytes(const ModelShape& m, int64_t batch_tokens) {
-  if (m.n_expert == 0) return 0;
+uint64_t DispatchWorkspaceBytes(const ModelShape& m, int64_t batch_tokens, int64_t workers) {
+  if (m.n_expert == 0 || workers < 2) return 0;
   const int64_t row = m.n_embd + 2 * m.n_expert_used, slots = m.n_expert_used * m.n_embd;
-  return static_cast<uint64_t>(batch_tokens) * 2 * (row + slots) * 4;
+  const int64_t copies = std::min<int64_t>(workers, m.n_expert_used);  // a token, once per rank
+  return static_cast<uint64_t>(batch_tokens) * ((copies + 1) * row + 2 * slots) * 4;
 }
 
 uint64_t ExpertWorkspaceBytes(const ModelShape& m, int64_t batch_tokens) {
@@ -374,7 +375,7 @@ absl::StatusOr<Plan> MakePlan(const PlanRequest& req) {
     if (wp.embedding) d.use.weights += embd_bytes;
     if (wp.lm_head) d.use.weights += head_bytes;
     d.use.workspace = WorkspaceBytes(m, req.batch_tokens, req.slots, wp.lm_head);
-    if (W > 1) d.use.workspace += DispatchWorkspaceBytes(m, req.batch_tokens);
+    d.use.workspace += DispatchWorkspaceBytes(m, req.batch_tokens, W);
     d.use.margin = Margin(req, d.capacity);
     wp.stage_cost = d.use.weights - (wp.embedding ? embd_bytes : 0) + d.use.kv + d.use.state;
     if (d.use.total() > d.capacity)

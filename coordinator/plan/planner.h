@@ -184,10 +184,12 @@ struct Plan {
 // plus slots x n_vocab x 4 B of logits on the last stage.
 uint64_t WorkspaceBytes(const ModelShape& m, int64_t batch_tokens, int64_t slots, bool lm_head);
 // A group's MoE dispatch buffers on each worker's primary memory (its GPU on the device path,
-// host RAM otherwise): send and receive rows (H + 2k floats per token) and the slot results and
-// the owner's combine buffer (k x H floats per token): batch_tokens x 2 x (H + 2k + kH) x 4 B.
-// Zero for dense models; not counted for a single worker.
-uint64_t DispatchWorkspaceBytes(const ModelShape& m, int64_t batch_tokens);
+// host RAM otherwise): the owner's send rows (H + 2k floats, a token once per rank holding one of
+// its experts: up to min(workers, k) copies), the received rows (once), the slot results and the
+// owner's combine buffer (k x H floats per token each):
+// batch_tokens x ((min(workers, k) + 1) x (H + 2k) + 2kH) x 4 B. Zero for dense models and for a
+// single worker.
+uint64_t DispatchWorkspaceBytes(const ModelShape& m, int64_t batch_tokens, int64_t workers);
 // Scratch of a device that runs routed experts: batch_tokens x k x (2I + H) x 4 B.
 uint64_t ExpertWorkspaceBytes(const ModelShape& m, int64_t batch_tokens);
 

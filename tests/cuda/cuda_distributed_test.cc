@@ -163,7 +163,7 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
 #endif
       // The host path first (the reference of the device path), then the path under test.
       if (c.rows > 0)
-        if (auto st = m->ReserveDeviceRows(); !st.ok()) { errors[r] = st.ToString(); return; }
+        if (auto st = m->ReserveDeviceRows(world); !st.ok()) { errors[r] = st.ToString(); return; }
       std::vector<par::Communicator*> paths = {nullptr};
       if (c.rows > 0) paths.push_back(data.get());
       for (par::Communicator* dc : paths) {

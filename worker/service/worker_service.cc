@@ -201,7 +201,7 @@ grpc::Status WorkerServiceImpl::Load(grpc::ServerContext*, const pb::LoadRequest
                               : grpc::StatusCode::FAILED_PRECONDITION,
                           absl::StrCat("rank ", req->rank(), ": ", st.message()));
     if (data)
-      if (auto st = model_->ReserveDeviceRows(); !st.ok())
+      if (auto st = model_->ReserveDeviceRows(req->world_size()); !st.ok())
         return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                             absl::StrCat("rank ", req->rank(), ": the dispatch buffers: ",
                                          st.message()));
