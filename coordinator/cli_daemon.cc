@@ -86,8 +86,9 @@ void AddEngineOptions(Args& a) {
            "fed with the tensor table and each worker's memory; as `rigserve plan`) | even "
            "(even layer split, experts round-robin)", "plan")
       .opt("collective-timeout-ms", "timeout of the workers' collectives", "10000")
-      .opt("data-plane", "where a group's activations move: auto (NCCL between GPUs when every "
-           "worker is on one), nccl, host (Gloo, host memory)", "auto");
+      .opt("data-plane", "where a group's activations move: auto (NCCL between the GPUs when every "
+           "worker has one of its own), nccl (ask every worker; all fall back to Gloo together if "
+           "one cannot), host (Gloo, host memory)", "auto");
 }
 
 // Reads the weights in once, logging bytes, percent and time (mmap would otherwise load them

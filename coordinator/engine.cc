@@ -300,8 +300,9 @@ absl::Status Engine::ConnectGroup() {
     opts_.drop_rendezvous_prefix(absl::StrCat("rs/g", generation_, "/"));
   ++generation_;
   std::vector<std::future<absl::StatusOr<pb::LoadResponse>>> fs;
-  // The data plane: NCCL when every worker is on a GPU (the workers agree among themselves and
-  // fall back to host memory together when one cannot create it).
+  // The data plane: NCCL when every worker is on a GPU and no two share one (auto), or whenever
+  // asked (nccl); the workers agree among themselves and fall back to host memory together when
+  // one cannot create its NCCL communicator.
   std::string data_plane = "host";
   if (opts_.data_plane != "host") {
     bool all_gpu = true, shared = false;
@@ -325,11 +326,13 @@ absl::Status Engine::ConnectGroup() {
       }
       gpu_of[key] = w->name();
     }
-    if (all_gpu)
-      data_plane = "nccl";
-    else if (opts_.data_plane == "nccl" || shared)
-      std::fprintf(stderr, "rigserve: --data-plane %s, but %s: activations go over Gloo in host "
-                           "memory\n", opts_.data_plane.c_str(), why.c_str());
+    if (all_gpu || opts_.data_plane == "nccl") data_plane = "nccl";
+    if (!all_gpu && opts_.data_plane == "nccl")
+      std::fprintf(stderr, "rigserve: --data-plane nccl, but %s: the workers will fall back to "
+                           "Gloo in host memory together\n", why.c_str());
+    else if (shared)
+      std::fprintf(stderr, "rigserve: --data-plane auto, but %s: activations go over Gloo in host "
+                           "memory\n", why.c_str());
   }
   for (int r = 0; r < n; ++r) {
     pb::LoadRequest req;

@@ -43,8 +43,9 @@ struct EngineOptions {
   std::string coordinator_address;   // where workers reach the Rendezvous service
   std::string bind_address = "127.0.0.1";
   int collective_timeout_ms = 10000;
-  // Where a group's activations move: "auto" (NCCL when every worker is on a GPU), "nccl" (the
-  // same; the log says why when a worker cannot), "host" (Gloo in host memory).
+  // Where a group's activations move: "auto" (NCCL when every worker is on a GPU of its own),
+  // "nccl" (asked of every worker: those that cannot say why and all fall back together), "host"
+  // (Gloo in host memory).
   std::string data_plane = "auto";
   std::string layer_split;           // "0-3,4-7,...": layers per worker (default: the plan's)
   // Several workers: layer ranges and experts from the placement planner (coordinator/plan/)
