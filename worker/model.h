@@ -194,11 +194,11 @@ class Model {
     // worker runs every expert on its CPU either way.
     std::vector<std::vector<int>> expert_device;
   };
-  // `data` (optional, cuda backend only): the communicator of the rows, whose ops take device
-  // pointers (NCCL; or par::MakeStagedCommunicator over comm and CudaRows()); then the residual
-  // stream, the dispatched rows and the slot results stay on the GPU and only control messages
-  // (counts, hand-off headers) go over `comm`. Without it everything goes over `comm` in host
-  // memory (CUDA ranks copy each layer's rows in and out).
+  // `data` (optional; the cuda backend, or a cpu model after UseHostRows): the communicator of
+  // the rows, whose ops take device pointers (NCCL; or par::MakeStagedCommunicator over comm and
+  // CudaRows()); then the residual stream, the dispatched rows and the slot results stay on the
+  // GPU and only control messages (counts, hand-off headers) go over `comm`. Without it
+  // everything goes over `comm` in host memory (CUDA ranks copy each layer's rows in and out).
   absl::Status ForwardDistributed(absl::Span<const StepItem> batch, par::Communicator* comm,
                                   const Placement& placement, std::vector<float>* logits,
                                   par::Communicator* data = nullptr);
