@@ -839,10 +839,8 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
     uint8_t* K = kv(st->buf.get(), st->cap, ai, 0);
     uint8_t* V = kv(st->buf.get(), st->cap, ai, 1);
     // Positions come from d_pos_ (n_past + t): a graph replays these launches at any length.
-    RS_CU(cuda::kv_store_at(kk + r0 * nkv * hd, T, nkv * hd, kv_type_, K, kv_row_, d_pos_ + r0,
-                            stream_));
-    RS_CU(cuda::kv_store_at(vv + r0 * nkv * hd, T, nkv * hd, kv_type_, V, kv_row_, d_pos_ + r0,
-                            stream_));
+    RS_CU(cuda::kv_store_kv_at(kk + r0 * nkv * hd, vv + r0 * nkv * hd, T, nkv * hd, kv_type_, K,
+                               V, kv_row_, d_pos_ + r0, stream_));
     const KvView kview{kv_type_, K, nkv, hd, kv_row_};
     const KvView vview{kv_type_, V, nkv, hd, kv_row_};
     if (!graph && T >= kFlashPrefillTokens && flash_ok_) {

@@ -214,9 +214,11 @@ absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const
   return st("dn_gates",
             glue::launch_dn_gates(b, al, ssm_a, dt_bias, n_tok, Hv, g, beta, as_stream(s)));
 }
-absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
-                         size_t row_bytes, const int64_t* pos, Stream s) {
-  if (pos == nullptr) return absl::InvalidArgumentError("kv_store_at: positions are null");
+namespace {
+// The kernel kind of a KV type (0 F32, 1 F16, 2 Q8_0), after checking n and the row size.
+absl::StatusOr<int> KvKind(const char* op, int64_t n, GgmlType type, size_t row_bytes,
+                           const int64_t* pos) {
+  if (pos == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": positions are null"));
   int kind = 0;
   size_t need = static_cast<size_t>(n) * 4;
   if (type == GgmlType::F16) {
@@ -225,17 +227,36 @@ absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType ty
   } else if (type == GgmlType::Q8_0) {
     kind = 2;
     if (n % 32 != 0)
-      return absl::InvalidArgumentError(absl::StrCat("kv_store_at: q8_0 needs n % 32 == 0, n = ", n));
+      return absl::InvalidArgumentError(absl::StrCat(op, ": q8_0 needs n % 32 == 0, n = ", n));
     need = static_cast<size_t>(n / 32) * 34;
   } else if (type != GgmlType::F32) {
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_store_at: KV type ", type_name(type), " (F32, F16 or Q8_0)"));
+        absl::StrCat(op, ": KV type ", type_name(type), " (F32, F16 or Q8_0)"));
   }
   if (row_bytes < need)
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_store_at: row_bytes ", row_bytes, " < ", need, " for ", n, " values"));
-  return st("kv_store_at",
-            glue::launch_kv_store(src, n_tok, n, kind, dst, row_bytes, pos, as_stream(s)));
+        absl::StrCat(op, ": row_bytes ", row_bytes, " < ", need, " for ", n, " values"));
+  return kind;
+}
+}  // namespace
+
+absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* dst,
+                         size_t row_bytes, const int64_t* pos, Stream s) {
+  absl::StatusOr<int> kind = KvKind("kv_store_at", n, type, row_bytes, pos);
+  if (!kind.ok()) return kind.status();
+  return st("kv_store_at", glue::launch_kv_store(&src, &dst, 1, n_tok, n, *kind, row_bytes, pos,
+                                                 as_stream(s)));
+}
+
+absl::Status kv_store_kv_at(const float* k, const float* v, int64_t n_tok, int64_t n,
+                            GgmlType type, void* K, void* V, size_t row_bytes, const int64_t* pos,
+                            Stream s) {
+  absl::StatusOr<int> kind = KvKind("kv_store_kv_at", n, type, row_bytes, pos);
+  if (!kind.ok()) return kind.status();
+  const float* src[2] = {k, v};
+  void* dst[2] = {K, V};
+  return st("kv_store_kv_at", glue::launch_kv_store(src, dst, 2, n_tok, n, *kind, row_bytes, pos,
+                                                    as_stream(s)));
 }
 absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                       Stream s) {

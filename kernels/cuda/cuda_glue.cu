@@ -8,6 +8,7 @@
 #include "kernels/cuda/cuda_glue_launch.h"
 #include "kernels/cuda/attn_prep_kernel.cuh"
 #include "kernels/cuda/norm_q8_kernel.cuh"
+#include "kernels/cuda/kv_store_kernel.cuh"
 #include "kernels/cuda/row_ops_kernel.cuh"
 
 namespace rs::cuda::glue {
@@ -40,51 +41,6 @@ __global__ void dn_gates_kernel(const float* __restrict__ b, const float* __rest
   const int64_t h = i % Hv;
   beta[i] = sigmoid_d(b[i]);
   g[i] = ssm_a[h] * softplus_d(al[i] + dt_bias[h]);
-}
-
-__global__ void kv_store_f32_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
-                                    uint8_t* __restrict__ dst, size_t row_bytes,
-                                    const int64_t* __restrict__ pos) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n_tok * n) return;
-  const int64_t r = i / n, c = i % n;
-  reinterpret_cast<float*>(dst + pos[r] * row_bytes)[c] = src[i];
-}
-
-__global__ void kv_store_f16_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
-                                    uint8_t* __restrict__ dst, size_t row_bytes,
-                                    const int64_t* __restrict__ pos) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n_tok * n) return;
-  const int64_t r = i / n, c = i % n;
-  reinterpret_cast<__half*>(dst + pos[r] * row_bytes)[c] = __float2half_rn(src[i]);
-}
-
-// One warp per block of 32 values: d = fp16(amax / 127), q = clamp(rint(x / d)).
-__global__ void kv_store_q8_kernel(const float* __restrict__ src, int64_t n_tok, int64_t n,
-                                   uint8_t* __restrict__ dst, size_t row_bytes,
-                                   const int64_t* __restrict__ pos) {
-  const int64_t nb = n / 32;
-  const int64_t blk = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  if (blk >= n_tok * nb) return;
-  const int64_t r = blk / nb, b = blk % nb;
-  const float x = src[r * n + b * 32 + lane];
-  float amax = fabsf(x);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
-  const __half dh = __float2half_rn(amax / 127.0f);
-  const float d = __half2float(dh);
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  int q = __float2int_rn(x * id);
-  q = q < -127 ? -127 : (q > 127 ? 127 : q);
-  uint8_t* block = dst + pos[r] * row_bytes + b * 34;  // {fp16 d, int8 qs[32]}
-  if (lane == 0) {
-    const unsigned short bits = __half_as_ushort(dh);
-    block[0] = static_cast<uint8_t>(bits & 0xFF);
-    block[1] = static_cast<uint8_t>(bits >> 8);
-  }
-  block[2 + lane] = static_cast<uint8_t>(static_cast<int8_t>(q));
 }
 
 __global__ void swiglu_rows_kernel(const float* __restrict__ gate, int64_t ldg,
@@ -248,17 +204,27 @@ cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
   if (n > 0) dn_gates_kernel<<<grid_for(n), kThreads, 0, s>>>(b, al, ssm_a, dt_bias, n, Hv, g, beta);
   return cudaGetLastError();
 }
-cudaError_t launch_kv_store(const float* src, int64_t n_tok, int64_t n, int kind, void* dst,
-                            size_t row_bytes, const int64_t* pos, cudaStream_t s) {
-  uint8_t* d = static_cast<uint8_t*>(dst);
+cudaError_t launch_kv_store(const float* const* src, void* const* dst, int pairs, int64_t n_tok,
+                            int64_t n, int kind, size_t row_bytes, const int64_t* pos,
+                            cudaStream_t s) {
+  KvStoreArgs a;
+  for (int i = 0; i < pairs; ++i) {
+    a.src[i] = src[i];
+    a.dst[i] = static_cast<uint8_t*>(dst[i]);
+  }
+  a.n_tok = n_tok;
+  a.n = n;
+  a.row_bytes = row_bytes;
+  a.pos = pos;
   const int64_t total = n_tok * n;
-  if (total <= 0) return cudaGetLastError();
+  if (total <= 0 || pairs <= 0) return cudaGetLastError();
+  const unsigned y = static_cast<unsigned>(pairs);
   if (kind == 0)
-    kv_store_f32_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes, pos);
+    kv_store_f32_kernel<<<dim3(grid_for(total), y), kKvStoreThreads, 0, s>>>(a);
   else if (kind == 1)
-    kv_store_f16_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes, pos);
+    kv_store_f16_kernel<<<dim3(grid_for(total), y), kKvStoreThreads, 0, s>>>(a);
   else
-    kv_store_q8_kernel<<<grid_for(total), kThreads, 0, s>>>(src, n_tok, n, d, row_bytes, pos);
+    kv_store_q8_kernel<<<dim3(grid_for(total), y), kKvStoreThreads, 0, s>>>(a);  // a warp per 32
   return cudaGetLastError();
 }
 cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,

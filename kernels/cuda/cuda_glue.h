@@ -30,6 +30,10 @@ absl::Status dn_gates(const float* b, const float* al, const float* ssm_a, const
 // (a device array of positions: the launch does not depend on the sequence's length).
 absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType type, void* base,
                          size_t row_bytes, const int64_t* d_pos, Stream s = nullptr);
+// kv_store_at for K and V (same shape, type and positions) in one launch.
+absl::Status kv_store_kv_at(const float* k, const float* v, int64_t n_tok, int64_t n,
+                            GgmlType type, void* K, void* V, size_t row_bytes,
+                            const int64_t* d_pos, Stream s = nullptr);
 // rows x n logits: x[r][ids[i]] = -inf for the n_ids ids (the vocabulary's unused ids).
 absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                       Stream s = nullptr);
