@@ -1167,9 +1167,17 @@ absl::Status CudaModel::Head(const std::vector<int64_t>& rows, size_t i0, int64_
                              HeadMode mode) {
   const int64_t H = c_.n_embd;
   float* a = F(o_a_);
-  for (int64_t i = 0; i < n; ++i)
-    RS_CU(cuda::copy_device(a + i * H, F(o_hidden_) + rows[i0 + i] * H, H * 4, stream_));
-  RS_CU(cuda::rms_norm(a, output_norm_, n, H, c_.eps, a, stream_));
+  // The rows to normalise: read in place when they are consecutive (a decode step's are),
+  // else gathered first.
+  bool consecutive = true;
+  for (int64_t i = 1; i < n; ++i) consecutive = consecutive && rows[i0 + i] == rows[i0] + i;
+  const float* x = a;
+  if (consecutive && n > 0)
+    x = F(o_hidden_) + rows[i0] * H;
+  else
+    for (int64_t i = 0; i < n; ++i)
+      RS_CU(cuda::copy_device(a + i * H, F(o_hidden_) + rows[i0 + i] * H, H * 4, stream_));
+  RS_CU(cuda::rms_norm(x, output_norm_, n, H, c_.eps, a, stream_));
   RS_CU(Mm(output_, a, n, F(o_logits_)));
   if (mode != HeadMode::kLogits && n_unused_ > 0)
     RS_CU(cuda::mask_ids(F(o_logits_), n, c_.n_vocab, d_unused_, n_unused_, stream_));
