@@ -22,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/str_split.h"
 #include "coordinator/daemon.h"
@@ -64,7 +65,8 @@ void AddWorkerOptions(Args& a) {
       .opt("synthetic", "in-memory random model PRESET:QUANT instead of a file")
       .opt("backend", "reference | cpu | cuda", "cpu")
       .opt("device", "cpu | cuda:N: where the model runs (cuda:N = the CUDA backend on GPU N; "
-           "default cpu, or cuda:0 with --backend cuda)")
+           "default cpu, or cuda:0 with --backend cuda); serve --local-workers: also a comma "
+           "list, one per worker (default with --backend cuda: worker i on GPU i mod the GPUs)")
       .opt("threads", "CPU threads (0 = all cores)", "0")
       .opt("kv-type", "KV cache type f16 | q8_0 | f32 (default f16; f32 for F32 models)")
       .flag("no-prefault", "do not read the weights in at start-up (first requests will)");
@@ -363,6 +365,14 @@ int FreePort() {
 // Starts `n` worker processes of this binary on loopback; they die with this process.
 absl::StatusOr<std::vector<std::string>> SpawnLocalWorkers(const Args& a, int n, int max_states) {
   std::vector<std::string> addrs;
+  // --device: one for every worker, or a comma list (worker i takes entry i, the list repeated
+  // when shorter); with --backend cuda and no --device, worker i takes GPU i mod the GPU count,
+  // so that N workers on an N-GPU host get one GPU each (and their activations NCCL).
+  std::vector<std::string> devices = absl::StrSplit(a.get("device"), ',', absl::SkipEmpty());
+#ifdef RIGSERVE_HAVE_CUDA
+  if (devices.empty() && a.get("backend") == "cuda")
+    for (int g = 0; g < cuda::device_count(); ++g) devices.push_back(absl::StrCat("cuda:", g));
+#endif
   for (int i = 0; i < n; ++i) {
     const int port = FreePort();
     if (port <= 0) return absl::UnavailableError("no free port for a local worker");
@@ -370,11 +380,15 @@ absl::StatusOr<std::vector<std::string>> SpawnLocalWorkers(const Args& a, int n,
     std::vector<std::string> args = {"/proc/self/exe", "worker", "--listen", addr,
                                      "--max-states", std::to_string(max_states),
                                      "--backend", a.get("backend"), "--threads", a.get("threads")};
-    for (const char* opt : {"model", "synthetic", "kv-type", "device"})
+    for (const char* opt : {"model", "synthetic", "kv-type"})
       if (a.has(opt)) {
         args.push_back(std::string("--") + opt);
         args.push_back(a.get(opt));
       }
+    if (!devices.empty()) {
+      args.push_back("--device");
+      args.push_back(devices[i % devices.size()]);
+    }
     if (a.has("no-prefault")) args.push_back("--no-prefault");
     const pid_t pid = fork();
     if (pid < 0) return absl::InternalError("fork failed");

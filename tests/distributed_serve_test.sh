@@ -51,7 +51,7 @@ check_model() {  # arch, n workers, layers, [extra serve flags]
 
 # Asked for NCCL on CPU workers: the coordinator says why not, the workers try, agree that they
 # cannot, say so, and the rows go over Gloo.
-check_model qwen35 2 "0-2,3-7" "--data-plane nccl" >"$T/r2" || exit 1
+check_model qwen35 2 "0-2,3-7" "--data-plane nccl --device cpu,cpu" >"$T/r2" || exit 1
 grep "^ok" "$T/r2"; read -r _ SP2 <<<"$(tail -1 "$T/r2")"
 grep -q "data-plane nccl, but worker .* is on the cpu" "$T/serve-qwen35-2.log" || fail "no data-plane note in the log"
 grep -q "NCCL not used (2 of 2 ranks could not create it; here: this worker runs on the cpu" \

@@ -140,6 +140,15 @@ bool cuda_available(std::string* why) {
   return true;
 }
 
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n > 0 ? n : 0;
+}
+
 absl::StatusOr<DeviceInfo> device_info(int device) {
   cudaDeviceProp prop{};
   cudaError_t e = cudaGetDeviceProperties(&prop, device);

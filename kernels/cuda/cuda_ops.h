@@ -28,6 +28,8 @@ using Stream = void*;  // cudaStream_t
 // True when at least one CUDA device can be used; otherwise false and *why says why (the CUDA
 // error, e.g. "cudaGetDeviceCount: error 35 (CUDA driver version is insufficient...)").
 bool cuda_available(std::string* why = nullptr);
+// The number of usable CUDA devices (0 where cuda_available is false).
+int device_count();
 
 struct DeviceInfo {
   std::string name;
