@@ -189,6 +189,15 @@ class CudaModel : public CudaBackend {
   }
   absl::Status ExpertSlots(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                            const float* weights, float* slots) override;
+  // Shared by ExpertSlots and ExpertRows: the slots whose expert this device holds (local[s]: its
+  // local id, else -1) run through moe_grouped on the device rows dx (uploaded from x_host first
+  // when that is not null); bucket row inv[s] of o_moe_d_ then holds slot s's unweighted result.
+  // Returns the number of such slots (0: nothing copied or launched). Waits for the stream.
+  absl::StatusOr<int64_t> GroupedLocalExperts(int64_t l, int64_t n_tok, const float* x_host,
+                                              const float* dx,
+                                              const int32_t* ids, const float* weights,
+                                              std::vector<int32_t>* local,
+                                              std::vector<int32_t>* inv);
   par::RowMemory* Rows() override;
   absl::Status ReserveRows(int world) override;
   float* DeviceHidden() override { return F(o_hidden_); }
@@ -1404,39 +1413,53 @@ absl::Status CudaModel::MixerDev(absl::Span<const StepItem> batch, int64_t l,
   return absl::OkStatus();
 }
 
-absl::Status CudaModel::ExpertSlots(int64_t l, const float* x, int64_t n_tok,
-                                   const int32_t* ids, const float* weights, float* slots) {
+absl::StatusOr<int64_t> CudaModel::GroupedLocalExperts(int64_t l, int64_t n_tok,
+                                                       const float* x_host, const float* dx,
+                                                       const int32_t* ids,
+                                                       const float* weights,
+                                                       std::vector<int32_t>* local,
+                                                       std::vector<int32_t>* inv) {
   cudaSetDevice(device_);
-  const int64_t H = c_.n_embd, k = c_.n_expert_used, I = c_.n_ff_exp;
-  if (l < 0 || l >= static_cast<int64_t>(expert_local_.size()) || n_local_experts_[l] == 0)
-    return absl::OkStatus();
+  const int64_t H = c_.n_embd, k = c_.n_expert_used, I = c_.n_ff_exp, S = n_tok * k;
+  local->clear();
+  if (l < 0 || l >= static_cast<int64_t>(expert_local_.size()) || n_local_experts_[l] == 0 ||
+      n_tok == 0)
+    return 0;
   if (n_tok > kMaxStepTokens)
     return absl::FailedPreconditionError(absl::StrCat(
         "cuda: ", n_tok, " tokens for the experts of layer ", l, "; the device workspace holds ",
         kMaxStepTokens));
-  const int64_t S = n_tok * k;
-  // Local ids (-1: an expert this device does not hold), and the slots that are ours.
-  std::vector<int32_t> local(S);
+  local->resize(S);
   int64_t n_ours = 0;
   for (int64_t s = 0; s < S; ++s) {
-    local[s] = HoldsExpert(l, ids[s]) ? expert_local_[l][ids[s]] : -1;
-    n_ours += local[s] >= 0;
+    (*local)[s] = HoldsExpert(l, ids[s]) ? expert_local_[l][ids[s]] : -1;
+    n_ours += (*local)[s] >= 0;
   }
-  if (n_ours == 0 || n_tok == 0) return absl::OkStatus();
+  if (n_ours == 0) return 0;
   const DevLayer& L = layers_[l];
-  float* dx = F(o_a_);
-  RS_CU(cuda::copy_to_device(dx, x, n_tok * H * 4, stream_));
-  RS_CU(cuda::copy_to_device(d_ids_, local.data(), S * 4, stream_));
+  if (x_host) RS_CU(cuda::copy_to_device(const_cast<float*>(dx), x_host, n_tok * H * 4, stream_));
+  RS_CU(cuda::copy_to_device(d_ids_, local->data(), S * 4, stream_));
   RS_CU(cuda::copy_to_device(d_w_, weights, S * 4, stream_));
-  const int64_t El = n_local_experts_[l];
-  // Bucket positions [0, n_ours) of d hold the results of our slots; inv maps slot -> position.
-  RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, El,
-                          I, H, dx, n_tok, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
-                          moe_ws_.get(), moe_ws_.size(), /*out=*/nullptr, stream_));
-  std::vector<int32_t> inv(S);
-  std::vector<float> d(n_ours * H);
-  RS_CU(cuda::copy_to_host(inv.data(), cuda::moe_grouped_inv(moe_ws_.get(), S), S * 4, stream_));
-  RS_CU(cuda::copy_to_host(d.data(), F(o_moe_d_), n_ours * H * 4, stream_));
+  RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps,
+                          n_local_experts_[l], I, H, dx, n_tok, d_ids_, d_w_, k, F(o_x1_),
+                          F(o_x3_), F(o_moe_d_), moe_ws_.get(), moe_ws_.size(), /*out=*/nullptr,
+                          stream_));
+  inv->resize(S);
+  RS_CU(cuda::copy_to_host(inv->data(), cuda::moe_grouped_inv(moe_ws_.get(), S), S * 4, stream_));
+  RS_CU(cuda::synchronize(stream_));
+  return n_ours;
+}
+
+absl::Status CudaModel::ExpertSlots(int64_t l, const float* x, int64_t n_tok,
+                                   const int32_t* ids, const float* weights, float* slots) {
+  const int64_t H = c_.n_embd, S = n_tok * c_.n_expert_used;
+  std::vector<int32_t> local, inv;
+  absl::StatusOr<int64_t> n_ours =
+      GroupedLocalExperts(l, n_tok, x, F(o_a_), ids, weights, &local, &inv);
+  if (!n_ours.ok()) return n_ours.status();
+  if (*n_ours == 0) return absl::OkStatus();
+  std::vector<float> d(*n_ours * H);
+  RS_CU(cuda::copy_to_host(d.data(), F(o_moe_d_), *n_ours * H * 4, stream_));
   RS_CU(cuda::synchronize(stream_));
   for (int64_t s = 0; s < S; ++s) {
     if (local[s] < 0) continue;
@@ -1481,48 +1504,29 @@ absl::StatusOr<int32_t*> CudaModel::Indices(size_t ints) {
 
 absl::Status CudaModel::ExpertRows(int64_t l, const float* x, int64_t n_tok, const int32_t* ids,
                                    const float* weights, float* out) {
-  cudaSetDevice(device_);
-  const int64_t H = c_.n_embd, k = c_.n_expert_used, I = c_.n_ff_exp;
-  if (l < 0 || l >= static_cast<int64_t>(expert_local_.size()) || n_local_experts_[l] == 0 ||
-      n_tok == 0)
-    return absl::OkStatus();
-  if (n_tok > kMaxStepTokens)
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cuda: ", n_tok, " tokens for the experts of layer ", l, "; the device workspace holds ",
-        kMaxStepTokens));
-  const int64_t S = n_tok * k;
-  // Local ids (-1: not on this device) and each of our slots' row in `out`.
-  std::vector<int32_t> local(S), dst;
-  std::vector<float> scale;
-  std::vector<int64_t> ours;
+  const int64_t H = c_.n_embd, S = n_tok * c_.n_expert_used;
+  std::vector<int32_t> local, inv;
+  absl::StatusOr<int64_t> n_ours =
+      GroupedLocalExperts(l, n_tok, nullptr, x, ids, weights, &local, &inv);
+  if (!n_ours.ok()) return n_ours.status();
+  if (*n_ours == 0) return absl::OkStatus();
+  // Each of our slots: its bucket row of d, its row in `out` (its index among the slots with
+  // ids >= 0) and its routing weight.
+  std::vector<int64_t> ours, dst;
   int32_t p = 0;
   for (int64_t s = 0; s < S; ++s) {
-    local[s] = ids[s] >= 0 && HoldsExpert(l, ids[s]) ? expert_local_[l][ids[s]] : -1;
     if (local[s] >= 0) {
       ours.push_back(s);
       dst.push_back(p);
-      scale.push_back(weights[s]);
     }
     p += ids[s] >= 0;
   }
-  if (ours.empty()) return absl::OkStatus();
-  const DevLayer& L = layers_[l];
-  RS_CU(cuda::copy_to_device(d_ids_, local.data(), S * 4, stream_));
-  RS_CU(cuda::copy_to_device(d_w_, weights, S * 4, stream_));
-  const int64_t El = n_local_experts_[l];
-  RS_CU(cuda::moe_grouped(L.gate_exps, L.fused_gate_up ? nullptr : &L.up_exps, L.down_exps, El,
-                          I, H, x, n_tok, d_ids_, d_w_, k, F(o_x1_), F(o_x3_), F(o_moe_d_),
-                          moe_ws_.get(), moe_ws_.size(), /*out=*/nullptr, stream_));
-  // Bucket position inv[s] of d holds slot s's unweighted result (as in ExpertSlots).
-  std::vector<int32_t> inv(S);
-  RS_CU(cuda::copy_to_host(inv.data(), cuda::moe_grouped_inv(moe_ws_.get(), S), S * 4, stream_));
-  RS_CU(cuda::synchronize(stream_));
   const size_t n = ours.size();
   std::vector<int32_t> idx(3 * n);  // [src rows][dst rows][scale bits]
   for (size_t i = 0; i < n; ++i) {
     idx[i] = inv[ours[i]];
-    idx[n + i] = dst[i];
-    std::memcpy(&idx[2 * n + i], &scale[i], 4);
+    idx[n + i] = static_cast<int32_t>(dst[i]);
+    std::memcpy(&idx[2 * n + i], &weights[ours[i]], 4);
   }
   absl::StatusOr<int32_t*> d_idx = Indices(3 * n);
   if (!d_idx.ok()) return d_idx.status();
