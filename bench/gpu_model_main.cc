@@ -147,7 +147,7 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
     });
     model.set_cuda_fused_deltanet(true);
     // The experts as per-token matvecs plus the separate shared expert, and the norms without
-    // their q8 output (the fused MoE kernels' and norm's gain; dense models: the norm's only).
+    // their q8 output (the fused MoE kernels' and norm's gain; dense models: the norm's and the fused FFN up kernel's).
     model.set_cuda_fused_moe_decode(false);
     r.decode_unfused_moe = timed([&] {
       StepItem it{s.get(), &tok, 1, false};

@@ -168,9 +168,10 @@ class Model {
   // prefill does) instead of per-token matvecs. Off by default until measured on a GPU.
   void set_cuda_grouped_moe_decode(bool on);
   // CUDA backend: steps below the grouped size run each MoE layer's routed and shared experts
-  // in two fused launches and take the matvecs' q8 activations from the norm kernel before them
-  // (default), or run per-token matvecs, the separate shared expert and a quantiser per matvec
-  // group (for comparison).
+  // in two fused launches, a dense FFN's gate/up/SwiGLU in one (cuda::ffn_up), and take the
+  // matvecs' q8 activations from the norm kernel before them (default), or run per-token
+  // matvecs, the separate shared expert, the FFN's matvec pair and SwiGLU, and a quantiser per
+  // matvec group (for comparison).
   void set_cuda_fused_moe_decode(bool on);
   // CUDA backend: split-K attention reads each K/V row once per KV head for all its query heads
   // (on) or once per query head (off, the default until measured on a GPU).

@@ -282,6 +282,9 @@ class CudaModel : public CudaBackend {
     return cuda::moe_decode_shared_fits(L.gate_exps, L.down_exps, L.shexp_gate, L.shexp_up,
                                         L.shexp_down);
   }
+  absl::StatusOr<bool> FusedUp(const WeightView& gate, const WeightView& up,
+                               const WeightView& down, const float* f, int64_t N, float* h,
+                               cuda::DeviceAct* ha);
   absl::Status DenseFfn(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status SharedExpertAdd(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status BeginStep(const std::vector<Piece>& ps, bool decode);
@@ -1026,9 +1029,36 @@ absl::Status CudaModel::RoutedPerToken(const DevLayer& L, const float* f, int64_
   return absl::OkStatus();
 }
 
+// A short step's gate and up, SwiGLU and, for an integer down type, the q8 blocks of the result
+// in one launch (cuda::ffn_up) into h [N][gate.rows] (its q8 in act_ws_), described by *ha for
+// the down matvec. False (nothing run) where it does not apply: off with the fused MoE decode
+// switch, a long step, gate/up that differ, or an integer gate type without f's q8 blocks from
+// the norm before (its q8 would need act_ws_, which h's takes).
+absl::StatusOr<bool> CudaModel::FusedUp(const WeightView& gate, const WeightView& up,
+                                        const WeightView& down, const float* f, int64_t N,
+                                        float* h, cuda::DeviceAct* ha) {
+  const int64_t H = c_.n_embd, I = gate.rows;
+  if (!fused_moe_on_ || N > cuda::kMaxMatvecTokens || !cuda::ffn_up_fits(gate, up) ||
+      act_ws_.size() < cuda::ffn_up_workspace_bytes(I, N))
+    return false;
+  cuda::DeviceAct x{f, H, nullptr, nullptr, H, N};
+  if (const cuda::DeviceAct* p = Prepared(f, N, H)) {
+    x = *p;
+  } else if (cuda::matvec_uses_q8(gate.type)) {
+    return false;
+  }
+  RS_CU(cuda::ffn_up(gate, up, x, h, I, cuda::matvec_uses_q8(down.type), act_ws_.get(),
+                     act_ws_.size(), ha, stream_));
+  return true;
+}
+
 absl::Status CudaModel::DenseFfn(const DevLayer& L, const float* f, int64_t N, float* out) {
   float* g = F(o_x2_);
   float* u = F(o_x7_);
+  cuda::DeviceAct ha;
+  absl::StatusOr<bool> fused = FusedUp(L.ffn_gate, L.ffn_up, L.ffn_down, f, N, g, &ha);
+  if (!fused.ok()) return fused.status();
+  if (*fused) return cuda::matvec(L.ffn_down, ha, out, L.ffn_down.rows, stream_);
   RS_CU(MmGroup(f, N, c_.n_embd, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
   RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
   return Mm(L.ffn_down, g, N, out);
@@ -1042,9 +1072,16 @@ absl::Status CudaModel::SharedExpertAdd(const DevLayer& L, const float* f, int64
   float* suu = F(o_x9_);
   float* sd = F(o_x4_);
   RS_CU(Mm(L.shexp_gate_inp, f, N, sg));
-  RS_CU(MmGroup(f, N, H, {{&L.shexp_gate, sgu}, {&L.shexp_up, suu}}));
-  RS_CU(cuda::swiglu(sgu, suu, N * Is, sgu, stream_));
-  RS_CU(Mm(L.shexp_down, sgu, N, sd));
+  cuda::DeviceAct ha;
+  absl::StatusOr<bool> fused = FusedUp(L.shexp_gate, L.shexp_up, L.shexp_down, f, N, sgu, &ha);
+  if (!fused.ok()) return fused.status();
+  if (*fused) {
+    RS_CU(cuda::matvec(L.shexp_down, ha, sd, L.shexp_down.rows, stream_));
+  } else {
+    RS_CU(MmGroup(f, N, H, {{&L.shexp_gate, sgu}, {&L.shexp_up, suu}}));
+    RS_CU(cuda::swiglu(sgu, suu, N * Is, sgu, stream_));
+    RS_CU(Mm(L.shexp_down, sgu, N, sd));
+  }
   return cuda::add_sigmoid_scaled(out, sd, sg, N, H, stream_);
 }
 

@@ -11,10 +11,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/ffn_up_types.h"
 #include "kernels/cuda/moe_decode_types.h"
 #include "kernels/cuda/router_types.h"
 
 namespace rs::cuda {
+namespace ffnup {
+cudaError_t launch_ffn_up(GgmlType t, const Args& a, cudaStream_t s);
+}  // namespace ffnup
 namespace moed {
 cudaError_t launch_moe_up(GgmlType t, const UpArgs& a, cudaStream_t s);
 cudaError_t launch_moe_down(GgmlType t, const DownArgs& a, cudaStream_t s);
@@ -567,6 +571,64 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
   da.out = out;
   da.accumulate = accumulate;
   return cuda_status("moe_decode (down)", moed::launch_moe_down(d.type, da, as_stream(s)));
+}
+
+// ---- dense FFN (decode) -----------------------------------------------------------------------
+bool ffn_up_fits(const WeightView& gate, const WeightView& up) {
+  return gate.type == up.type && gate.rows == up.rows && gate.cols == up.cols &&
+         gate.row_stride == up.row_stride && gate.rows % 32 == 0 &&
+         detail::type_supported(gate.type);
+}
+
+size_t ffn_up_workspace_bytes(int64_t I, int64_t n_tok) { return act_q8_bytes(I, n_tok); }
+
+absl::Status ffn_up(const WeightView& gate, const WeightView& up, const DeviceAct& x, float* h,
+                    int64_t ldh, bool q8_out, void* ws, size_t ws_bytes, DeviceAct* h_act,
+                    Stream s) {
+  if (!ffn_up_fits(gate, up))
+    return bad(absl::StrCat("ffn_up: gate (", type_name(gate.type), " ", gate.rows, "x",
+                            gate.cols, ", stride ", gate.row_stride, ") and up (",
+                            type_name(up.type), " ", up.rows, "x", up.cols, ", stride ",
+                            up.row_stride, ") must share type, shape and stride, with rows a "
+                            "multiple of 32"));
+  const int64_t min_mult = detail::type_uses_q8(gate.type) ? 32 : 8;
+  for (const WeightView* v : {&gate, &up}) {
+    if (absl::Status st = check_weight("ffn_up", *v, min_mult); !st.ok()) return st;
+    if (absl::Status st = check_matvec_alignment("ffn_up", *v); !st.ok()) return st;
+  }
+  static_assert(kMaxMatvecTokens == ffnup::kMaxTokens);
+  if (absl::Status st = check_act("ffn_up", gate, x, kMaxMatvecTokens); !st.ok()) return st;
+  const int64_t I = gate.rows, n_tok = x.n_tok;
+  if (h == nullptr || h_act == nullptr) return bad("ffn_up: h or h_act is null");
+  if (!aligned(h, 16) || ldh < I || ldh % 4 != 0)
+    return bad(absl::StrCat("ffn_up: h must be 16-byte aligned with ldh >= I = ", I,
+                            " and ldh % 4 == 0 (ldh ", ldh, ")"));
+  DeviceAct out{h, ldh, nullptr, nullptr, I, n_tok};
+  if (q8_out) {
+    absl::StatusOr<DeviceAct> l = act_q8_layout("ffn_up", h, ldh, n_tok, I, ws, ws_bytes);
+    if (!l.ok()) return l.status();
+    out = *l;
+  }
+  ffnup::Args a;
+  a.gate = static_cast<const uint8_t*>(gate.data);
+  a.up = static_cast<const uint8_t*>(up.data);
+  a.row_stride = gate.row_stride;
+  a.I = I;
+  a.H = gate.cols;
+  a.n_tok = static_cast<int>(n_tok);
+  a.x = x.x;
+  a.ldx = x.ldx;
+  a.xq = x.q;
+  a.xds = x.ds;
+  a.h = h;
+  a.ldh = ldh;
+  a.hq = const_cast<int8_t*>(out.q);
+  a.hds = const_cast<float*>(out.ds);
+  if (absl::Status st = cuda_status("ffn_up", ffnup::launch_ffn_up(gate.type, a, as_stream(s)));
+      !st.ok())
+    return st;
+  *h_act = out;
+  return absl::OkStatus();
 }
 
 // ---- ops ----------------------------------------------------------------------------------------

@@ -197,6 +197,18 @@ absl::Status moe_decode(const MoeDecodeWeights& w, int64_t E, int64_t I, int64_t
                         const float* d_sh_logit, float* h, void* ws, size_t ws_bytes, float* out,
                         bool accumulate, Stream s = nullptr);
 
+// ---- dense FFN (decode) -----------------------------------------------------------------------
+// h[t] = silu(gate . x_t) * (up . x_t) for 1..kMaxMatvecTokens tokens in one launch
+// (kernels/cuda/ffn_up_kernel.cuh): each weight unit read once for all tokens, as matvec reads
+// it. With q8_out, also h's q8 blocks (the bits quantize_act would give) in ws at
+// act_q8_layout(h, ldh, n_tok, I, ws): *h_act then feeds the down projection's matvec directly.
+// gate and up: I rows of H weights of one type and row stride (ffn_up_fits); x as for matvec.
+bool ffn_up_fits(const WeightView& gate, const WeightView& up);
+size_t ffn_up_workspace_bytes(int64_t I, int64_t n_tok);
+absl::Status ffn_up(const WeightView& gate, const WeightView& up, const DeviceAct& x, float* h,
+                    int64_t ldh, bool q8_out, void* ws, size_t ws_bytes, DeviceAct* h_act,
+                    Stream s = nullptr);
+
 // ---- ops (same semantics as kernels/ops.h) ---------------------------------------------------
 absl::Status rms_norm(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* y,
                       Stream s = nullptr);

@@ -338,7 +338,8 @@ TEST_P(CudaModelTest, FusedDeltaNetDecodeMatchesSeparateKernels) {
 
 // Decode steps (1 and 3 sequences) with the fused MoE kernels (routed + shared experts in two
 // launches) equal the same steps through the per-token matvecs and the separate shared expert,
-// with and without graphs. Dense models take neither path: trivially equal.
+// with and without graphs. Dense models: the fused FFN up kernel (gate/up + SwiGLU + q8 in one
+// launch) against the matvec pair, SwiGLU and quantiser.
 TEST_P(CudaModelTest, FusedMoeDecodeMatchesPerToken) {
   constexpr int kSeqs = 3;
   std::vector<std::unique_ptr<SeqState>> a, b;
