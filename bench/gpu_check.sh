@@ -11,7 +11,8 @@
 # fraction of the measured bandwidth), and the matvec-only estimate of batch-1 decode tok/s;
 # then gpu_model_main: the whole model with --backend cuda on synthetic 35b-a3b / 27b Q4_K_M
 # (decode tok/s at 4K context and its fraction of the read bandwidth, prefill 512 / 4K / 8K,
-# aggregate decode with 8 and 32 sequences).
+# aggregate decode with 8 and 32 sequences, and where one decode step's device time goes: each
+# launch timed on the device, by model part and entry point).
 # Without a GPU it says so and exits 0 (after building or locating the binaries).
 # Logs go to $GPU_CHECK_LOG_DIR, else $OUT when set (the device machine's return folder).
 set -uo pipefail
@@ -23,7 +24,7 @@ while (($#)); do
   case "$1" in
     --prebuilt) PREBUILT=${2:?--prebuilt needs a folder}; shift 2 ;;
     --quick) QUICK=(--quick); shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | cut -c3-; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -119,7 +120,7 @@ if [[ "$gpu_line" != none ]]; then
   model_rc=$?
   [[ -n "$LOG" ]] && printf '%s\n' "$model_out" >"$LOG/gpu_model.log"
   echo "---- gpu_model_main (rc $model_rc)"
-  sed '/^==== model on GPU/,$d' <<<"$model_out" | tail -30
+  sed '/^==== model on GPU/,$d' <<<"$model_out" | tail -80
 fi
 # Details first, the summary table (from the "====" line) last, with the test results in it.
 sed '/^==== rigserve GPU check/,$d' <<<"$bench_out"

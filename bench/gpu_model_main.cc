@@ -10,6 +10,7 @@
 // Times are wall-clock around Model::Forward / ForwardGreedy, which return once the results are
 // on the host. Decode is greedy with the argmax on the GPU (only the ids come back), measured
 // with the decode step replayed as a CUDA graph and with every kernel launched.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -67,6 +68,7 @@ struct Row {
   double weights_gb = 0, mb_per_tok = 0, load_s = 0;
   double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, decode_nograph = 0, frac = 0;
   double decode_unfused = 0, decode_unfused_moe = 0, decode_gqa = 0, decode_sampled = 0;
+  double dev_ms = 0;  // the decode step's kernels' device time (launch profile)
   std::vector<std::pair<int, double>> batch;
 };
 
@@ -180,6 +182,31 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       tok = sampled[0].token;
       counts.AddOutput(tok);
     });
+    // Where one batch-1 decode step's device time goes: every launch timed on the device with
+    // the work queued behind a hold (Model::ProfileCuda), by model part and entry point. The
+    // sum against the graph-replayed step's time shows what the gaps between kernels cost.
+    auto prof = model.ProfileCuda([&]() -> absl::Status {
+      StepItem it{s.get(), &tok, 1, false};
+      absl::Status st = model.ForwardGreedy({&it, 1}, &ids);
+      if (st.ok()) tok = ids[0];
+      return st;
+    });
+    if (!prof.ok()) Die("profile", prof.status());
+    r.dev_ms = prof->total_ms;
+    std::printf("[%s] decode step profile (batch 1, context %lld): %lld launches, %.3f ms of "
+                "device time (%.2f us a launch), host queued them in %.3f ms; graph-replayed "
+                "step %.3f ms%s\n",
+                spec.c_str(), static_cast<long long>(ctx), static_cast<long long>(prof->launches),
+                prof->total_ms, 1e3 * prof->total_ms / std::max<int64_t>(prof->launches, 1),
+                prof->host_queue_ms, 1e3 / r.decode,
+                prof->host_bound ? " (host-bound: times include waits for the host)" : "");
+    std::printf("    %-34s %6s %10s %6s\n", "part/entry point", "calls", "us/step", "%");
+    for (size_t i = 0; i < prof->rows.size() && i < 16; ++i) {
+      const auto& pr = prof->rows[i];
+      std::printf("    %-34s %6lld %10.1f %5.1f%%\n", pr.name.c_str(),
+                  static_cast<long long>(pr.calls), 1e3 * pr.ms,
+                  100 * pr.ms / std::max(prof->total_ms, 1e-9));
+    }
   }
   s.reset();
   std::printf("[%s] prefill 512: %.0f tok/s; prefill %lld: %.0f tok/s; decode at %lld: %.1f tok/s "
@@ -285,16 +312,17 @@ int main(int argc, char** argv) {
   std::printf("\n==== model on GPU (wall clock; greedy decode, argmax on the GPU) ====\n");
   // no-graph / dn-unfused / moe-unfused / attn-gqa: decode tok/s without CUDA graphs, with the
   // DeltaNet layers as separate kernels, with the per-token experts and separate quantisers,
-  // with split-K attention's first pass per KV head.
-  std::printf("%-16s %8s %9s %9s %9s %10s %7s %10s %10s %11s %9s %s\n", "model", "MB/tok",
-              "pf512", "pf-ctx", "pf8k", "decode", "%BW", "no-graph", "dn-unfused", "moe-unfused",
-              "attn-gqa", "batch tok/s");
+  // with split-K attention's first pass per KV head. dev-ms: the decode step's kernels' own
+  // device time (launch profile), against 1000 / decode for the whole step.
+  std::printf("%-16s %8s %9s %9s %9s %10s %7s %7s %10s %10s %11s %9s %s\n", "model", "MB/tok",
+              "pf512", "pf-ctx", "pf8k", "decode", "%BW", "dev-ms", "no-graph", "dn-unfused",
+              "moe-unfused", "attn-gqa", "batch tok/s");
   for (const Row& r : rows) {
     std::string b;
     for (auto [n, t] : r.batch) b += std::to_string(n) + ":" + std::to_string(static_cast<int>(t)) + " ";
-    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %10.1f %10.1f %11.1f %9.1f %s\n",
+    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %7.3f %10.1f %10.1f %11.1f %9.1f %s\n",
                 r.model.c_str(), r.mb_per_tok, r.prefill512, r.prefill_ctx, r.prefill8k, r.decode,
-                100 * r.frac, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe,
+                100 * r.frac, r.dev_ms, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe,
                 r.decode_gqa, b.c_str());
   }
   return 0;

@@ -280,6 +280,18 @@ TEST(ModelErrors, WrongShapeNamesTensorAndShapes) {
   EXPECT_NE(msg.find("expected shape"), std::string::npos) << msg;
 }
 
+TEST(ModelErrors, CudaProfileOnCpuSaysWhyAndRunsNothing) {
+  auto m = Load(Tiny("dense-tiny:F32"), Backend::kCpu);
+  bool ran = false;
+  auto p = m->ProfileCuda([&] {
+    ran = true;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition) << p.status();
+  EXPECT_NE(p.status().message().find("not on a GPU"), std::string::npos) << p.status();
+  EXPECT_FALSE(ran);
+}
+
 TEST(ModelErrors, UnsupportedArchitecture) {
   auto f = Tiny("dense-tiny:F32");
   auto kv = f->metadata();

@@ -646,6 +646,11 @@ void Model::set_cuda_gqa_attention(bool on) {
   if (cuda_) cuda_->SetGqaAttention(on);
 }
 
+absl::StatusOr<Model::CudaProfile> Model::ProfileCuda(const std::function<absl::Status()>& step) {
+  if (!cuda_) return absl::FailedPreconditionError("ProfileCuda: the model is not on a GPU");
+  return cuda_->Profile(step);
+}
+
 void Model::Logits(const float* hidden, const std::vector<int64_t>& rows, float* logits) {
   const int64_t H = cfg_.n_embd, n = static_cast<int64_t>(rows.size());
   float* x = Workspace::get(ws_->tmp, n * H);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -176,6 +177,23 @@ class Model {
   // CUDA backend: split-K attention reads each K/V row once per KV head for all its query heads
   // (on) or once per query head (off, the default until measured on a GPU).
   void set_cuda_gqa_attention(bool on);
+  // CUDA backend (benchmarks): runs `step` (Forward / ForwardGreedy / ForwardSample calls) with
+  // graphs off and every kernel and copy it queues timed on the device (kernels/cuda/cuda_ops.h
+  // profile_begin), each labelled by the part of the model that queued it ("moe/moe_decode
+  // (up)", "head/matvec", ...). FailedPrecondition on the CPU backend.
+  struct CudaProfileRow {
+    std::string name;
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  struct CudaProfile {
+    std::vector<CudaProfileRow> rows;  // by descending time
+    double total_ms = 0;               // device time of all rows
+    double host_queue_ms = 0;          // the host's time to queue them
+    int64_t launches = 0;
+    bool host_bound = false;           // the host queued slower than the hold: times inflated
+  };
+  absl::StatusOr<CudaProfile> ProfileCuda(const std::function<absl::Status()>& step);
 
   // Pipeline-stage pieces. `hidden` is [total tokens][H] in item order.
   void Embed(absl::Span<const StepItem> batch, float* hidden) const;

@@ -227,6 +227,24 @@ class CudaModel : public CudaBackend {
     gqa_attn_ = on;
     DropGraphs();  // captured with the other path
   }
+  absl::StatusOr<Model::CudaProfile> Profile(const std::function<absl::Status()>& step) override {
+    const bool graphs = use_graphs_;
+    use_graphs_ = false;  // a replayed graph records no marks
+    RS_CU(cuda::profile_begin(stream_));
+    const absl::Status st = step();
+    cuda::profile_scope(nullptr);
+    absl::StatusOr<cuda::LaunchProfile> p = cuda::profile_end();
+    use_graphs_ = graphs;
+    if (!st.ok()) return st;
+    if (!p.ok()) return p.status();
+    Model::CudaProfile out;
+    for (const cuda::LaunchTime& r : p->rows) out.rows.push_back({r.name, r.calls, r.ms});
+    out.total_ms = p->total_ms;
+    out.host_queue_ms = p->host_queue_ms;
+    out.launches = p->marks;
+    out.host_bound = p->host_bound;
+    return out;
+  }
   void SetFusedMoeDecode(bool on) override {
     if (on == fused_moe_on_) return;
     fused_moe_on_ = on;
@@ -1177,17 +1195,29 @@ absl::Status CudaModel::Layers(const std::vector<Piece>& ps, int64_t N, bool gra
     ~ClearPre() { *p = cuda::DeviceAct{}; }
   } clear_pre{&pre_};
   pre_ = cuda::DeviceAct{};
+  // Labels for a launch profile (Model::ProfileCuda); free otherwise.
+  struct ClearScope {
+    ~ClearScope() { cuda::profile_scope(nullptr); }
+  } clear_scope;
+  cuda::profile_scope("embed");
   RS_CU(cuda::embedding_lookup(token_embd_, d_tokens_, N, hidden, stream_));
   // Each residual add is fused with the norm that follows it.
+  cuda::profile_scope("norm");
   RS_CU(NormA(hidden, nullptr, layers_[0].attn_norm, N));
   for (int64_t l = 0; l < c_.n_layer; ++l) {
     const DevLayer& L = layers_[l];
-    if (L.kind == LayerKind::kAttention)
+    if (L.kind == LayerKind::kAttention) {
+      cuda::profile_scope("attn");
       RS_CU(Attention(L, attn_slot_[l], ps, N, graph));
-    else
+    } else {
+      cuda::profile_scope("deltanet");
       RS_CU(DeltaNet(L, dn_slot_[l], ps, N));
+    }
+    cuda::profile_scope("norm");
     RS_CU(NormA(hidden, m, L.post_norm, N));
+    cuda::profile_scope(c_.moe ? "moe" : "ffn");
     RS_CU(Ffn(L, N));
+    cuda::profile_scope("norm");
     if (l + 1 < c_.n_layer)
       RS_CU(NormA(hidden, m, layers_[l + 1].attn_norm, N));
     else
@@ -1213,6 +1243,7 @@ absl::Status CudaModel::Head(const std::vector<int64_t>& rows, size_t i0, int64_
                              HeadMode mode) {
   const int64_t H = c_.n_embd;
   float* a = F(o_a_);
+  cuda::profile_scope("head");
   // The rows to normalise: read in place when they are consecutive (a decode step's are),
   // else gathered first.
   bool consecutive = true;
@@ -1259,6 +1290,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     decode = decode && p.n == 1;
     N += p.n;
   }
+  cuda::profile_scope("input");
   RS_CU(cuda::copy_to_device(d_tokens_, toks.data(), N * 4, stream_));
   RS_CU(BeginStep(ps, decode));
   RS_CU(cuda::copy_to_device(d_pos_, pos.data(), N * 8, stream_));

@@ -116,6 +116,8 @@ class CudaBackend : public RowsBackend {
   // Split-K attention (decode, and prefill pieces the flash kernel does not take): the first pass
   // reads each K/V row once per KV head (on) or once per query head (default until measured).
   virtual void SetGqaAttention(bool on) = 0;
+  // Model::ProfileCuda.
+  virtual absl::StatusOr<Model::CudaProfile> Profile(const std::function<absl::Status()>& step) = 0;
   // ForwardDistributed's layer l on the device, for a batch of at most 512 tokens with
   // host-side residual stream: hidden += mixer(attn_norm(hidden)); f = post_norm(hidden) (the
   // CPU Model::Mixer); then, where not null, the router's ids / weights ([N][k], MoE) and `ffn`

@@ -17,7 +17,10 @@ namespace {
 using detail::as_stream;
 
 absl::Status st(const char* what, cudaError_t e) {
-  if (e == cudaSuccess) return absl::OkStatus();
+  if (e == cudaSuccess) {
+    detail::profile_mark(what);
+    return absl::OkStatus();
+  }
   (void)cudaGetLastError();
   return absl::InternalError(detail::cuda_error_text(what, e));
 }

@@ -6,6 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
+#include <map>
+#include <string_view>
 #include <string>
 #include <utility>
 
@@ -36,8 +39,19 @@ namespace {
 
 using detail::as_stream;
 
+// Whether a checked call named `what` queued device work (a kernel, a copy, a fill) rather than
+// asked the runtime something (device properties, events, streams, synchronisation).
+bool queues_work(const char* what) {
+  const std::string_view w(what);
+  return !w.starts_with("cuda") || w.starts_with("cudaMemcpyAsync") ||
+         w.starts_with("cudaMemsetAsync");
+}
+
 absl::Status cuda_status(const char* what, cudaError_t e) {
-  if (e == cudaSuccess) return absl::OkStatus();
+  if (e == cudaSuccess) {
+    if (queues_work(what)) detail::profile_mark(what);
+    return absl::OkStatus();
+  }
   // Clear a sticky launch error so the next call starts clean (a real fault stays sticky).
   (void)cudaGetLastError();
   return absl::InternalError(detail::cuda_error_text(what, e));
@@ -267,6 +281,127 @@ absl::Status read_sweep(const void* d_data, size_t bytes, float* d_sink, Stream 
   if (bytes % 16 != 0 || !aligned(d_data, 16))
     return bad(absl::StrCat("read_sweep: ", bytes, " bytes; need a 16-byte aligned multiple of 16"));
   return cuda_status("read_sweep", detail::launch_read_sweep(d_data, bytes, d_sink, as_stream(s)));
+}
+
+// ---- launch profile ------------------------------------------------------------------------------
+namespace {
+
+struct ProfileState {
+  cudaStream_t stream = nullptr;
+  std::vector<cudaEvent_t> events;  // events[0]: the hold's end
+  std::vector<const char*> names;   // names[i]: what events[i] follows (i >= 1)
+  std::vector<const char*> scopes;  // the scope label at names[i] (or nullptr)
+  int64_t used = 0;
+  bool overflow = false;
+  double hold_ms = 0;
+  std::chrono::steady_clock::time_point begin;
+  double last_mark_ms = 0;  // host time of the latest mark, from begin
+  double queued_ms = -1;    // host time of the mark before the first device-to-host copy (which
+                            // waits for the device), or -1
+};
+ProfileState* g_profile = nullptr;
+const char* g_scope = nullptr;
+
+void destroy_profile(ProfileState* p) {
+  for (cudaEvent_t e : p->events) (void)cudaEventDestroy(e);
+  delete p;
+}
+
+}  // namespace
+
+void detail::profile_mark(const char* what) {
+  ProfileState* p = g_profile;
+  if (p == nullptr) return;
+  if (p->used >= static_cast<int64_t>(p->events.size())) {
+    p->overflow = true;
+    return;
+  }
+  if (cudaEventRecord(p->events[p->used], p->stream) != cudaSuccess) {
+    (void)cudaGetLastError();
+    p->overflow = true;
+    return;
+  }
+  p->scopes[p->used] = g_scope;
+  p->names[p->used++] = what;
+  if (p->queued_ms < 0 && std::string_view(what) == "cudaMemcpyAsync(D2H)")
+    p->queued_ms = p->last_mark_ms;
+  p->last_mark_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p->begin)
+          .count();
+}
+
+void profile_scope(const char* label) { g_scope = label; }
+
+absl::Status profile_begin(Stream s, double hold_ms, int64_t max_marks) {
+  if (g_profile != nullptr) return absl::FailedPreconditionError("profile_begin: a profile runs");
+  if (hold_ms <= 0 || max_marks < 2)
+    return bad(absl::StrCat("profile_begin: hold_ms = ", hold_ms, ", max_marks = ", max_marks));
+  auto* p = new ProfileState;
+  p->stream = as_stream(s);
+  p->hold_ms = hold_ms;
+  p->events.resize(max_marks);
+  p->names.assign(max_marks, nullptr);
+  p->scopes.assign(max_marks, nullptr);
+  for (auto& e : p->events) {
+    if (cudaError_t err = cudaEventCreate(&e); err != cudaSuccess) {
+      e = nullptr;
+      p->events.erase(std::remove(p->events.begin(), p->events.end(), nullptr), p->events.end());
+      destroy_profile(p);
+      return cuda_status("profile_begin: cudaEventCreate", err);
+    }
+  }
+  if (cudaError_t err = detail::launch_hold(static_cast<uint64_t>(hold_ms * 1e6), p->stream);
+      err != cudaSuccess) {
+    destroy_profile(p);
+    return cuda_status("profile_begin: hold kernel", err);
+  }
+  if (cudaError_t err = cudaEventRecord(p->events[0], p->stream); err != cudaSuccess) {
+    destroy_profile(p);
+    return cuda_status("profile_begin: cudaEventRecord", err);
+  }
+  p->names[0] = "(hold)";
+  p->used = 1;
+  p->begin = std::chrono::steady_clock::now();
+  g_profile = p;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LaunchProfile> profile_end() {
+  ProfileState* p = g_profile;
+  if (p == nullptr) return absl::FailedPreconditionError("profile_end: no profile runs");
+  g_profile = nullptr;
+  // The host's queueing time: up to its first wait for the device (a device-to-host copy), else
+  // up to its last mark.
+  const double queued_ms = p->queued_ms >= 0 ? p->queued_ms : p->last_mark_ms;
+  LaunchProfile out;
+  out.marks = p->used - 1;
+  out.host_queue_ms = queued_ms;
+  out.host_bound = p->overflow || queued_ms > 0.9 * p->hold_ms;
+  if (cudaError_t e = cudaStreamSynchronize(p->stream); e != cudaSuccess) {
+    destroy_profile(p);
+    return cuda_status("profile_end: cudaStreamSynchronize", e);
+  }
+  std::map<std::string, LaunchTime> by;
+  for (int64_t i = 1; i < p->used; ++i) {
+    float ms = 0;
+    if (cudaError_t e = cudaEventElapsedTime(&ms, p->events[i - 1], p->events[i]);
+        e != cudaSuccess) {
+      destroy_profile(p);
+      return cuda_status("profile_end: cudaEventElapsedTime", e);
+    }
+    const std::string name =
+        p->scopes[i] ? absl::StrCat(p->scopes[i], "/", p->names[i]) : std::string(p->names[i]);
+    LaunchTime& r = by[name];
+    r.name = name;
+    ++r.calls;
+    r.ms += ms;
+    out.total_ms += ms;
+  }
+  destroy_profile(p);
+  for (auto& [name, r] : by) out.rows.push_back(r);
+  std::sort(out.rows.begin(), out.rows.end(),
+            [](const LaunchTime& a, const LaunchTime& b) { return a.ms > b.ms; });
+  return out;
 }
 
 // ---- matvec / matmul -----------------------------------------------------------------------------

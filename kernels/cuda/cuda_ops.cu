@@ -260,6 +260,20 @@ cudaError_t launch_router_fused(const RouterArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
+__global__ void hold_kernel(uint64_t ns) {
+  uint64_t t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    __nanosleep(1000);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
+cudaError_t launch_hold(uint64_t ns, cudaStream_t s) {
+  hold_kernel<<<1, 1, 0, s>>>(ns);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k,
                                int32_t* ids, float* weights, cudaStream_t s) {
   if (E > kRouterMaxExperts || k > 32 || k > E) return cudaErrorInvalidValue;

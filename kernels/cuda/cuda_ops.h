@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -85,6 +86,34 @@ class EventTimer {
   void* a_ = nullptr;
   void* b_ = nullptr;
 };
+
+// ---- launch profile (benchmarks) --------------------------------------------------------------
+// Where a step's device time goes. profile_begin(s) queues a kernel that holds stream s for
+// hold_ms, then every checked entry point of this library (kernels, copies, fills) records an
+// event on s after its launch, tagged with its name, until profile_end(): so the work the host
+// queues meanwhile runs back to back once the hold ends, and the time between an entry point's
+// event and the one before it is its kernels' own device time (plus the device's gap between
+// launches), not the host's launch overhead. One profile at a time, for work queued on s by
+// the calling thread; a CUDA graph replays without marks (run the profiled step without one).
+struct LaunchTime {
+  std::string name;
+  int64_t calls = 0;
+  double ms = 0;  // device time, all calls
+};
+struct LaunchProfile {
+  std::vector<LaunchTime> rows;  // by descending time
+  double total_ms = 0;           // hold end to the last mark
+  int64_t marks = 0;
+  double host_queue_ms = 0;      // the host's time to queue the work (up to its first wait)
+  // The host took longer to queue the work than the hold lasted (or ran out of marks): the
+  // times then include waits for the host.
+  bool host_bound = false;
+};
+absl::Status profile_begin(Stream s, double hold_ms = 40.0, int64_t max_marks = 8192);
+// Labels the marks that follow ("scope/entry point" in the rows) until the next call; nullptr
+// clears it. `label` must outlive the profile (a string literal). Costs nothing without one.
+void profile_scope(const char* label);
+absl::StatusOr<LaunchProfile> profile_end();
 
 // Reads `bytes` (a multiple of 16) with 16-byte loads and writes one float per block to
 // d_sink (at least 4096 floats), so that the reads cannot be optimised away. For measuring

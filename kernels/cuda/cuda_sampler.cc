@@ -61,6 +61,7 @@ absl::Status DeviceSampler::Sample(float* d_logits, int64_t ldx, int64_t vocab,
     (void)cudaGetLastError();
     return absl::InternalError(detail::cuda_error_text("sample_rows", e));
   }
+  detail::profile_mark("sample_rows");
   if (auto st = copy_to_host(ids, ids_.get(), reqs.size() * sizeof(int32_t), s); !st.ok())
     return st;
   return synchronize(s);

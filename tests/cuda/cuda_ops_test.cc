@@ -339,5 +339,46 @@ TEST(CudaOpsArgs, RejectBadShapesWithNumbers) {
   EXPECT_NE(st.message().find("Q4_K"), std::string::npos) << st.message();
 }
 
+// ---- launch profile ------------------------------------------------------------------------------
+// Every checked launch between profile_begin and profile_end is one mark, labelled with the scope
+// set at the time; the kernels run after the hold, so their device times are there.
+TEST_F(CudaOps, LaunchProfileCountsAndLabelsLaunches) {
+  std::mt19937 rng(3);
+  const int64_t n = 1 << 22;
+  const std::vector<float> g = testing::randn(rng, n), u = testing::randn(rng, n);
+  DeviceBuffer dg = upload(g), du = upload(u), dy = poisoned<float>(n);
+  auto stream = create_stream();
+  RS_ASSERT_OK(stream.status());
+  RS_ASSERT_OK(profile_begin(*stream, 20.0));
+  EXPECT_EQ(profile_begin(*stream).code(), absl::StatusCode::kFailedPrecondition);
+  profile_scope("a");
+  for (int i = 0; i < 3; ++i)
+    RS_ASSERT_OK(swiglu(dg.as<float>(), du.as<float>(), n, dy.as<float>(), *stream));
+  profile_scope(nullptr);
+  RS_ASSERT_OK(fill_bytes(dy.get(), 0, 64, *stream));
+  std::vector<float> host(16);
+  RS_ASSERT_OK(copy_to_host(host.data(), dy.get(), 64, *stream));
+  absl::StatusOr<LaunchProfile> p = profile_end();
+  destroy_stream(*stream);
+  RS_ASSERT_OK(p.status());
+  EXPECT_EQ(p->marks, 5);
+  EXPECT_FALSE(p->host_bound) << "queued in " << p->host_queue_ms << " ms";
+  ASSERT_EQ(p->rows.size(), 3u);
+  // 3 x 48 MiB of traffic take longer than a 64-byte fill or copy.
+  EXPECT_EQ(p->rows[0].name, "a/swiglu");
+  EXPECT_EQ(p->rows[0].calls, 3);
+  EXPECT_GT(p->rows[0].ms, 0.0);
+  double sum = 0;
+  for (const LaunchTime& r : p->rows) sum += r.ms;
+  EXPECT_NEAR(sum, p->total_ms, 1e-9);
+  EXPECT_EQ(profile_end().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(CudaOpsArgs, ProfileEndWithoutBegin) {
+  // Needs no device: nothing runs.
+  EXPECT_EQ(profile_end().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(profile_begin(nullptr, 0.0).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace rs::cuda
