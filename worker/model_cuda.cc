@@ -376,6 +376,10 @@ class CudaModel : public CudaBackend {
   std::vector<int64_t> n_local_experts_;
   std::vector<cuda::DeviceBuffer> expert_bufs_;
   bool decode_step_ = false;        // the current step is all single tokens
+  // Tokens of the decode step whose K/V cache pointers BeginStep uploaded (after the state
+  // buffers at d_seq_base_: attention slot ai's K caches at d_seq_base_ + (1 + 2 ai) N, its V
+  // caches N further); 0: none, attention runs per sequence.
+  int64_t kv_tok_n_ = 0;
   int64_t* d_pos_ = nullptr;
   int32_t* d_ids_ = nullptr;
   float* d_w_ = nullptr;
@@ -688,8 +692,10 @@ absl::Status CudaModel::Init() {
     if (!nq.ok()) return nq.status();
     norm_q8_ws_ = std::move(*nq);
   }
+  // Last: a decode step's pointers (BeginStep): each token's state buffer, then per attention
+  // layer each token's K and V caches.
   auto tok = cuda::DeviceBuffer::alloc(Align256(N * 4) + Align256(N * 8) + 2 * Align256(N * k * 4) +
-                                       Align256(N * 8));
+                                       Align256(N * 8 * (1 + 2 * n_attn_)));
   if (!tok.ok()) return tok.status();
   tok_ws_ = std::move(*tok);
   uint8_t* t = static_cast<uint8_t*>(tok_ws_.get());
@@ -862,26 +868,19 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
   RS_CU(cuda::attn_prep(qg, N, nh, nkv, hd, c_.rope_dims, L.q_norm, L.k_norm, d_pos_,
                         c_.rope_theta, c_.eps, q, gate, kk, stream_));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  int64_t r0 = 0;
-  for (const Piece& p : ps) {
-    auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
-    const int64_t n_past = p.seq->n_past, T = p.n;
-    uint8_t* K = kv(st->buf.get(), st->cap, ai, 0);
-    uint8_t* V = kv(st->buf.get(), st->cap, ai, 1);
-    // Positions come from d_pos_ (n_past + t): a graph replays these launches at any length.
-    RS_CU(cuda::kv_store_kv_at(kk + r0 * nkv * hd, vv + r0 * nkv * hd, T, nkv * hd, kv_type_, K,
-                               V, kv_row_, d_pos_ + r0, stream_));
-    const KvView kview{kv_type_, K, nkv, hd, kv_row_};
-    const KvView vview{kv_type_, V, nkv, hd, kv_row_};
-    if (!graph && T >= kFlashPrefillTokens && flash_ok_) {
-      // Prefill pieces: each block reads the cache once for all heads of a KV head.
-      RS_CU(cuda::attention_prefill(q + r0 * nh * hd, T, nh, hd, kview, vview, n_past, scale,
-                                    y + r0 * nh * hd, stream_));
-      r0 += T;
-      continue;
+  if (decode_step_ && kv_tok_n_ == N && N == static_cast<int64_t>(ps.size())) {
+    // A decode batch: every token's K/V store in one launch and its attention in one launch
+    // pair, each token on its own sequence's cache (the pointers BeginStep uploaded).
+    void* const* Kt = reinterpret_cast<void* const*>(d_seq_base_ + (1 + 2 * ai) * N);
+    void* const* Vt = Kt + N;
+    RS_CU(cuda::kv_store_kv_seqs_at(kk, vv, N, nkv * hd, kv_type_, Kt, Vt, kv_row_, d_pos_,
+                                    stream_));
+    int64_t max_ctx = 1;
+    for (const Piece& p : ps) {
+      auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+      max_ctx = std::max(max_ctx, graph ? st->cap : p.seq->n_past + 1);
     }
-    const int64_t max_ctx = graph ? st->cap : n_past + T;
-    const size_t need = cuda::attention_workspace_bytes(T, nh, hd, max_ctx - T);
+    const size_t need = cuda::attention_seqs_workspace_bytes(N, nh, hd, max_ctx);
     if (need > attn_ws_.size()) {  // never inside a capture: Step sized it first
       RS_CU(cuda::synchronize(stream_));
       DropGraphs();
@@ -889,10 +888,42 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
       if (!b.ok()) return b.status();
       attn_ws_ = std::move(*b);
     }
-    RS_CU(cuda::attention_at(q + r0 * nh * hd, T, nh, hd, kview, vview, d_pos_ + r0, max_ctx,
-                             scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_,
-                             gqa_attn_));
-    r0 += T;
+    const KvView kview{kv_type_, nullptr, nkv, hd, kv_row_};
+    RS_CU(cuda::attention_seqs_at(q, N, nh, hd, kview, kview, Kt, Vt, d_pos_, max_ctx, scale, y,
+                                  attn_ws_.get(), attn_ws_.size(), stream_, gqa_attn_));
+  } else {
+    int64_t r0 = 0;
+    for (const Piece& p : ps) {
+      auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+      const int64_t n_past = p.seq->n_past, T = p.n;
+      uint8_t* K = kv(st->buf.get(), st->cap, ai, 0);
+      uint8_t* V = kv(st->buf.get(), st->cap, ai, 1);
+      // Positions come from d_pos_ (n_past + t): a graph replays these launches at any length.
+      RS_CU(cuda::kv_store_kv_at(kk + r0 * nkv * hd, vv + r0 * nkv * hd, T, nkv * hd, kv_type_, K,
+                                 V, kv_row_, d_pos_ + r0, stream_));
+      const KvView kview{kv_type_, K, nkv, hd, kv_row_};
+      const KvView vview{kv_type_, V, nkv, hd, kv_row_};
+      if (!graph && T >= kFlashPrefillTokens && flash_ok_) {
+        // Prefill pieces: each block reads the cache once for all heads of a KV head.
+        RS_CU(cuda::attention_prefill(q + r0 * nh * hd, T, nh, hd, kview, vview, n_past, scale,
+                                      y + r0 * nh * hd, stream_));
+        r0 += T;
+        continue;
+      }
+      const int64_t max_ctx = graph ? st->cap : n_past + T;
+      const size_t need = cuda::attention_workspace_bytes(T, nh, hd, max_ctx - T);
+      if (need > attn_ws_.size()) {  // never inside a capture: Step sized it first
+        RS_CU(cuda::synchronize(stream_));
+        DropGraphs();
+        auto b = cuda::DeviceBuffer::alloc(need);
+        if (!b.ok()) return b.status();
+        attn_ws_ = std::move(*b);
+      }
+      RS_CU(cuda::attention_at(q + r0 * nh * hd, T, nh, hd, kview, vview, d_pos_ + r0, max_ctx,
+                               scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_,
+                               gqa_attn_));
+      r0 += T;
+    }
   }
   const int64_t QD = nh * hd;
   if (fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && QD % 32 == 0 &&
@@ -1328,15 +1359,17 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     std::vector<uintptr_t> key = {static_cast<uintptr_t>(mode),
                                   reinterpret_cast<uintptr_t>(attn_ws_.get())};
     size_t need = 0;
+    int64_t max_cap = 1;
     for (const Piece& p : ps) {
       auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
       key.push_back(reinterpret_cast<uintptr_t>(st->buf.get()));
       key.push_back(static_cast<uintptr_t>(st->cap));
       key.push_back(static_cast<uintptr_t>(p.rows));
-      if (n_attn_ > 0)
-        need = std::max(need, cuda::attention_workspace_bytes(1, c_.n_head, c_.head_dim,
-                                                              st->cap - 1));
+      max_cap = std::max(max_cap, st->cap);
     }
+    // The decode batch's attention (Attention: one launch pair over every sequence's cache).
+    if (n_attn_ > 0)
+      need = cuda::attention_seqs_workspace_bytes(N, c_.n_head, c_.head_dim, max_cap);
     if (need > attn_ws_.size()) {
       RS_CU(cuda::synchronize(stream_));
       DropGraphs();
@@ -1396,11 +1429,25 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
 // each piece's state buffer where that kernel finds it.
 absl::Status CudaModel::BeginStep(const std::vector<Piece>& ps, bool decode) {
   decode_step_ = decode;
-  if (!decode || !fused_dn_ || !fused_dn_on_) return absl::OkStatus();
-  std::vector<uint8_t*> bases;
-  for (const Piece& p : ps)
-    bases.push_back(static_cast<uint8_t*>(static_cast<CudaSeqState*>(p.seq->device.get())->buf.get()));
-  return cuda::copy_to_device(d_seq_base_, bases.data(), bases.size() * sizeof(uint8_t*), stream_);
+  kv_tok_n_ = 0;
+  const bool dn = fused_dn_ && fused_dn_on_;
+  if (!decode || (!dn && n_attn_ == 0)) return absl::OkStatus();
+  // One upload: the sequences' state buffers (the fused DeltaNet kernel), then each attention
+  // layer's K and V caches per token (the decode batch's KV stores and attention in one launch
+  // each instead of one per sequence).
+  const int64_t N = static_cast<int64_t>(ps.size());
+  std::vector<uint8_t*> ptrs(N * (1 + 2 * n_attn_));
+  for (int64_t i = 0; i < N; ++i) {
+    auto* st = static_cast<CudaSeqState*>(ps[i].seq->device.get());
+    uint8_t* base = static_cast<uint8_t*>(st->buf.get());
+    ptrs[i] = base;
+    for (int64_t ai = 0; ai < n_attn_; ++ai) {
+      ptrs[(1 + 2 * ai) * N + i] = kv(base, st->cap, ai, 0);
+      ptrs[(2 + 2 * ai) * N + i] = kv(base, st->cap, ai, 1);
+    }
+  }
+  kv_tok_n_ = n_attn_ > 0 ? N : 0;
+  return cuda::copy_to_device(d_seq_base_, ptrs.data(), ptrs.size() * sizeof(uint8_t*), stream_);
 }
 
 absl::Status CudaModel::Mixer(absl::Span<const StepItem> batch, int64_t l, float* hidden,

@@ -41,6 +41,8 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(32 * kGqaMaxGroup)
   __shared__ float sk[kGqaTile * hd], sv[kGqaTile * hd];
   const int64_t nkv = nh / group;
   const int64_t t = blockIdx.x / nkv, kvh = blockIdx.x % nkv;
+  if (k.tok) k.data = k.tok[t];
+  if (v.tok) v.data = v.tok[t];
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
   const int64_t th = t * nh + kvh * group + warp;
   const int64_t c = blockIdx.y;

@@ -62,6 +62,8 @@ __global__ void __launch_bounds__(32)
   const int64_t t = th / nh, h = th % nh, kvh = h / group;
   const int64_t c = blockIdx.y;
   const int lane = static_cast<int>(threadIdx.x);
+  if (k.tok) k.data = k.tok[t];
+  if (v.tok) v.data = v.tok[t];
   const int64_t n_ctx = (pos ? pos[t] : n_past + t) + 1;
   const int64_t p0 = c * chunk;
   const int64_t p1 = min(n_ctx, p0 + chunk);

@@ -127,6 +127,9 @@ struct AttnKv {
   const uint8_t* data;
   int64_t n_kv_heads;
   size_t pos_stride;
+  // Tokens of different sequences (a decode batch): token t's cache is tok[t] (a device array
+  // of n_tok pointers) and `data` is unused.
+  const uint8_t* const* tok = nullptr;
 };
 // gqa: the first pass reads each K/V row once per KV head (attn_gqa_kernel.cuh) when the group
 // size allows, else once per query head.

@@ -261,6 +261,18 @@ absl::Status kv_store_kv_at(const float* k, const float* v, int64_t n_tok, int64
   return st("kv_store_kv_at", glue::launch_kv_store(src, dst, 2, n_tok, n, *kind, row_bytes, pos,
                                                     as_stream(s)));
 }
+absl::Status kv_store_kv_seqs_at(const float* k, const float* v, int64_t n_tok, int64_t n,
+                                 GgmlType type, void* const* d_K, void* const* d_V,
+                                 size_t row_bytes, const int64_t* pos, Stream s) {
+  absl::StatusOr<int> kind = KvKind("kv_store_kv_seqs_at", n, type, row_bytes, pos);
+  if (!kind.ok()) return kind.status();
+  if (d_K == nullptr || d_V == nullptr)
+    return absl::InvalidArgumentError("kv_store_kv_seqs_at: the caches' arrays are null");
+  const float* src[2] = {k, v};
+  void* const* const tok[2] = {d_K, d_V};
+  return st("kv_store_kv_seqs_at", glue::launch_kv_store(src, nullptr, 2, n_tok, n, *kind,
+                                                         row_bytes, pos, as_stream(s), tok));
+}
 absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                       Stream s) {
   if (rows < 0 || n < 1 || n_ids < 0) return bad("mask_ids", rows, n_ids);

@@ -206,11 +206,14 @@ cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
 }
 cudaError_t launch_kv_store(const float* const* src, void* const* dst, int pairs, int64_t n_tok,
                             int64_t n, int kind, size_t row_bytes, const int64_t* pos,
-                            cudaStream_t s) {
+                            cudaStream_t s, void* const* const* dst_tok) {
   KvStoreArgs a;
   for (int i = 0; i < pairs; ++i) {
     a.src[i] = src[i];
-    a.dst[i] = static_cast<uint8_t*>(dst[i]);
+    if (dst_tok)
+      a.dst_tok[i] = reinterpret_cast<uint8_t* const*>(dst_tok[i]);
+    else
+      a.dst[i] = static_cast<uint8_t*>(dst[i]);
   }
   a.n_tok = n_tok;
   a.n = n;

@@ -34,6 +34,12 @@ absl::Status kv_store_at(const float* src, int64_t n_tok, int64_t n, GgmlType ty
 absl::Status kv_store_kv_at(const float* k, const float* v, int64_t n_tok, int64_t n,
                             GgmlType type, void* K, void* V, size_t row_bytes,
                             const int64_t* d_pos, Stream s = nullptr);
+// kv_store_kv_at for the tokens of a decode batch, each of its own sequence, in one launch:
+// token t's K row goes to row pos[t] of the cache d_K[t], its V row likewise (d_K, d_V: device
+// arrays of n_tok cache bases).
+absl::Status kv_store_kv_seqs_at(const float* k, const float* v, int64_t n_tok, int64_t n,
+                                 GgmlType type, void* const* d_K, void* const* d_V,
+                                 size_t row_bytes, const int64_t* pos, Stream s = nullptr);
 // rows x n logits: x[r][ids[i]] = -inf for the n_ids ids (the vocabulary's unused ids).
 absl::Status mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                       Stream s = nullptr);

@@ -15,10 +15,11 @@ cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
                             float* beta, cudaStream_t s);
 // kind: 0 = F32, 1 = F16, 2 = Q8_0.
 // pos: destination row of each token.
-// pairs (1 or 2) of (src, dst) in one launch.
+// pairs (1 or 2) of (src, dst) in one launch; dst_tok (or null): per pair, a device array of
+// each token's cache (dst unused then).
 cudaError_t launch_kv_store(const float* const* src, void* const* dst, int pairs, int64_t n_tok,
                             int64_t n, int kind, size_t row_bytes, const int64_t* pos,
-                            cudaStream_t s);
+                            cudaStream_t s, void* const* const* dst_tok = nullptr);
 cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
                                int64_t rows, int64_t n, float* out, cudaStream_t s);
 cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,

@@ -800,19 +800,26 @@ absl::Status rope_neox(float* x, int64_t n_tok, int64_t n_heads, int64_t head_di
 }
 
 size_t attention_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t n_past) {
-  const int64_t chunk = detail::attn_chunk(T, nh, n_past + T);
-  const int64_t n_chunks = (n_past + T + chunk - 1) / chunk;
+  return attention_seqs_workspace_bytes(T, nh, hd, n_past + T);
+}
+
+size_t attention_seqs_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t max_ctx) {
+  const int64_t chunk = detail::attn_chunk(T, nh, max_ctx);
+  const int64_t n_chunks = (max_ctx + chunk - 1) / chunk;
   return static_cast<size_t>(T * nh * n_chunks * (hd + 2)) * sizeof(float);
 }
 
 namespace {
+// k_tok / v_tok (or null): each token's own cache (a decode batch); k.data / v.data unused then.
 absl::Status attention_impl(const float* q, int64_t T, int64_t nh, int64_t hd, const KvView& k,
                             const KvView& v, int64_t n_past, const int64_t* d_pos,
                             int64_t n_ctx, float scale, float* out, void* ws, size_t ws_bytes,
-                            Stream s, bool gqa) {
+                            Stream s, bool gqa, const void* const* k_tok = nullptr,
+                            const void* const* v_tok = nullptr) {
+  const bool seqs = k_tok != nullptr;
   if (hd != 32 && hd != 64 && hd != 128 && hd != 256)
     return bad(absl::StrCat("attention: head_dim ", hd, " (CUDA supports 32, 64, 128, 256)"));
-  if (T < 1 || n_past < 0 || nh < 1 || n_ctx < T)
+  if (T < 1 || n_past < 0 || nh < 1 || n_ctx < (seqs ? 1 : T))
     return bad(absl::StrCat("attention: T = ", T, ", n_past = ", n_past, ", nh = ", nh,
                             ", context = ", n_ctx));
   for (const KvView* kv : {&k, &v}) {
@@ -823,21 +830,25 @@ absl::Status attention_impl(const float* q, int64_t T, int64_t nh, int64_t hd, c
       return bad(absl::StrCat("attention: KV head_dim ", kv->head_dim, " (q ", hd, "), ",
                               kv->n_kv_heads, " KV heads for ", nh, " query heads"));
     const size_t al = kv->type == GgmlType::F16 ? 16 : kv->type == GgmlType::F32 ? 4 : 2;
-    if (!aligned(kv->data, al) || kv->pos_stride_bytes % al != 0)
+    if ((!seqs && !aligned(kv->data, al)) || kv->pos_stride_bytes % al != 0)
       return bad(absl::StrCat("attention: ", type_name(kv->type), " KV cache needs ", al,
                               "-byte alignment (pos_stride ", kv->pos_stride_bytes, ")"));
   }
   if (k.n_kv_heads != v.n_kv_heads)
     return bad(absl::StrCat("attention: K has ", k.n_kv_heads, " heads, V ", v.n_kv_heads));
-  const size_t need = attention_workspace_bytes(T, nh, hd, n_ctx - T);
+  if (seqs && (v_tok == nullptr || d_pos == nullptr))
+    return bad("attention_seqs_at: V caches or positions are null");
+  const size_t need = attention_seqs_workspace_bytes(T, nh, hd, n_ctx);
   if (ws == nullptr || ws_bytes < need || !aligned(ws, 16))
     return bad(absl::StrCat("attention: workspace of ", ws_bytes, " bytes; need ", need));
   const int64_t chunk = detail::attn_chunk(T, nh, n_ctx);
   const int64_t n_chunks = (n_ctx + chunk - 1) / chunk;
   const detail::AttnKv kk{k.type, static_cast<const uint8_t*>(k.data), k.n_kv_heads,
-                          k.pos_stride_bytes};
+                          k.pos_stride_bytes,
+                          reinterpret_cast<const uint8_t* const*>(k_tok)};
   const detail::AttnKv vv{v.type, static_cast<const uint8_t*>(v.data), v.n_kv_heads,
-                          v.pos_stride_bytes};
+                          v.pos_stride_bytes,
+                          reinterpret_cast<const uint8_t* const*>(v_tok)};
   return cuda_status("attention",
                      detail::launch_attention(q, T, nh, hd, kk, vv, n_past, d_pos, scale, out,
                                               static_cast<float*>(ws), n_chunks, chunk, gqa,
@@ -857,6 +868,17 @@ absl::Status attention_at(const float* q, int64_t T, int64_t nh, int64_t hd, con
                           float* out, void* ws, size_t ws_bytes, Stream s, bool gqa) {
   if (d_pos == nullptr) return bad("attention_at: positions are null");
   return attention_impl(q, T, nh, hd, k, v, 0, d_pos, max_ctx, scale, out, ws, ws_bytes, s, gqa);
+}
+
+absl::Status attention_seqs_at(const float* q, int64_t T, int64_t nh, int64_t hd,
+                               const KvView& k, const KvView& v, const void* const* d_k,
+                               const void* const* d_v, const int64_t* d_pos, int64_t max_ctx,
+                               float scale, float* out, void* ws, size_t ws_bytes, Stream s,
+                               bool gqa) {
+  if (d_k == nullptr || d_v == nullptr || d_pos == nullptr)
+    return bad("attention_seqs_at: the caches' arrays or the positions are null");
+  return attention_impl(q, T, nh, hd, k, v, 0, d_pos, max_ctx, scale, out, ws, ws_bytes, s, gqa,
+                        d_k, d_v);
 }
 
 absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,

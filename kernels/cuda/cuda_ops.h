@@ -266,6 +266,18 @@ absl::Status attention_at(const float* q, int64_t T, int64_t nh, int64_t hd, con
                           float* out, void* ws, size_t ws_bytes, Stream s = nullptr,
                           bool gqa = false);
 
+// As attention_at for T tokens of T different sequences (a decode batch), in one launch pair
+// instead of one per sequence: token t's cache is d_k[t] / d_v[t] (device arrays of T cache
+// bases; k and v give the type, heads and strides, their data unused), and it attends to its
+// positions [0, d_pos[t]] (d_pos[t] < max_ctx, the largest capacity among them). Workspace:
+// attention_seqs_workspace_bytes(T, nh, hd, max_ctx).
+size_t attention_seqs_workspace_bytes(int64_t T, int64_t nh, int64_t hd, int64_t max_ctx);
+absl::Status attention_seqs_at(const float* q, int64_t T, int64_t nh, int64_t hd,
+                               const KvView& k, const KvView& v, const void* const* d_k,
+                               const void* const* d_v, const int64_t* d_pos, int64_t max_ctx,
+                               float scale, float* out, void* ws, size_t ws_bytes,
+                               Stream s = nullptr, bool gqa = false);
+
 absl::Status conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
                          float* state, float* out, Stream s = nullptr);
 // Gated delta rule, any T (token by token per head; equal to delta_rule_recurrent_ref and to the

@@ -5,7 +5,9 @@
 // the causal end. Runs everywhere (no GPU).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -74,6 +76,67 @@ TEST_P(AttnGqaEmu, MergedRecordsMatchAttentionRef) {
   }
   EXPECT_LE(testing_kernels::max_abs(got, p.want), 2e-5);
   simt::set_order(simt::Order::kForward);
+}
+
+// A decode batch (AttnKv::tok): token t of B reads its own sequence's cache, of its own length,
+// with the split sized for the longest; each token's merged output equals attention_ref on its
+// own sequence.
+TEST(AttnGqaEmuBatch, EachTokenOnItsOwnCache) {
+  for (const GgmlType kv : {GgmlType::F16, GgmlType::Q8_0}) {
+    const int64_t B = 3, nh = 8, nkv = 2, hd = 64, chunk = 16;
+    const int64_t n_past[B] = {40, 5, 23};
+    const int64_t max_ctx = 41, n_chunks = (max_ctx + chunk - 1) / chunk;
+    const size_t rb = row_bytes(kv, nkv * hd);
+    std::mt19937 rng(static_cast<uint32_t>(kv) + 17);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<std::vector<uint8_t>> K(B), V(B);
+    std::vector<const uint8_t*> kp(B), vp(B);
+    std::vector<float> q(B * nh * hd), want(B * nh * hd);
+    std::vector<int64_t> pos(B);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> tmp(nkv * hd);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n_pos = n_past[b] + 1;
+      K[b].resize(n_pos * rb);
+      V[b].resize(n_pos * rb);
+      for (int64_t i = 0; i < n_pos; ++i) {
+        for (auto& x : tmp) x = nd(rng);
+        quantize_row_ref(kv, tmp.data(), K[b].data() + i * rb, nkv * hd);
+        for (auto& x : tmp) x = nd(rng);
+        quantize_row_ref(kv, tmp.data(), V[b].data() + i * rb, nkv * hd);
+      }
+      for (int64_t i = 0; i < nh * hd; ++i) q[b * nh * hd + i] = 2.0f * nd(rng);
+      kp[b] = K[b].data();
+      vp[b] = V[b].data();
+      pos[b] = n_past[b];
+      attention_ref(q.data() + b * nh * hd, 1, nh, hd, KvView{kv, K[b].data(), nkv, hd, rb, 0},
+                    KvView{kv, V[b].data(), nkv, hd, rb, 0}, n_past[b], scale,
+                    want.data() + b * nh * hd);
+    }
+    const AttnKv k{kv, nullptr, nkv, rb, kp.data()}, v{kv, nullptr, nkv, rb, vp.data()};
+    std::vector<float> ws(B * nh * n_chunks * (hd + 2), NAN);
+    ASSERT_EQ(simt::launch({static_cast<unsigned>(B * nkv), static_cast<unsigned>(n_chunks)},
+                           {static_cast<unsigned>(32 * (nh / nkv))}, 0,
+                           attn_gqa_partial_kernel<2>, q.data(), nh, nh / nkv, k, v, int64_t{0},
+                           pos.data(), scale, ws.data(), n_chunks, chunk),
+              "");
+    std::vector<float> got(B * nh * hd);
+    for (int64_t th = 0; th < B * nh; ++th) {
+      const float* part = ws.data() + th * n_chunks * (hd + 2);
+      double M = -INFINITY, L = 0;
+      for (int64_t ch = 0; ch < n_chunks; ++ch) M = std::max<double>(M, part[ch * (hd + 2)]);
+      std::vector<double> acc(hd, 0.0);
+      for (int64_t ch = 0; ch < n_chunks; ++ch) {
+        const float* pc = part + ch * (hd + 2);
+        if (pc[1] == 0.0f) continue;
+        const double f = std::exp(pc[0] - M);
+        L += pc[1] * f;
+        for (int64_t i = 0; i < hd; ++i) acc[i] += pc[2 + i] * f;
+      }
+      for (int64_t i = 0; i < hd; ++i) got[th * hd + i] = static_cast<float>(acc[i] / L);
+    }
+    EXPECT_LE(testing_kernels::max_abs(got, want), 2e-5) << type_name(kv);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

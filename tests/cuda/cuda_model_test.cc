@@ -270,6 +270,43 @@ TEST_P(CudaModelTest, BatchCopyAndReset) {
   EXPECT_LE(Nmse(again.data(), l0.data(), V_), 1e-12);
 }
 
+// A decode batch of sequences at different lengths (their KV stores and attention in one launch
+// each for the batch, every token on its own cache) equals each sequence decoding alone, with
+// and without graphs.
+TEST_P(CudaModelTest, DecodeBatchEqualsAlone) {
+  const std::vector<int32_t> p0 = Prompt(31, V_, 8), p1 = Prompt(3, V_, 9), p2 = Prompt(12, V_, 10);
+  auto a0 = gpu_->NewSequence(), a1 = gpu_->NewSequence(), a2 = gpu_->NewSequence();
+  std::vector<float> l;
+  for (auto [s, p] : {std::pair{a0.get(), &p0}, std::pair{a1.get(), &p1},
+                      std::pair{a2.get(), &p2}}) {
+    StepItem it{s, p->data(), static_cast<int64_t>(p->size()), false};
+    ASSERT_TRUE(gpu_->Forward({&it, 1}, &l).ok());
+  }
+  int32_t toks[3] = {4, 9, 13};
+  for (int step = 0; step < 4; ++step) {
+    gpu_->set_cuda_graphs(step % 2 == 0);
+    SeqState c0 = *a0, c1 = *a1, c2 = *a2;
+    StepItem batch[3] = {{a0.get(), &toks[0], 1, false}, {a1.get(), &toks[1], 1, false},
+                         {a2.get(), &toks[2], 1, false}};
+    std::vector<float> lb;
+    auto st = gpu_->Forward(batch, &lb);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(lb.size(), static_cast<size_t>(3 * V_));
+    SeqState* alone[3] = {&c0, &c1, &c2};
+    for (int i = 0; i < 3; ++i) {
+      StepItem it{alone[i], &toks[i], 1, false};
+      std::vector<float> la;
+      ASSERT_TRUE(gpu_->Forward({&it, 1}, &la).ok());
+      EXPECT_LE(Nmse(lb.data() + i * V_, la.data(), V_), exact_ ? 1e-9 : 2e-2)
+          << "step " << step << " sequence " << i;
+    }
+    for (int i = 0; i < 3; ++i) toks[i] = Argmax(lb.data() + i * V_, V_);
+  }
+  gpu_->set_cuda_graphs(true);
+  EXPECT_EQ(a0->n_past, 35);
+  EXPECT_EQ(a1->n_past, 7);
+}
+
 // Decode steps replayed from CUDA graphs equal the same steps launched kernel by kernel, and
 // ForwardGreedy (argmax on the device, unused ids masked) picks the argmax of Forward's logits.
 TEST_P(CudaModelTest, GraphsAndGreedy) {

@@ -3,12 +3,14 @@
 // are poisoned (0xFF bytes = NaN) before each run so unwritten elements fail.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "kernels/cuda/cuda_glue.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/formats.h"
 #include "kernels/ops.h"
@@ -324,6 +326,75 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnParam{GgmlType::F16, 70, 10, 4, 2, 64},
                       AttnParam{GgmlType::F32, 300, 0, 2, 1, 32}),
     attn_name);
+
+// A decode batch: B sequences of different lengths, each token's K/V stored into its own cache
+// (kv_store_kv_seqs_at) and its attention over that cache (attention_seqs_at), one launch each
+// for the batch, against attention_ref per sequence.
+TEST_F(CudaOps, DecodeBatchStoresAndAttendsPerSequence) {
+  const int64_t nh = 16, nkv = 2, hd = 256, row = nkv * hd;
+  const std::vector<int64_t> n_past = {0, 1, 300, 4095, 77};
+  const int64_t B = static_cast<int64_t>(n_past.size()), cap = 4096 + 128;
+  for (const GgmlType type : {GgmlType::F16, GgmlType::Q8_0}) {
+    for (const bool gqa : {false, true}) {
+      std::mt19937 rng(static_cast<uint32_t>(type) + (gqa ? 7 : 0));
+      const size_t stride = row_bytes(type, row);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      std::vector<DeviceBuffer> dk, dv;
+      std::vector<void*> kp, vp;
+      std::vector<std::vector<float>> kf(B), vf(B);
+      for (int64_t b = 0; b < B; ++b) {
+        // Positions [0, n_past) already cached; the new token's row comes from the store.
+        kf[b] = testing::randn(rng, (n_past[b] + 1) * row);
+        vf[b] = testing::randn(rng, (n_past[b] + 1) * row);
+        std::vector<uint8_t> kc = encode_cache(type, kf[b], n_past[b], row, stride);
+        std::vector<uint8_t> vc = encode_cache(type, vf[b], n_past[b], row, stride);
+        kc.resize(cap * stride, 0xFF);  // unwritten rows: NaN-ish poison
+        vc.resize(cap * stride, 0xFF);
+        dk.push_back(upload(kc));
+        dv.push_back(upload(vc));
+        kp.push_back(dk.back().get());
+        vp.push_back(dv.back().get());
+      }
+      std::vector<float> knew(B * row), vnew(B * row);
+      std::vector<int64_t> pos(B);
+      for (int64_t b = 0; b < B; ++b) {
+        std::copy_n(kf[b].begin() + n_past[b] * row, row, knew.begin() + b * row);
+        std::copy_n(vf[b].begin() + n_past[b] * row, row, vnew.begin() + b * row);
+        pos[b] = n_past[b];
+      }
+      const std::vector<float> q = testing::randn(rng, B * nh * hd);
+      DeviceBuffer dkp = upload(kp), dvp = upload(vp), dkn = upload(knew), dvn = upload(vnew),
+                   dpos = upload(pos), dq = upload(q), dout = poisoned<float>(B * nh * hd);
+      RS_ASSERT_OK(kv_store_kv_seqs_at(dkn.as<float>(), dvn.as<float>(), B, row, type,
+                                       dkp.as<void*>(), dvp.as<void*>(), stride,
+                                       dpos.as<int64_t>()));
+      const int64_t max_ctx = cap;
+      DeviceBuffer ws = poisoned<uint8_t>(attention_seqs_workspace_bytes(B, nh, hd, max_ctx));
+      const KvView view{type, nullptr, nkv, hd, stride};
+      RS_ASSERT_OK(attention_seqs_at(dq.as<float>(), B, nh, hd, view, view,
+                                     dkp.as<const void*>(), dvp.as<const void*>(),
+                                     dpos.as<int64_t>(), max_ctx, scale, dout.as<float>(),
+                                     ws.get(), ws.size(), nullptr, gqa));
+      const std::vector<float> got = download<float>(dout, B * nh * hd);
+      for (int64_t b = 0; b < B; ++b) {
+        const std::vector<uint8_t> kc = encode_cache(type, kf[b], n_past[b] + 1, row, stride);
+        const std::vector<uint8_t> vc = encode_cache(type, vf[b], n_past[b] + 1, row, stride);
+        std::vector<float> ref(nh * hd);
+        attention_ref(q.data() + b * nh * hd, 1, nh, hd, KvView{type, kc.data(), nkv, hd, stride},
+                      KvView{type, vc.data(), nkv, hd, stride}, n_past[b], scale, ref.data());
+        const std::vector<float> g(got.begin() + b * nh * hd, got.begin() + (b + 1) * nh * hd);
+        EXPECT_LT(max_rel_err(g, ref, 1e-3), 2e-5)
+            << type_name(type) << (gqa ? " gqa" : "") << " sequence " << b;
+        // The stored rows are the reference encoding of the new token.
+        std::vector<uint8_t> back(stride);
+        RS_ASSERT_OK(copy_to_host(back.data(),
+                                  static_cast<const uint8_t*>(kp[b]) + n_past[b] * stride, stride));
+        EXPECT_TRUE(std::equal(back.begin(), back.end(), kc.begin() + n_past[b] * stride))
+            << "K row of sequence " << b;
+      }
+    }
+  }
+}
 
 TEST(CudaOpsArgs, RejectBadShapesWithNumbers) {
   const DeltaNetDims d{1, 2, 3, 100, 128};

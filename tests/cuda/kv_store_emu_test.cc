@@ -1,7 +1,8 @@
 // The KV-cache store kernels (kernels/cuda/kv_store_kernel.cuh) built for the host and run
 // through the SIMT emulator: each row lands at its position, byte for byte what the CPU
 // reference conversion gives (quantize_row_ref: F32 copy, F16 round to nearest even, Q8_0
-// blocks), K and V in one launch (grid y = 2), nothing written outside the stored rows.
+// blocks), K and V in one launch (grid y = 2), nothing written outside the stored rows; and a
+// decode batch, each token into its own sequence's caches.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -71,6 +72,65 @@ TEST_P(KvStoreEmu, RowsAtTheirPositionsAsTheReference) {
         for (size_t b = 0; b < stride; ++b)
           ASSERT_EQ(cache[r * stride + b], fill) << "row " << r << " written";
   }
+}
+
+// A decode batch (dst_tok): token t's K and V rows land at row pos[t] of its own caches, and
+// nothing else of any cache is written.
+TEST_P(KvStoreEmu, DecodeBatchEachTokenInItsOwnCache) {
+  const Case c = GetParam();
+  simt::set_order(simt::Order::kReverse, 0);
+  const size_t row = row_bytes(c.type, c.n);
+  const size_t stride = row + 8;
+  const int64_t cap = 9;
+  std::mt19937 rng(static_cast<uint32_t>(c.n * 5 + c.n_tok));
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  std::vector<float> k(c.n_tok * c.n), v(c.n_tok * c.n);
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  std::vector<int64_t> pos(c.n_tok);
+  std::vector<std::vector<uint8_t>> K(c.n_tok), V(c.n_tok);
+  std::vector<uint8_t*> kp(c.n_tok), vp(c.n_tok);
+  for (int64_t t = 0; t < c.n_tok; ++t) {
+    pos[t] = (3 * t + 1) % cap;  // each sequence at its own length
+    K[t].assign(cap * stride, 0x11);
+    V[t].assign(cap * stride, 0x22);
+    kp[t] = K[t].data();
+    vp[t] = V[t].data();
+  }
+  KvStoreArgs a;
+  a.src[0] = k.data();
+  a.src[1] = v.data();
+  a.dst_tok[0] = kp.data();
+  a.dst_tok[1] = vp.data();
+  a.n_tok = c.n_tok;
+  a.n = c.n;
+  a.row_bytes = stride;
+  a.pos = pos.data();
+  const unsigned blocks =
+      static_cast<unsigned>((c.n_tok * c.n + kKvStoreThreads - 1) / kKvStoreThreads);
+  const auto kernel = c.type == GgmlType::F32   ? kv_store_f32_kernel
+                      : c.type == GgmlType::F16 ? kv_store_f16_kernel
+                                                : kv_store_q8_kernel;
+  ASSERT_EQ(simt::launch({blocks, 2}, {kKvStoreThreads}, 0, kernel, a), "");
+  std::vector<uint8_t> want(row);
+  for (int which = 0; which < 2; ++which)
+    for (int64_t t = 0; t < c.n_tok; ++t) {
+      const std::vector<uint8_t>& cache = which ? V[t] : K[t];
+      const uint8_t fill = which ? 0x22 : 0x11;
+      quantize_row_ref(c.type, (which ? v : k).data() + t * c.n, want.data(), c.n);
+      for (int64_t r = 0; r < cap; ++r) {
+        if (r == pos[t]) {
+          ASSERT_EQ(std::memcmp(cache.data() + r * stride, want.data(), row), 0)
+              << (which ? "V" : "K") << " of token " << t;
+          for (size_t b = row; b < stride; ++b) ASSERT_EQ(cache[r * stride + b], fill);
+        } else {
+          for (size_t b = 0; b < stride; ++b)
+            ASSERT_EQ(cache[r * stride + b], fill)
+                << (which ? "V" : "K") << " cache of token " << t << ", row " << r << " written";
+        }
+      }
+    }
+  simt::set_order(simt::Order::kForward);
 }
 
 INSTANTIATE_TEST_SUITE_P(
