@@ -69,6 +69,7 @@ struct Row {
   double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, decode_nograph = 0, frac = 0;
   double decode_unfused = 0, decode_unfused_moe = 0, decode_gqa = 0, decode_sampled = 0;
   double dev_ms = 0;  // the decode step's kernels' device time (launch profile)
+  double decode_pdl = 0;  // with programmatic dependent launch (0: the device has none)
   std::vector<std::pair<int, double>> batch;
 };
 
@@ -165,6 +166,16 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       tok = ids[0];
     });
     model.set_cuda_gqa_attention(false);
+    // Programmatic dependent launch (sm_90+; off by default until this number says).
+    if (cuda::programmatic_launch_supported()) {
+      model.set_cuda_programmatic_launch(true);
+      r.decode_pdl = timed([&] {
+        StepItem it{s.get(), &tok, 1, false};
+        if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
+        tok = ids[0];
+      });
+      model.set_cuda_programmatic_launch(false);
+    }
     SamplerParams sp;
     sp.temperature = 0.8f;
     sp.top_k = 40;
@@ -215,10 +226,10 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
               static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
               bw, r.decode_nograph);
   std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; MoE + norm-q8 unfused "
-              "%.1f tok/s; attention per KV head %.1f tok/s; sampled on the GPU (top-k 40, "
-              "top-p 0.95, penalties) %.1f tok/s\n",
+              "%.1f tok/s; attention per KV head %.1f tok/s; programmatic dependent launch %.1f "
+              "tok/s; sampled on the GPU (top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
               spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_unfused_moe,
-              r.decode_gqa, r.decode_sampled);
+              r.decode_gqa, r.decode_pdl, r.decode_sampled);
   std::fflush(stdout);
   if (do8k) {
     auto s8 = model.NewSequence(8192);
@@ -313,17 +324,19 @@ int main(int argc, char** argv) {
   // no-graph / dn-unfused / moe-unfused / attn-gqa: decode tok/s without CUDA graphs, with the
   // DeltaNet layers as separate kernels, with the per-token experts and separate quantisers,
   // with split-K attention's first pass per KV head. dev-ms: the decode step's kernels' own
-  // device time (launch profile), against 1000 / decode for the whole step.
-  std::printf("%-16s %8s %9s %9s %9s %10s %7s %7s %10s %10s %11s %9s %s\n", "model", "MB/tok",
-              "pf512", "pf-ctx", "pf8k", "decode", "%BW", "dev-ms", "no-graph", "dn-unfused",
-              "moe-unfused", "attn-gqa", "batch tok/s");
+  // device time (launch profile), against 1000 / decode for the whole step. pdl: decode with
+  // programmatic dependent launch (0 where the device has none).
+  std::printf("%-16s %8s %9s %9s %9s %10s %7s %7s %10s %10s %11s %9s %8s %s\n", "model",
+              "MB/tok", "pf512", "pf-ctx", "pf8k", "decode", "%BW", "dev-ms", "no-graph",
+              "dn-unfused", "moe-unfused", "attn-gqa", "pdl", "batch tok/s");
   for (const Row& r : rows) {
     std::string b;
     for (auto [n, t] : r.batch) b += std::to_string(n) + ":" + std::to_string(static_cast<int>(t)) + " ";
-    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %7.3f %10.1f %10.1f %11.1f %9.1f %s\n",
+    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %7.3f %10.1f %10.1f %11.1f %9.1f "
+                "%8.1f %s\n",
                 r.model.c_str(), r.mb_per_tok, r.prefill512, r.prefill_ctx, r.prefill8k, r.decode,
                 100 * r.frac, r.dev_ms, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe,
-                r.decode_gqa, b.c_str());
+                r.decode_gqa, r.decode_pdl, b.c_str());
   }
   return 0;
 }

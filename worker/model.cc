@@ -646,6 +646,10 @@ void Model::set_cuda_gqa_attention(bool on) {
   if (cuda_) cuda_->SetGqaAttention(on);
 }
 
+void Model::set_cuda_programmatic_launch(bool on) {
+  if (cuda_) cuda_->SetProgrammaticLaunch(on);
+}
+
 absl::StatusOr<Model::CudaProfile> Model::ProfileCuda(const std::function<absl::Status()>& step) {
   if (!cuda_) return absl::FailedPreconditionError("ProfileCuda: the model is not on a GPU");
   return cuda_->Profile(step);

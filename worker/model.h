@@ -177,6 +177,10 @@ class Model {
   // CUDA backend: split-K attention reads each K/V row once per KV head for all its query heads
   // (on) or once per query head (off, the default until measured on a GPU).
   void set_cuda_gqa_attention(bool on);
+  // CUDA backend: programmatic dependent launch (sm_90+: each kernel's blocks may be scheduled
+  // before the previous kernel ends; every kernel waits for it first, so results are equal).
+  // Off by default until measured on a GPU; a no-op on older devices.
+  void set_cuda_programmatic_launch(bool on);
   // CUDA backend (benchmarks): runs `step` (Forward / ForwardGreedy / ForwardSample calls) with
   // graphs off and every kernel and copy it queues timed on the device (kernels/cuda/cuda_ops.h
   // profile_begin), each labelled by the part of the model that queued it ("moe/moe_decode

@@ -245,6 +245,12 @@ class CudaModel : public CudaBackend {
     out.host_bound = p->host_bound;
     return out;
   }
+  void SetProgrammaticLaunch(bool on) override {
+    cudaSetDevice(device_);
+    const bool was = cuda::programmatic_launch();
+    cuda::set_programmatic_launch(on);
+    if (cuda::programmatic_launch() != was) DropGraphs();  // captured with the other kind
+  }
   void SetFusedMoeDecode(bool on) override {
     if (on == fused_moe_on_) return;
     fused_moe_on_ = on;

@@ -116,6 +116,8 @@ class CudaBackend : public RowsBackend {
   // Split-K attention (decode, and prefill pieces the flash kernel does not take): the first pass
   // reads each K/V row once per KV head (on) or once per query head (default until measured).
   virtual void SetGqaAttention(bool on) = 0;
+  // Model::set_cuda_programmatic_launch.
+  virtual void SetProgrammaticLaunch(bool on) = 0;
   // Model::ProfileCuda.
   virtual absl::StatusOr<Model::CudaProfile> Profile(const std::function<absl::Status()>& step) = 0;
   // ForwardDistributed's layer l on the device, for a batch of at most 512 tokens with

@@ -37,6 +37,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(32 * kGqaMaxGroup)
     attn_gqa_partial_kernel(const float* q, int64_t nh, int64_t group, AttnKv k, AttnKv v,
                             int64_t n_past, const int64_t* pos, float scale, float* ws,
                             int64_t n_chunks, int64_t chunk) {
+  RS_PDL_ENTRY();
   constexpr int64_t hd = 32 * DPL;
   __shared__ float sk[kGqaTile * hd], sv[kGqaTile * hd];
   const int64_t nkv = nh / group;

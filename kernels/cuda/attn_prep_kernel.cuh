@@ -15,6 +15,7 @@ namespace rs::cuda::glue {
 
 // Grid n_tok * (nh + nkv): block b < n_tok * nh is q head (b / nh, b % nh), the rest k heads.
 RS_KERNEL void RS_LAUNCH_BOUNDS(kAttnPrepThreads) attn_prep_kernel(const AttnPrepArgs a) {
+  RS_PDL_ENTRY();
   __shared__ float xs[kAttnPrepMaxDim];
   __shared__ float red[kAttnPrepThreads / 32];
   const int64_t b = blockIdx.x, hd = a.hd;

@@ -12,8 +12,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/attn_gqa_kernel.cuh"
+#include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/cuda_quant.cuh"
 
 namespace rs::cuda::detail {
@@ -57,6 +58,7 @@ __global__ void __launch_bounds__(32)
     attn_partial_kernel(const float* __restrict__ q, int64_t nh, int64_t group, AttnKv k, AttnKv v,
                         int64_t n_past, const int64_t* __restrict__ pos, float scale,
                         float* __restrict__ ws, int64_t n_chunks, int64_t chunk) {
+  RS_PDL_ENTRY();
   constexpr int64_t hd = 32 * DPL;
   const int64_t th = blockIdx.x;  // t * nh + h
   const int64_t t = th / nh, h = th % nh, kvh = h / group;
@@ -108,6 +110,7 @@ constexpr int kMergeWarps = 4;
 template <int DPL>
 __global__ void __launch_bounds__(32 * kMergeWarps)
     attn_merge_kernel(const float* __restrict__ ws, int64_t n_chunks, float* __restrict__ out) {
+  RS_PDL_ENTRY();
   constexpr int64_t hd = 32 * DPL;
   const int64_t th = blockIdx.x;
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
@@ -161,19 +164,20 @@ cudaError_t launch_attn(const float* q, int64_t T, int64_t nh, const AttnKv& k, 
                         int64_t n_chunks, int64_t chunk, bool gqa, cudaStream_t s) {
   const int64_t group = nh / k.n_kv_heads;
   if (gqa && group >= 2 && group <= kGqaMaxGroup) {
-    attn_gqa_partial_kernel<DPL>
-        <<<dim3(static_cast<unsigned>(T * k.n_kv_heads), static_cast<unsigned>(n_chunks)),
-           static_cast<unsigned>(32 * group), 0, s>>>(q, nh, group, k, v, n_past, pos, scale, ws,
-                                                      n_chunks, chunk);
+    detail::launch_kernel(
+        attn_gqa_partial_kernel<DPL>,
+        dim3(static_cast<unsigned>(T * k.n_kv_heads), static_cast<unsigned>(n_chunks)),
+        static_cast<unsigned>(32 * group), 0, s, q, nh, group, k, v, n_past, pos, scale, ws,
+        n_chunks, chunk);
   } else {
-    attn_partial_kernel<DPL>
-        <<<dim3(static_cast<unsigned>(T * nh), static_cast<unsigned>(n_chunks)), 32, 0, s>>>(
-            q, nh, group, k, v, n_past, pos, scale, ws, n_chunks, chunk);
+    detail::launch_kernel(attn_partial_kernel<DPL>,
+                          dim3(static_cast<unsigned>(T * nh), static_cast<unsigned>(n_chunks)), 32,
+                          0, s, q, nh, group, k, v, n_past, pos, scale, ws, n_chunks, chunk);
   }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  attn_merge_kernel<DPL><<<static_cast<unsigned>(T * nh), 32 * kMergeWarps, 0, s>>>(ws, n_chunks,
-                                                                               out);
+  detail::launch_kernel(attn_merge_kernel<DPL>, static_cast<unsigned>(T * nh), 32 * kMergeWarps, 0,
+                        s, ws, n_chunks, out);
   return cudaGetLastError();
 }
 

@@ -86,6 +86,8 @@ float emulate_row_dot(GgmlType t, const uint8_t* row, int64_t cols, const float*
 void emulate_quantize_act(const float* x, int64_t cols, int8_t* q, float* ds);
 void emulate_dequant32(GgmlType t, const uint8_t* row, int64_t k0, float* v);
 cudaError_t launch_fill_random(void* data, size_t bytes, uint64_t seed, cudaStream_t s);
+// Whether launches ask for programmatic dependent launch (cuda_launch.cuh).
+bool pdl_enabled();
 // One thread that spins for `ns` nanoseconds of the device's global timer (the launch
 // profile's hold).
 cudaError_t launch_hold(uint64_t ns, cudaStream_t s);

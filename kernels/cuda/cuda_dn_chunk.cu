@@ -1,6 +1,7 @@
 // Device build of the chunked delta rule kernel (kernels/cuda/dn_chunk_kernel.cuh).
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/dn_chunk_kernel.cuh"
 
 namespace rs::cuda::dn {
@@ -20,9 +21,10 @@ cudaError_t prepare_dn_chunk(size_t need, size_t* granted) {
 
 cudaError_t launch_dn_chunk(const ChunkArgs& a, cudaStream_t s) {
   if (a.T > 0)
-    dn_chunk_kernel<<<dim3(static_cast<unsigned>(a.Hv),
-                           static_cast<unsigned>((a.dv + kChunkCols - 1) / kChunkCols)),
-                      kChunkThreads, chunk_smem_bytes(a.dk), s>>>(a);
+    detail::launch_kernel(dn_chunk_kernel,
+                          dim3(static_cast<unsigned>(a.Hv),
+                               static_cast<unsigned>((a.dv + kChunkCols - 1) / kChunkCols)),
+                          kChunkThreads, chunk_smem_bytes(a.dk), s, a);
   return cudaGetLastError();
 }
 

@@ -1,15 +1,17 @@
 // Device build of the fused DeltaNet decode kernel (kernels/cuda/dn_decode_kernel.cuh).
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/dn_decode_kernel.cuh"
 
 namespace rs::cuda::dn {
 
 cudaError_t launch_dn_decode(const DecodeArgs& a, int64_t B, cudaStream_t s) {
   if (B > 0)
-    dn_decode_kernel<<<dim3(static_cast<unsigned>(a.Hk), static_cast<unsigned>(B),
-                            static_cast<unsigned>(a.Hv / a.Hk)),
-                       kDecodeThreads, decode_smem_bytes(a.Hk, a.Hv, a.dk, a.dv), s>>>(a);
+    detail::launch_kernel(dn_decode_kernel,
+                          dim3(static_cast<unsigned>(a.Hk), static_cast<unsigned>(B),
+                               static_cast<unsigned>(a.Hv / a.Hk)),
+                          kDecodeThreads, decode_smem_bytes(a.Hk, a.Hv, a.dk, a.dv), s, a);
   return cudaGetLastError();
 }
 

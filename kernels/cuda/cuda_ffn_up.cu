@@ -1,6 +1,7 @@
 // Device build of the dense FFN's fused up kernel (kernels/cuda/ffn_up_kernel.cuh).
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/ffn_up_kernel.cuh"
 
 namespace rs::cuda::ffnup {
@@ -10,14 +11,30 @@ template <GgmlType T>
 cudaError_t launch_type(const Args& a, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(blocks(a)));
   switch (a.n_tok) {
-    case 1: ffn_up_kernel<T, 1><<<grid, kThreads, 0, s>>>(a); break;
-    case 2: ffn_up_kernel<T, 2><<<grid, kThreads, 0, s>>>(a); break;
-    case 3: ffn_up_kernel<T, 3><<<grid, kThreads, 0, s>>>(a); break;
-    case 4: ffn_up_kernel<T, 4><<<grid, kThreads, 0, s>>>(a); break;
-    case 5: ffn_up_kernel<T, 5><<<grid, kThreads, 0, s>>>(a); break;
-    case 6: ffn_up_kernel<T, 6><<<grid, kThreads, 0, s>>>(a); break;
-    case 7: ffn_up_kernel<T, 7><<<grid, kThreads, 0, s>>>(a); break;
-    case 8: ffn_up_kernel<T, 8><<<grid, kThreads, 0, s>>>(a); break;
+    case 1:
+      detail::launch_kernel(ffn_up_kernel<T, 1>, grid, kThreads, 0, s, a);
+      break;
+    case 2:
+      detail::launch_kernel(ffn_up_kernel<T, 2>, grid, kThreads, 0, s, a);
+      break;
+    case 3:
+      detail::launch_kernel(ffn_up_kernel<T, 3>, grid, kThreads, 0, s, a);
+      break;
+    case 4:
+      detail::launch_kernel(ffn_up_kernel<T, 4>, grid, kThreads, 0, s, a);
+      break;
+    case 5:
+      detail::launch_kernel(ffn_up_kernel<T, 5>, grid, kThreads, 0, s, a);
+      break;
+    case 6:
+      detail::launch_kernel(ffn_up_kernel<T, 6>, grid, kThreads, 0, s, a);
+      break;
+    case 7:
+      detail::launch_kernel(ffn_up_kernel<T, 7>, grid, kThreads, 0, s, a);
+      break;
+    case 8:
+      detail::launch_kernel(ffn_up_kernel<T, 8>, grid, kThreads, 0, s, a);
+      break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

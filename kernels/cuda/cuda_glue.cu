@@ -5,10 +5,11 @@
 #include <cfloat>
 #include <cstdint>
 
-#include "kernels/cuda/cuda_glue_launch.h"
 #include "kernels/cuda/attn_prep_kernel.cuh"
-#include "kernels/cuda/norm_q8_kernel.cuh"
+#include "kernels/cuda/cuda_glue_launch.h"
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/kv_store_kernel.cuh"
+#include "kernels/cuda/norm_q8_kernel.cuh"
 #include "kernels/cuda/row_ops_kernel.cuh"
 
 namespace rs::cuda::glue {
@@ -23,11 +24,13 @@ __device__ __forceinline__ float silu_d(float x) { return x / (1.0f + expf(-x));
 __device__ __forceinline__ float softplus_d(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] += x[i];
 }
 
 __global__ void mul_sigmoid_kernel(float* __restrict__ o, const float* __restrict__ g, int64_t n) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) o[i] *= sigmoid_d(g[i]);
 }
@@ -36,6 +39,7 @@ __global__ void dn_gates_kernel(const float* __restrict__ b, const float* __rest
                                 const float* __restrict__ ssm_a, const float* __restrict__ dt_bias,
                                 int64_t n, int64_t Hv, float* __restrict__ g,
                                 float* __restrict__ beta) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t h = i % Hv;
@@ -46,6 +50,7 @@ __global__ void dn_gates_kernel(const float* __restrict__ b, const float* __rest
 __global__ void swiglu_rows_kernel(const float* __restrict__ gate, int64_t ldg,
                                    const float* __restrict__ up, int64_t ldu, int64_t rows,
                                    int64_t n, float* __restrict__ out) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * n) return;
   const int64_t r = i / n, c = i % n;
@@ -55,6 +60,7 @@ __global__ void swiglu_rows_kernel(const float* __restrict__ gate, int64_t ldg,
 __global__ void add_sigmoid_scaled_kernel(float* __restrict__ out, const float* __restrict__ d,
                                           const float* __restrict__ sg, int64_t n_tok,
                                           int64_t H) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_tok * H) return;
   out[i] += sigmoid_d(sg[i / H]) * d[i];
@@ -63,6 +69,7 @@ __global__ void add_sigmoid_scaled_kernel(float* __restrict__ out, const float* 
 // One block per row.
 __global__ void __launch_bounds__(kThreads)
     argmax_kernel(const float* __restrict__ x, int64_t n, int32_t* __restrict__ ids) {
+  RS_PDL_ENTRY();
   const float* row = x + static_cast<int64_t>(blockIdx.x) * n;
   float best = -FLT_MAX;
   int64_t best_i = n;  // n: "none yet" (a row of -inf/NaN falls back to 0 below)
@@ -96,6 +103,7 @@ __global__ void __launch_bounds__(32)
     dn_prep_kernel(const float* __restrict__ cv, int64_t Hk, int64_t dk, int64_t VD,
                    float q_scale, float* __restrict__ q, float* __restrict__ k,
                    float* __restrict__ v) {
+  RS_PDL_ENTRY();
   const int64_t t = blockIdx.x / Hk, h = blockIdx.x % Hk;
   const int lane = static_cast<int>(threadIdx.x);
   const int64_t KD = Hk * dk, CD = 2 * KD + VD;
@@ -122,6 +130,7 @@ __global__ void __launch_bounds__(32)
 
 __global__ void mask_ids_kernel(float* __restrict__ x, int64_t rows, int64_t n,
                                 const int32_t* __restrict__ ids, int64_t n_ids) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * n_ids) return;
   x[(i / n_ids) * n + ids[i % n_ids]] = -INFINITY;
@@ -131,21 +140,26 @@ __global__ void mask_ids_kernel(float* __restrict__ x, int64_t rows, int64_t n,
 
 cudaError_t launch_mask_ids(float* x, int64_t rows, int64_t n, const int32_t* ids, int64_t n_ids,
                             cudaStream_t s) {
-  if (rows * n_ids > 0) mask_ids_kernel<<<grid_for(rows * n_ids), kThreads, 0, s>>>(x, rows, n, ids, n_ids);
+  if (rows * n_ids > 0)
+    detail::launch_kernel(mask_ids_kernel, grid_for(rows * n_ids), kThreads, 0, s, x, rows, n, ids,
+                          n_ids);
   return cudaGetLastError();
 }
 
 cudaError_t launch_attn_prep(const AttnPrepArgs& a, cudaStream_t s) {
   const int64_t blocks = a.n_tok * (a.nh + a.nkv);
-  if (blocks > 0) attn_prep_kernel<<<static_cast<unsigned>(blocks), kAttnPrepThreads, 0, s>>>(a);
+  if (blocks > 0)
+    detail::launch_kernel(attn_prep_kernel, static_cast<unsigned>(blocks), kAttnPrepThreads, 0, s,
+                          a);
   return cudaGetLastError();
 }
 
 cudaError_t launch_gate_q8(float* y, const float* gate, int64_t n, int8_t* q, float* ds,
                           cudaStream_t s) {
   if (n > 0)
-    gate_q8_kernel<<<static_cast<unsigned>((n + kNormQ8Threads - 1) / kNormQ8Threads),
-                     kNormQ8Threads, 0, s>>>(y, gate, n, q, ds);
+    detail::launch_kernel(gate_q8_kernel,
+                          static_cast<unsigned>((n + kNormQ8Threads - 1) / kNormQ8Threads),
+                          kNormQ8Threads, 0, s, y, gate, n, q, ds);
   return cudaGetLastError();
 }
 
@@ -161,15 +175,19 @@ cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, i
   a.y = y;
   a.q = q;
   a.ds = ds;
-  if (rows > 0) add_rms_norm_q8_kernel<<<static_cast<unsigned>(rows), kNormQ8Threads, 0, s>>>(a);
+  if (rows > 0)
+    detail::launch_kernel(add_rms_norm_q8_kernel, static_cast<unsigned>(rows), kNormQ8Threads, 0, s,
+                          a);
   return cudaGetLastError();
 }
 cudaError_t launch_gather_rows(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows,
                                const float* scale, int64_t n, int64_t width, cudaStream_t s) {
   if (n > 0 && width > 0)
-    gather_rows_kernel<<<dim3(static_cast<unsigned>(n),
-                              static_cast<unsigned>((width + kRowOpsThreads - 1) / kRowOpsThreads)),
-                         kRowOpsThreads, 0, s>>>(dst, dst_rows, src, rows, scale, width);
+    detail::launch_kernel(
+        gather_rows_kernel,
+        dim3(static_cast<unsigned>(n),
+             static_cast<unsigned>((width + kRowOpsThreads - 1) / kRowOpsThreads)),
+        kRowOpsThreads, 0, s, dst, dst_rows, src, rows, scale, width);
   return cudaGetLastError();
 }
 
@@ -177,31 +195,36 @@ cudaError_t launch_combine_slots(float* hidden, const float* rows, const int32_t
                                  const float* ffn, int64_t n_tok, int64_t k, int64_t H,
                                  cudaStream_t s) {
   if (n_tok > 0 && H > 0)
-    combine_slots_kernel<<<dim3(static_cast<unsigned>(n_tok),
-                                static_cast<unsigned>((H + kRowOpsThreads - 1) / kRowOpsThreads)),
-                           kRowOpsThreads, 0, s>>>(hidden, rows, slot_row, ffn, k, H);
+    detail::launch_kernel(combine_slots_kernel,
+                          dim3(static_cast<unsigned>(n_tok),
+                               static_cast<unsigned>((H + kRowOpsThreads - 1) / kRowOpsThreads)),
+                          kRowOpsThreads, 0, s, hidden, rows, slot_row, ffn, k, H);
   return cudaGetLastError();
 }
 
 cudaError_t launch_dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int64_t VD,
                            float q_scale, float* q, float* k, float* v, cudaStream_t s) {
-  if (n_tok > 0) dn_prep_kernel<<<static_cast<unsigned>(n_tok * Hk), 32, 0, s>>>(cv, Hk, dk, VD, q_scale, q, k, v);
+  if (n_tok > 0)
+    detail::launch_kernel(dn_prep_kernel, static_cast<unsigned>(n_tok * Hk), 32, 0, s, cv, Hk, dk,
+                          VD, q_scale, q, k, v);
   return cudaGetLastError();
 }
 
 cudaError_t launch_add(float* y, const float* x, int64_t n, cudaStream_t s) {
-  if (n > 0) add_kernel<<<grid_for(n), kThreads, 0, s>>>(y, x, n);
+  if (n > 0) detail::launch_kernel(add_kernel, grid_for(n), kThreads, 0, s, y, x, n);
   return cudaGetLastError();
 }
 cudaError_t launch_mul_sigmoid(float* o, const float* g, int64_t n, cudaStream_t s) {
-  if (n > 0) mul_sigmoid_kernel<<<grid_for(n), kThreads, 0, s>>>(o, g, n);
+  if (n > 0) detail::launch_kernel(mul_sigmoid_kernel, grid_for(n), kThreads, 0, s, o, g, n);
   return cudaGetLastError();
 }
 cudaError_t launch_dn_gates(const float* b, const float* al, const float* ssm_a,
                             const float* dt_bias, int64_t n_tok, int64_t Hv, float* g,
                             float* beta, cudaStream_t s) {
   const int64_t n = n_tok * Hv;
-  if (n > 0) dn_gates_kernel<<<grid_for(n), kThreads, 0, s>>>(b, al, ssm_a, dt_bias, n, Hv, g, beta);
+  if (n > 0)
+    detail::launch_kernel(dn_gates_kernel, grid_for(n), kThreads, 0, s, b, al, ssm_a, dt_bias, n,
+                          Hv, g, beta);
   return cudaGetLastError();
 }
 cudaError_t launch_kv_store(const float* const* src, void* const* dst, int pairs, int64_t n_tok,
@@ -223,30 +246,34 @@ cudaError_t launch_kv_store(const float* const* src, void* const* dst, int pairs
   if (total <= 0 || pairs <= 0) return cudaGetLastError();
   const unsigned y = static_cast<unsigned>(pairs);
   if (kind == 0)
-    kv_store_f32_kernel<<<dim3(grid_for(total), y), kKvStoreThreads, 0, s>>>(a);
+    detail::launch_kernel(kv_store_f32_kernel, dim3(grid_for(total), y), kKvStoreThreads, 0, s, a);
   else if (kind == 1)
-    kv_store_f16_kernel<<<dim3(grid_for(total), y), kKvStoreThreads, 0, s>>>(a);
+    detail::launch_kernel(kv_store_f16_kernel, dim3(grid_for(total), y), kKvStoreThreads, 0, s, a);
   else
-    kv_store_q8_kernel<<<dim3(grid_for(total), y), kKvStoreThreads, 0, s>>>(a);  // a warp per 32
+    detail::launch_kernel(kv_store_q8_kernel, dim3(grid_for(total), y), kKvStoreThreads, 0, s,
+                          a);  // a warp per 32
   return cudaGetLastError();
 }
 cudaError_t launch_swiglu_rows(const float* gate, int64_t ldg, const float* up, int64_t ldu,
                                int64_t rows, int64_t n, float* out, cudaStream_t s) {
   const int64_t total = rows * n;
   if (total > 0)
-    swiglu_rows_kernel<<<grid_for(total), kThreads, 0, s>>>(gate, ldg, up, ldu, rows, n, out);
+    detail::launch_kernel(swiglu_rows_kernel, grid_for(total), kThreads, 0, s, gate, ldg, up, ldu,
+                          rows, n, out);
   return cudaGetLastError();
 }
 cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* sg, int64_t n_tok,
                                       int64_t H, cudaStream_t s) {
   const int64_t total = n_tok * H;
   if (total > 0)
-    add_sigmoid_scaled_kernel<<<grid_for(total), kThreads, 0, s>>>(out, d, sg, n_tok, H);
+    detail::launch_kernel(add_sigmoid_scaled_kernel, grid_for(total), kThreads, 0, s, out, d, sg,
+                          n_tok, H);
   return cudaGetLastError();
 }
 cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
                                cudaStream_t s) {
-  if (rows > 0) argmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, n, ids);
+  if (rows > 0)
+    detail::launch_kernel(argmax_kernel, static_cast<unsigned>(rows), kThreads, 0, s, x, n, ids);
   return cudaGetLastError();
 }
 

@@ -10,6 +10,7 @@
 #include <mma.h>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/cuda_quant.cuh"
 
 namespace rs::cuda::detail {
@@ -33,6 +34,7 @@ __global__ void __launch_bounds__(kThreads)
     matmul_tc_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t cols, int64_t rows,
                      const float* __restrict__ x, int64_t ldx, int64_t n_tok, float* __restrict__ y,
                      int64_t ldy) {
+  RS_PDL_ENTRY();
   using namespace nvcuda;
   __shared__ TileSmem sm;
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5;
@@ -110,6 +112,7 @@ template <GgmlType T>
 __global__ void embedding_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t cols,
                                  const int32_t* __restrict__ ids, int64_t n_tok, int64_t n_rows,
                                  float* __restrict__ out) {
+  RS_PDL_ENTRY();
   const int64_t pieces = cols / 32;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= pieces * n_tok) return;
@@ -133,7 +136,8 @@ cudaError_t launch_tc(const uint8_t* w, size_t row_stride, int64_t cols, int64_t
                       cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((rows + kBN - 1) / kBN),
                   static_cast<unsigned>((n_tok + kBM - 1) / kBM));
-  matmul_tc_kernel<T><<<grid, kThreads, 0, s>>>(w, row_stride, cols, rows, x, ldx, n_tok, y, ldy);
+  detail::launch_kernel(matmul_tc_kernel<T>, grid, kThreads, 0, s, w, row_stride, cols, rows, x,
+                        ldx, n_tok, y, ldy);
   return cudaGetLastError();
 }
 
@@ -141,8 +145,8 @@ template <GgmlType T>
 cudaError_t launch_emb(const uint8_t* w, size_t row_stride, int64_t cols, const int32_t* ids,
                        int64_t n_tok, int64_t n_rows, float* out, cudaStream_t s) {
   const int64_t n = cols / 32 * n_tok;
-  embedding_kernel<T><<<static_cast<unsigned>((n + 127) / 128), 128, 0, s>>>(
-      w, row_stride, cols, ids, n_tok, n_rows, out);
+  detail::launch_kernel(embedding_kernel<T>, static_cast<unsigned>((n + 127) / 128), 128, 0, s, w,
+                        row_stride, cols, ids, n_tok, n_rows, out);
   return cudaGetLastError();
 }
 

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/cuda_quant.cuh"
 #include "kernels/cuda/matvec_kernel.cuh"
 #include "kernels/cuda/q8_block.cuh"
@@ -21,7 +22,7 @@ template <GgmlType T, int NT, int MODE>
 cudaError_t launch_mv(const MvParams& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(mv_blocks(p)),
                   MODE == static_cast<int>(MvMode::kMoeUp) ? static_cast<unsigned>(p.n_sel) : 1u);
-  matvec_kernel<T, NT, MODE><<<grid, kMvWarps * 32, 0, s>>>(p);
+  detail::launch_kernel(matvec_kernel<T, NT, MODE>, grid, kMvWarps * 32, 0, s, p);
   return cudaGetLastError();
 }
 
@@ -49,6 +50,7 @@ cudaError_t launch_mv_type(const MvParams& p, cudaStream_t s) {
 // One warp per block of 32 activations: q = rint(x / d), d = amax / 127, plus the exact sum.
 __global__ void quantize_act_kernel(const float* __restrict__ x, int64_t ldx, int n_tok,
                                     int64_t cols, int8_t* __restrict__ q, float2* __restrict__ ds) {
+  RS_PDL_ENTRY();
   const int64_t nb = cols / 32;
   const int64_t blk = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
   if (blk >= nb * n_tok) return;
@@ -59,6 +61,7 @@ __global__ void quantize_act_kernel(const float* __restrict__ x, int64_t ldx, in
 }
 
 __global__ void read_sweep_kernel(const uint4* __restrict__ p, size_t n16, float* sink) {
+  RS_PDL_ENTRY();
   uint32_t acc = 0;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -77,6 +80,7 @@ __global__ void read_sweep_kernel(const uint4* __restrict__ p, size_t n16, float
 }
 
 __global__ void fill_random_kernel(uint8_t* p, size_t bytes, uint64_t seed) {
+  RS_PDL_ENTRY();
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i * 8 < bytes;
        i += stride) {
@@ -93,7 +97,8 @@ __global__ void fill_random_kernel(uint8_t* p, size_t bytes, uint64_t seed) {
 
 cudaError_t launch_fill_random(void* data, size_t bytes, uint64_t seed, cudaStream_t s) {
   if (bytes == 0) return cudaSuccess;
-  fill_random_kernel<<<1024, 256, 0, s>>>(static_cast<uint8_t*>(data), bytes, seed);
+  detail::launch_kernel(fill_random_kernel, 1024, 256, 0, s, static_cast<uint8_t*>(data), bytes,
+                        seed);
   return cudaGetLastError();
 }
 
@@ -115,8 +120,8 @@ bool type_uses_q8(GgmlType t) {
 cudaError_t launch_quantize_act(const float* x, int64_t ldx, int n_tok, int64_t cols, int8_t* q,
                                 float* ds, cudaStream_t s) {
   const int64_t blocks = (cols / 32 * n_tok + 7) / 8;
-  quantize_act_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(
-      x, ldx, n_tok, cols, q, reinterpret_cast<float2*>(ds));
+  detail::launch_kernel(quantize_act_kernel, static_cast<unsigned>(blocks), 256, 0, s, x, ldx,
+                        n_tok, cols, q, reinterpret_cast<float2*>(ds));
   return cudaGetLastError();
 }
 
@@ -162,8 +167,8 @@ cudaError_t launch_read_sweep(const void* data, size_t bytes, float* sink, cudaS
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e != cudaSuccess) return e;
-  read_sweep_kernel<<<static_cast<unsigned>(sms * 8), 512, 0, s>>>(
-      static_cast<const uint4*>(data), bytes / 16, sink);
+  detail::launch_kernel(read_sweep_kernel, static_cast<unsigned>(sms * 8), 512, 0, s,
+                        static_cast<const uint4*>(data), bytes / 16, sink);
   return cudaGetLastError();
 }
 

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <string_view>
@@ -282,6 +283,29 @@ absl::Status read_sweep(const void* d_data, size_t bytes, float* d_sink, Stream 
     return bad(absl::StrCat("read_sweep: ", bytes, " bytes; need a 16-byte aligned multiple of 16"));
   return cuda_status("read_sweep", detail::launch_read_sweep(d_data, bytes, d_sink, as_stream(s)));
 }
+
+// ---- programmatic dependent launch -------------------------------------------------------------
+namespace {
+std::atomic<bool> g_pdl{false};
+}  // namespace
+
+bool detail::pdl_enabled() { return g_pdl.load(std::memory_order_relaxed); }
+
+bool programmatic_launch_supported() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major >= 9;
+}
+
+void set_programmatic_launch(bool on) {
+  g_pdl.store(on && programmatic_launch_supported(), std::memory_order_relaxed);
+}
+
+bool programmatic_launch() { return detail::pdl_enabled(); }
 
 // ---- launch profile ------------------------------------------------------------------------------
 namespace {

@@ -5,6 +5,7 @@
 #include <cfloat>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_launch.cuh"
 #include "kernels/cuda/router_kernel.cuh"
 
 namespace rs::cuda::detail {
@@ -40,6 +41,7 @@ __device__ float block_sum(float v) {
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w,
                     const float* __restrict__ z, int64_t n, float eps, float* y) {
+  RS_PDL_ENTRY();
   const int64_t r = blockIdx.x;
   const float* xr = x + r * n;
   float ss = 0.0f;
@@ -55,6 +57,7 @@ __global__ void __launch_bounds__(kNormThreads)
 }
 
 __global__ void __launch_bounds__(kNormThreads) l2_norm_kernel(float* x, int64_t n, float eps) {
+  RS_PDL_ENTRY();
   float* xr = x + static_cast<int64_t>(blockIdx.x) * n;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < n; i += kNormThreads) ss += xr[i] * xr[i];
@@ -67,6 +70,7 @@ __global__ void __launch_bounds__(kNormThreads) l2_norm_kernel(float* x, int64_t
 // and rounded, which gives the correctly rounded powf the CPU reference gets from libm.
 __global__ void rope_neox_kernel(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim,
                                  int64_t n_rot, const int64_t* __restrict__ pos, float theta) {
+  RS_PDL_ENTRY();
   const int64_t half = n_rot / 2;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_tok * n_heads * half) return;
@@ -86,6 +90,7 @@ __global__ void rope_neox_kernel(float* x, int64_t n_tok, int64_t n_heads, int64
 constexpr int kMaxConvK = 8;
 __global__ void conv1d_silu_kernel(const float* __restrict__ u, int64_t T, int64_t C,
                                    const float* __restrict__ w, int K, float* state, float* out) {
+  RS_PDL_ENTRY();
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float win[kMaxConvK], wc[kMaxConvK];
@@ -132,6 +137,7 @@ __global__ void __launch_bounds__(32)
                       const float* __restrict__ q, const float* __restrict__ k,
                       const float* __restrict__ v, const float* __restrict__ g,
                       const float* __restrict__ beta, float* S, float* out) {
+  RS_PDL_ENTRY();
   constexpr int kPart = DK / PARTS;
   constexpr int kCols = 32 / PARTS;
   __shared__ float sq[DK], sk[DK];
@@ -180,6 +186,7 @@ __global__ void __launch_bounds__(32)
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up,
                               int64_t n, float* out) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = silu_d(gate[i]) * up[i];
 }
@@ -188,6 +195,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __res
 __global__ void __launch_bounds__(32)
     router_topk_kernel(const float* __restrict__ logits, int64_t E, int64_t k, int32_t* ids,
                        float* weights) {
+  RS_PDL_ENTRY();
   __shared__ float l[kRouterMaxExperts];
   __shared__ int32_t chosen_ids[32];
   const int64_t t = blockIdx.x;
@@ -199,12 +207,13 @@ __global__ void __launch_bounds__(32)
 
 cudaError_t launch_rms_norm(const float* x, const float* w, const float* z, int64_t rows,
                             int64_t n, float eps, float* y, cudaStream_t s) {
-  rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(x, w, z, n, eps, y);
+  detail::launch_kernel(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, s, x, w, z,
+                        n, eps, y);
   return cudaGetLastError();
 }
 
 cudaError_t launch_l2_norm(float* x, int64_t rows, int64_t n, float eps, cudaStream_t s) {
-  l2_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(x, n, eps);
+  detail::launch_kernel(l2_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, s, x, n, eps);
   return cudaGetLastError();
 }
 
@@ -212,16 +221,16 @@ cudaError_t launch_rope_neox(float* x, int64_t n_tok, int64_t n_heads, int64_t h
                              int64_t n_rot, const int64_t* pos, float theta, cudaStream_t s) {
   const int64_t n = n_tok * n_heads * (n_rot / 2);
   if (n == 0) return cudaSuccess;
-  rope_neox_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(
-      x, n_tok, n_heads, head_dim, n_rot, pos, theta);
+  detail::launch_kernel(rope_neox_kernel, static_cast<unsigned>((n + 255) / 256), 256, 0, s, x,
+                        n_tok, n_heads, head_dim, n_rot, pos, theta);
   return cudaGetLastError();
 }
 
 cudaError_t launch_conv1d_silu(const float* u, int64_t T, int64_t C, const float* w, int64_t K,
                                float* state, float* out, cudaStream_t s) {
   if (K < 1 || K > kMaxConvK) return cudaErrorInvalidValue;
-  conv1d_silu_kernel<<<static_cast<unsigned>((C + 127) / 128), 128, 0, s>>>(
-      u, T, C, w, static_cast<int>(K), state, out);
+  detail::launch_kernel(conv1d_silu_kernel, static_cast<unsigned>((C + 127) / 128), 128, 0, s, u, T,
+                        C, w, static_cast<int>(K), state, out);
   return cudaGetLastError();
 }
 
@@ -232,13 +241,16 @@ cudaError_t launch_delta_rule(const DeltaNetDims& d, const float* q, const float
   const dim3 grid(static_cast<unsigned>(d.Hv), static_cast<unsigned>(d.dv / (32 / kParts)));
   switch (d.dk) {
     case 32:
-      delta_rule_kernel<32, kParts><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
+      detail::launch_kernel(delta_rule_kernel<32, kParts>, grid, 32, 0, s, d.T, d.Hk, d.Hv, d.dv, q,
+                            k, v, g, beta, S, out);
       break;
     case 64:
-      delta_rule_kernel<64, kParts><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
+      detail::launch_kernel(delta_rule_kernel<64, kParts>, grid, 32, 0, s, d.T, d.Hk, d.Hv, d.dv, q,
+                            k, v, g, beta, S, out);
       break;
     case 128:
-      delta_rule_kernel<128, kParts><<<grid, 32, 0, s>>>(d.T, d.Hk, d.Hv, d.dv, q, k, v, g, beta, S, out);
+      detail::launch_kernel(delta_rule_kernel<128, kParts>, grid, 32, 0, s, d.T, d.Hk, d.Hv, d.dv,
+                            q, k, v, g, beta, S, out);
       break;
     default: return cudaErrorInvalidValue;
   }
@@ -248,19 +260,22 @@ cudaError_t launch_delta_rule(const DeltaNetDims& d, const float* q, const float
 cudaError_t launch_swiglu(const float* gate, const float* up, int64_t n, float* out,
                           cudaStream_t s) {
   if (n == 0) return cudaSuccess;
-  swiglu_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(gate, up, n, out);
+  detail::launch_kernel(swiglu_kernel, static_cast<unsigned>((n + 255) / 256), 256, 0, s, gate, up,
+                        n, out);
   return cudaGetLastError();
 }
 
 cudaError_t launch_router_fused(const RouterArgs& a, cudaStream_t s) {
   const int64_t rows = a.E + (a.sh ? 1 : 0);
   if (a.n_tok > 0)
-    router_fused_kernel<<<static_cast<unsigned>((rows + kRouterWarps - 1) / kRouterWarps),
-                          32 * kRouterWarps, 0, s>>>(a);
+    detail::launch_kernel(router_fused_kernel,
+                          static_cast<unsigned>((rows + kRouterWarps - 1) / kRouterWarps),
+                          32 * kRouterWarps, 0, s, a);
   return cudaGetLastError();
 }
 
 __global__ void hold_kernel(uint64_t ns) {
+  RS_PDL_ENTRY();
   uint64_t t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do {
@@ -270,14 +285,15 @@ __global__ void hold_kernel(uint64_t ns) {
 }
 
 cudaError_t launch_hold(uint64_t ns, cudaStream_t s) {
-  hold_kernel<<<1, 1, 0, s>>>(ns);
+  detail::launch_kernel(hold_kernel, 1, 1, 0, s, ns);
   return cudaGetLastError();
 }
 
 cudaError_t launch_router_topk(const float* logits, int64_t n_tok, int64_t E, int64_t k,
                                int32_t* ids, float* weights, cudaStream_t s) {
   if (E > kRouterMaxExperts || k > 32 || k > E) return cudaErrorInvalidValue;
-  router_topk_kernel<<<static_cast<unsigned>(n_tok), 32, 0, s>>>(logits, E, k, ids, weights);
+  detail::launch_kernel(router_topk_kernel, static_cast<unsigned>(n_tok), 32, 0, s, logits, E, k,
+                        ids, weights);
   return cudaGetLastError();
 }
 

@@ -87,6 +87,17 @@ class EventTimer {
   void* b_ = nullptr;
 };
 
+// ---- programmatic dependent launch -------------------------------------------------------------
+// Whether the current device can start a kernel's blocks before the previous kernel in the
+// stream ends (sm_90 and later; kernels/cuda/pdl.h).
+bool programmatic_launch_supported();
+// Every later launch of this library asks for it (on) or not (off, the default); on takes
+// effect only where the current device supports it. Each kernel waits for the one before it
+// first, so results are the same either way; what changes is the gap between kernels. A CUDA
+// graph keeps the choice it was captured with.
+void set_programmatic_launch(bool on);
+bool programmatic_launch();
+
 // ---- launch profile (benchmarks) --------------------------------------------------------------
 // Where a step's device time goes. profile_begin(s) queues a kernel that holds stream s for
 // hold_ms, then every checked entry point of this library (kernels, copies, fills) records an

@@ -21,6 +21,7 @@
 namespace rs::cuda::dn {
 
 RS_KERNEL void RS_LAUNCH_BOUNDS(kChunkThreads) dn_chunk_kernel(ChunkArgs a) {
+  RS_PDL_ENTRY();
   RS_DYN_SHARED(float, sm);
   const int64_t dk = a.dk, dv = a.dv, Hk = a.Hk, Hv = a.Hv, T = a.T;
   const int64_t h = blockIdx.x, j = h % Hk;  // GGUF tiled order

@@ -42,6 +42,7 @@ RS_DEVICE float dn_block_sum(float v, float* red) {
 }
 
 RS_KERNEL void RS_LAUNCH_BOUNDS(kDecodeThreads) dn_decode_kernel(DecodeArgs a) {
+  RS_PDL_ENTRY();
   RS_DYN_SHARED(float, sm);
   __shared__ int last_reader;
   const int tid = static_cast<int>(threadIdx.x);

@@ -21,6 +21,7 @@ using detail::Fmt;
 
 template <GgmlType T, int NT>
 RS_KERNEL void RS_LAUNCH_BOUNDS(kThreads) ffn_up_kernel(const Args a) {
+  RS_PDL_ENTRY();
   constexpr int kWarps = kThreads / 32, kR = kRowsPerWarp;
   __shared__ float sg[NT][kTile];
   __shared__ float su[NT][kTile];

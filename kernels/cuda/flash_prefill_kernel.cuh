@@ -24,6 +24,7 @@ namespace rs::cuda::flash {
 // most kFlashMaxHd.
 template <GgmlType KT>
 RS_KERNEL void RS_LAUNCH_BOUNDS(kFlashThreads) flash_prefill_kernel(PrefillArgs a) {
+  RS_PDL_ENTRY();
   __shared__ float Ks[kFlashBK][kFlashMaxHd];
   __shared__ float Vs[kFlashBK][kFlashMaxHd];
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;

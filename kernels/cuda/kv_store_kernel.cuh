@@ -31,6 +31,7 @@ RS_DEVICE uint8_t* kv_row_at(const KvStoreArgs& a, int w, int64_t r) {
 
 // F32 / F16: a thread per value; grid (ceil(n_tok * n / threads), pairs).
 RS_KERNEL void RS_LAUNCH_BOUNDS(kKvStoreThreads) kv_store_f32_kernel(const KvStoreArgs a) {
+  RS_PDL_ENTRY();
   const int w = static_cast<int>(blockIdx.y);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kKvStoreThreads + threadIdx.x;
   if (i >= a.n_tok * a.n) return;
@@ -39,6 +40,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kKvStoreThreads) kv_store_f32_kernel(const KvSto
 }
 
 RS_KERNEL void RS_LAUNCH_BOUNDS(kKvStoreThreads) kv_store_f16_kernel(const KvStoreArgs a) {
+  RS_PDL_ENTRY();
   const int w = static_cast<int>(blockIdx.y);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kKvStoreThreads + threadIdx.x;
   if (i >= a.n_tok * a.n) return;
@@ -48,6 +50,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kKvStoreThreads) kv_store_f16_kernel(const KvSto
 
 // Q8_0: a warp per block of 32 values; grid (ceil(n_tok * n / 32 / warps per block), pairs).
 RS_KERNEL void RS_LAUNCH_BOUNDS(kKvStoreThreads) kv_store_q8_kernel(const KvStoreArgs a) {
+  RS_PDL_ENTRY();
   const int w = static_cast<int>(blockIdx.y);
   const int64_t nb = a.n / 32;
   const int64_t blk =

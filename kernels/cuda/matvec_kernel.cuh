@@ -30,6 +30,7 @@ inline int64_t mv_blocks(const MvParams& p) {
 
 template <GgmlType T, int NT, int MODE>
 RS_KERNEL void RS_LAUNCH_BOUNDS(kMvWarps * 32) matvec_kernel(const MvParams p) {
+  RS_PDL_ENTRY();
   const int lane = static_cast<int>(threadIdx.x & 31);
   // kPlain: find the block's matrix (the first one's blocks, then each further one's).
   MvMat cur{p.w, p.row_stride, p.rows, p.y, p.ldy};

@@ -71,6 +71,7 @@ RS_DEVICE float silu_f(float x) { return x / (1.0f + expf(-x)); }
 // slot's gate and up, h = silu(gate) * up, and h's q8 block.
 template <GgmlType T>
 RS_KERNEL void RS_LAUNCH_BOUNDS(kUpThreads) moe_up_kernel(const UpArgs a) {
+  RS_PDL_ENTRY();
   constexpr int kWarps = kUpThreads / 32, kPerWarp = kUpTile / kWarps;
   __shared__ float sgu[2 * kUpTile];  // gate rows, then up rows
   const int64_t slot = blockIdx.y, n_routed = a.n_tok * a.k;
@@ -117,6 +118,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kUpThreads) moe_up_kernel(const UpArgs a) {
 // summed in slot order with the routing weights, then the shared slot times sigmoid(logit).
 template <GgmlType T>
 RS_KERNEL void RS_LAUNCH_BOUNDS(kDownThreads) moe_down_kernel(const DownArgs a) {
+  RS_PDL_ENTRY();
   constexpr int kWarps = kDownThreads / 32, kNR = 6;
   __shared__ float part[kWarps][kMaxSlots];
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);

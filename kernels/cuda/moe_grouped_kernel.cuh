@@ -27,6 +27,7 @@ namespace rs::cuda::moe {
 // One block of kSortThreads; dynamic shared memory: 2 * E ints.
 RS_KERNEL void moe_sort_kernel(const int32_t* ids, int64_t n_slots, int64_t E, int32_t* perm,
                                int32_t* inv, int32_t* off, int32_t* tile_off) {
+  RS_PDL_ENTRY();
   RS_DYN_SHARED(int, sm);
   int* count = sm;       // [E]
   int* cursor = sm + E;  // [E]
@@ -66,6 +67,7 @@ RS_KERNEL void moe_sort_kernel(const int32_t* ids, int64_t n_slots, int64_t E, i
 // Grid: x = ceil(rows / kTileN), y >= tile_off[E] (extra blocks return); kGemmThreads threads.
 template <GgmlType T>
 RS_KERNEL void RS_LAUNCH_BOUNDS(kGemmThreads) moe_gemm_kernel(GemmArgs g) {
+  RS_PDL_ENTRY();
   __shared__ float As[kTileM][kTileK + 1];
   __shared__ float Ws[kTileN][kTileK + 1];
   __shared__ int32_t arow[kTileM];
@@ -133,6 +135,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kGemmThreads) moe_gemm_kernel(GemmArgs g) {
 // Grid: (ceil(H / kCombineThreads), n_tok); kCombineThreads threads.
 RS_KERNEL void moe_combine_kernel(const float* d, int64_t ldd, const int32_t* inv,
                                   const float* w, int64_t k, int64_t H, float* out) {
+  RS_PDL_ENTRY();
   const int64_t t = blockIdx.y;
   const int64_t h = static_cast<int64_t>(blockIdx.x) * kCombineThreads + threadIdx.x;
   if (h >= H) return;

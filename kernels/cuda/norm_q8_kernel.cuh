@@ -28,6 +28,7 @@ struct NormQ8Args {
 };
 
 RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads) add_rms_norm_q8_kernel(const NormQ8Args a) {
+  RS_PDL_ENTRY();
   const int64_t r = blockIdx.x, n = a.n;
   float* h = a.hidden + r * n;
   float ss = 0.0f;
@@ -64,6 +65,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads) add_rms_norm_q8_kernel(const Nor
 // n / kNormQ8Threads rounded up, a warp per q8 block.
 RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads)
     gate_q8_kernel(float* y, const float* gate, int64_t n, int8_t* q, float* ds) {
+  RS_PDL_ENTRY();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kNormQ8Threads + threadIdx.x;
   if (i >= n) return;  // n % 32 == 0: whole warps leave together
   const float v = y[i] * (1.0f / (1.0f + expf(-gate[i])));

@@ -69,6 +69,7 @@ RS_DEVICE void warp_router_topk(const float* lt, int64_t E, int64_t k, float* l,
 // router's row r, row E the shared gate; each row's dot is the decode matvec's (Fmt<F32>, lanes
 // over units, the same warp sum), so the logits and hence the choice equal the separate path's.
 RS_KERNEL void RS_LAUNCH_BOUNDS(32 * kRouterWarps) router_fused_kernel(const RouterArgs a) {
+  RS_PDL_ENTRY();
   __shared__ float l[kRouterWarps][kRouterMaxExperts];
   __shared__ int32_t chosen[kRouterWarps][32];
   __shared__ int last;

@@ -17,6 +17,7 @@ constexpr int kRowOpsThreads = 256;
 RS_KERNEL void RS_LAUNCH_BOUNDS(kRowOpsThreads)
     gather_rows_kernel(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows,
                        const float* scale, int64_t width) {
+  RS_PDL_ENTRY();
   const int64_t i = blockIdx.x;
   const int64_t c = static_cast<int64_t>(blockIdx.y) * kRowOpsThreads + threadIdx.x;
   if (c >= width) return;
@@ -34,6 +35,7 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kRowOpsThreads)
 RS_KERNEL void RS_LAUNCH_BOUNDS(kRowOpsThreads)
     combine_slots_kernel(float* hidden, const float* rows, const int32_t* slot_row,
                          const float* ffn, int64_t k, int64_t H) {
+  RS_PDL_ENTRY();
   const int64_t t = blockIdx.x;
   const int64_t h = static_cast<int64_t>(blockIdx.y) * kRowOpsThreads + threadIdx.x;
   if (h >= H) return;

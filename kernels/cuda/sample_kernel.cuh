@@ -114,6 +114,7 @@ RS_DEVICE uint32_t radix_kth(KeyFn key, int64_t V, uint32_t lo_key, int64_t k, i
 RS_KERNEL void RS_LAUNCH_BOUNDS(kThreads) sample_rows_kernel(float* x_all, int64_t ldx, int64_t V, const RowParams* rows,
                                   const PenEntry* pens, const BiasEntry* biases,
                                   int32_t* out_ids) {
+  RS_PDL_ENTRY();
   __shared__ double sh_d[kWarps];
   __shared__ float sh_f[kWarps];
   __shared__ int sh_i[kWarps];

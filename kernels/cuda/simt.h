@@ -8,6 +8,8 @@
 // cooperation); timing, occupancy and the hardware's rounding of intrinsics only the device shows.
 #pragma once
 
+#include "kernels/cuda/pdl.h"
+
 #if defined(__CUDACC__)
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>

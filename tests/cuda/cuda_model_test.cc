@@ -411,6 +411,15 @@ TEST_P(CudaModelTest, FusedMoeDecodeMatchesPerToken) {
   gpu_->set_cuda_graphs(true);
 }
 
+// Programmatic dependent launch changes when kernels start, not what they compute: every
+// kernel waits for the one before it, so the logits are equal (sm_90+; skipped elsewhere).
+TEST_P(CudaModelTest, ProgrammaticLaunchDecodeMatchesPlain) {
+  if (!cuda::programmatic_launch_supported())
+    GTEST_SKIP() << "programmatic dependent launch needs sm_90 or later";
+  DecodeBothWays(gpu_.get(), V_, &Model::set_cuda_programmatic_launch, false, 1e-12);
+  EXPECT_FALSE(cuda::programmatic_launch());
+}
+
 // Split-K attention's first pass per KV head (gqa) vs per query head: the same arithmetic per
 // head (quantised models: a rounding difference can move a q8 step).
 TEST_P(CudaModelTest, GqaAttentionDecodeMatchesPerHead) {

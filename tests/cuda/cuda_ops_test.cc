@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
@@ -408,6 +409,30 @@ TEST(CudaOpsArgs, RejectBadShapesWithNumbers) {
   st = attention(nullptr, 1, 16, 256, kv, kv, 0, 1.0f, nullptr, nullptr, 0);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("Q4_K"), std::string::npos) << st.message();
+}
+
+// ---- programmatic dependent launch ---------------------------------------------------------------
+// A chain of kernels each reading the previous one's output gives the same bits with PDL (each
+// kernel waits for its predecessor before touching memory) as without, graphs or not.
+TEST_F(CudaOps, ProgrammaticLaunchKeepsResults) {
+  if (!programmatic_launch_supported()) GTEST_SKIP() << "needs sm_90 or later";
+  std::mt19937 rng(9);
+  const int64_t n = 3 << 20, rows = 64, cols = n / rows;
+  const std::vector<float> x0 = testing::randn(rng, n), w = testing::uniform(rng, cols, 0.5f, 1.5f);
+  auto run = [&](bool pdl) {
+    set_programmatic_launch(pdl);
+    EXPECT_EQ(programmatic_launch(), pdl);
+    DeviceBuffer a = upload(x0), b = poisoned<float>(n), dw = upload(w);
+    for (int i = 0; i < 20; ++i) {
+      EXPECT_TRUE(rms_norm(a.as<float>(), dw.as<float>(), rows, cols, 1e-6f, b.as<float>()).ok());
+      EXPECT_TRUE(swiglu(b.as<float>(), a.as<float>(), n, a.as<float>()).ok());
+    }
+    set_programmatic_launch(false);
+    return download<float>(a, n);
+  };
+  const std::vector<float> plain = run(false), pdl = run(true);
+  ASSERT_EQ(plain.size(), pdl.size());
+  EXPECT_EQ(std::memcmp(plain.data(), pdl.data(), plain.size() * 4), 0);
 }
 
 // ---- launch profile ------------------------------------------------------------------------------
