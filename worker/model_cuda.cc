@@ -1358,20 +1358,30 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
   };
   const int64_t n_rows = static_cast<int64_t>(rows.size());
   if (use_graphs_ && decode && n_rows <= kMaxLogitRows) {
-    // Decode: the whole step (layers + LM head) as one CUDA graph per batch shape, i.e. per
-    // ordered set of sequence buffers. The launches depend on the positions only through
-    // d_pos_ (KV stores and attention read it on the device), and attention is split for each
-    // sequence's capacity, so the same graph replays at every length.
-    std::vector<uintptr_t> key = {static_cast<uintptr_t>(mode),
-                                  reinterpret_cast<uintptr_t>(attn_ws_.get())};
+    // Decode: the whole step (layers + LM head) as one CUDA graph per batch shape. The
+    // launches depend on the positions only through d_pos_ (KV stores and attention read it on
+    // the device) and attention is split for the largest capacity, so a graph replays at every
+    // length. The fused DeltaNet kernel and the batch's attention reach each sequence's buffer
+    // through the pointers BeginStep uploads, so then the graph serves any set of sequences of
+    // the same count, largest capacity and rows (continuous batching changes the set often);
+    // the separate DeltaNet kernels take a sequence's buffer as a launch argument, so with them
+    // the buffers are part of the key.
+    const bool by_shape = n_dn_ == 0 || (fused_dn_ && fused_dn_on_);
     size_t need = 0;
     int64_t max_cap = 1;
+    for (const Piece& p : ps)
+      max_cap = std::max(max_cap, static_cast<CudaSeqState*>(p.seq->device.get())->cap);
+    std::vector<uintptr_t> key = {static_cast<uintptr_t>(mode),
+                                  reinterpret_cast<uintptr_t>(attn_ws_.get()),
+                                  static_cast<uintptr_t>(by_shape), static_cast<uintptr_t>(N),
+                                  static_cast<uintptr_t>(max_cap)};
     for (const Piece& p : ps) {
       auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
-      key.push_back(reinterpret_cast<uintptr_t>(st->buf.get()));
-      key.push_back(static_cast<uintptr_t>(st->cap));
+      if (!by_shape) {
+        key.push_back(reinterpret_cast<uintptr_t>(st->buf.get()));
+        key.push_back(static_cast<uintptr_t>(st->cap));
+      }
       key.push_back(static_cast<uintptr_t>(p.rows));
-      max_cap = std::max(max_cap, st->cap);
     }
     // The decode batch's attention (Attention: one launch pair over every sequence's cache).
     if (n_attn_ > 0)
