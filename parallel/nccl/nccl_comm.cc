@@ -2,8 +2,9 @@
 // (RIGSERVE_HAVE_NCCL).
 #include "parallel/nccl/nccl_comm.h"
 
+#include "parallel/nccl/nccl_api.h"
+
 #include <cuda_runtime.h>
-#include <nccl.h>
 
 #include <atomic>
 #include <cstring>
@@ -35,9 +36,10 @@ void PollPause(int iteration) {
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, cudaStream_t stream, cudaEvent_t done, float* scratch,
-                   int rank, int size, int device, Ms timeout)
-      : comm_(comm),
+  NcclCommunicator(const NcclApi& nc, ncclComm_t comm, cudaStream_t stream, cudaEvent_t done,
+                   float* scratch, int rank, int size, int device, Ms timeout)
+      : nc_(nc),
+        comm_(comm),
         stream_(stream),
         done_(done),
         scratch_(scratch),
@@ -50,9 +52,9 @@ class NcclCommunicator : public Communicator {
     cudaSetDevice(device_);
     if (comm_ != nullptr) {
       if (broken_.ok()) {
-        ncclCommDestroy(comm_);
+        nc_.ncclCommDestroy(comm_);
       } else {
-        ncclCommAbort(comm_);
+        nc_.ncclCommAbort(comm_);
       }
     }
     cudaFree(scratch_);
@@ -69,7 +71,7 @@ class NcclCommunicator : public Communicator {
     const std::string op = absl::StrCat("send of ", bytes, " bytes to rank ", dst, " (tag ", tag, ")");
     if (dst < 0 || dst >= size_ || dst == rank_) return BadPeer(op, dst);
     if (bytes == 0) return absl::OkStatus();
-    return Run(op, [&] { return ncclSend(data, bytes, ncclInt8, dst, comm_, stream_); });
+    return Run(op, [&] { return nc_.ncclSend(data, bytes, ncclInt8, dst, comm_, stream_); });
   }
 
   absl::Status Recv(int src, void* data, size_t bytes, uint32_t tag) override {
@@ -77,7 +79,7 @@ class NcclCommunicator : public Communicator {
         absl::StrCat("recv of ", bytes, " bytes from rank ", src, " (tag ", tag, ")");
     if (src < 0 || src >= size_ || src == rank_) return BadPeer(op, src);
     if (bytes == 0) return absl::OkStatus();
-    return Run(op, [&] { return ncclRecv(data, bytes, ncclInt8, src, comm_, stream_); });
+    return Run(op, [&] { return nc_.ncclRecv(data, bytes, ncclInt8, src, comm_, stream_); });
   }
 
   absl::Status Broadcast(void* data, size_t bytes, int root) override {
@@ -85,7 +87,7 @@ class NcclCommunicator : public Communicator {
     if (root < 0 || root >= size_) return BadPeer(op, root);
     if (bytes == 0) return absl::OkStatus();
     return Run(op, [&] {
-      return ncclBroadcast(data, data, bytes, ncclInt8, root, comm_, stream_);
+      return nc_.ncclBroadcast(data, data, bytes, ncclInt8, root, comm_, stream_);
     });
   }
 
@@ -94,14 +96,14 @@ class NcclCommunicator : public Communicator {
     if (root < 0 || root >= size_) return BadPeer(op, root);
     if (n == 0) return absl::OkStatus();
     return Run(op, [&] {
-      return ncclReduce(data, data, n, ncclFloat32, ncclSum, root, comm_, stream_);
+      return nc_.ncclReduce(data, data, n, ncclFloat32, ncclSum, root, comm_, stream_);
     });
   }
 
   absl::Status AllReduceSum(float* data, size_t n) override {
     const std::string op = absl::StrCat("all-reduce-sum of ", n, " floats");
     if (n == 0) return absl::OkStatus();
-    return Run(op, [&] { return ncclAllReduce(data, data, n, ncclFloat32, ncclSum, comm_, stream_); });
+    return Run(op, [&] { return nc_.ncclAllReduce(data, data, n, ncclFloat32, ncclSum, comm_, stream_); });
   }
 
   absl::Status AllToAllV(const void* send, const std::vector<size_t>& so,
@@ -126,23 +128,23 @@ class NcclCommunicator : public Communicator {
                                         cudaMemcpyDeviceToDevice, stream_);
         if (e != cudaSuccess) return ncclUnhandledCudaError;
       }
-      ncclResult_t res = ncclGroupStart();
+      ncclResult_t res = nc_.ncclGroupStart();
       if (res != ncclSuccess) return res;
       for (int p = 0; p < size_; ++p) {
         if (p == rank_) continue;
-        if (sb[p] > 0 && (res = ncclSend(s + so[p], sb[p], ncclInt8, p, comm_, stream_)) != ncclSuccess)
+        if (sb[p] > 0 && (res = nc_.ncclSend(s + so[p], sb[p], ncclInt8, p, comm_, stream_)) != ncclSuccess)
           break;
-        if (rb[p] > 0 && (res = ncclRecv(r + ro[p], rb[p], ncclInt8, p, comm_, stream_)) != ncclSuccess)
+        if (rb[p] > 0 && (res = nc_.ncclRecv(r + ro[p], rb[p], ncclInt8, p, comm_, stream_)) != ncclSuccess)
           break;
       }
-      ncclResult_t end = ncclGroupEnd();
+      ncclResult_t end = nc_.ncclGroupEnd();
       return res != ncclSuccess ? res : end;
     });
   }
 
   absl::Status Barrier() override {
     return Run("barrier", [&] {
-      return ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, stream_);
+      return nc_.ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, stream_);
     });
   }
 
@@ -173,15 +175,15 @@ class NcclCommunicator : public Communicator {
     ncclResult_t res = enqueue();
     if (res != ncclSuccess && res != ncclInProgress)
       return Fail(absl::InternalError(
-          absl::StrCat(where, ": ", ncclGetErrorString(res), ": ", ncclGetLastError(comm_))));
+          absl::StrCat(where, ": ", nc_.ncclGetErrorString(res), ": ", nc_.ncclGetLastError(comm_))));
     // Non-blocking communicator: the enqueue itself may still be in progress.
     for (int i = 0;; ++i) {
       ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &async);
+      nc_.ncclCommGetAsyncError(comm_, &async);
       if (async == ncclSuccess) break;
       if (async != ncclInProgress)
-        return Fail(absl::UnavailableError(absl::StrCat(where, ": ", ncclGetErrorString(async),
-                                                        ": ", ncclGetLastError(comm_))));
+        return Fail(absl::UnavailableError(absl::StrCat(where, ": ", nc_.ncclGetErrorString(async),
+                                                        ": ", nc_.ncclGetLastError(comm_))));
       if (Clock::now() > deadline)
         return Fail(absl::DeadlineExceededError(absl::StrCat(
             where, ": not enqueued within the ", timeout().count(), " ms timeout")));
@@ -195,11 +197,11 @@ class NcclCommunicator : public Communicator {
       if (ce != cudaErrorNotReady)
         return Fail(absl::InternalError(absl::StrCat(where, ": ", CudaErr(ce))));
       ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &async);
+      nc_.ncclCommGetAsyncError(comm_, &async);
       if (async != ncclSuccess && async != ncclInProgress)
         return Fail(absl::UnavailableError(absl::StrCat(where, ": a peer failed: ",
-                                                        ncclGetErrorString(async), ": ",
-                                                        ncclGetLastError(comm_))));
+                                                        nc_.ncclGetErrorString(async), ": ",
+                                                        nc_.ncclGetLastError(comm_))));
       if (Clock::now() > deadline)
         return Fail(absl::DeadlineExceededError(absl::StrCat(
             where, ": no answer within the ", timeout().count(), " ms timeout")));
@@ -215,12 +217,13 @@ class NcclCommunicator : public Communicator {
   absl::Status Fail(absl::Status s) {
     if (broken_.ok()) {
       broken_ = s;
-      ncclCommAbort(comm_);  // also releases kernels stuck waiting for a peer
+      nc_.ncclCommAbort(comm_);  // also releases kernels stuck waiting for a peer
       comm_ = nullptr;
     }
     return s;
   }
 
+  const NcclApi& nc_;
   ncclComm_t comm_;
   cudaStream_t stream_;
   cudaEvent_t done_;
@@ -232,6 +235,18 @@ class NcclCommunicator : public Communicator {
 };
 
 }  // namespace
+
+bool NcclAvailable(std::string* why, int* version) {
+  const NcclApi* api = LoadNccl(why);
+  if (api == nullptr) return false;
+  int v = 0;
+  if (api->ncclGetVersion(&v) != ncclSuccess) {
+    if (why) *why = "ncclGetVersion failed";
+    return false;
+  }
+  if (version) *version = v;
+  return true;
+}
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     int rank, int size, KvStore* store, const std::string& prefix, int device,
@@ -255,14 +270,18 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
         absl::StrCat(where, ": the host has ", count, " CUDA devices"));
   if ((ce = cudaSetDevice(device)) != cudaSuccess)
     return absl::UnavailableError(absl::StrCat(where, ": cudaSetDevice: ", CudaErr(ce)));
+  std::string why;
+  const NcclApi* api = LoadNccl(&why);
+  if (api == nullptr) return absl::UnavailableError(absl::StrCat(where, ": ", why));
+  const NcclApi& nc_ = *api;
 
   // The unique id, through the store.
   ncclUniqueId id;
   const std::string key = absl::StrCat(prefix, "/nccl_id");
   if (rank == 0) {
-    ncclResult_t r = ncclGetUniqueId(&id);
+    ncclResult_t r = nc_.ncclGetUniqueId(&id);
     if (r != ncclSuccess)
-      return absl::UnavailableError(absl::StrCat(where, ": ncclGetUniqueId: ", ncclGetErrorString(r)));
+      return absl::UnavailableError(absl::StrCat(where, ": ncclGetUniqueId: ", nc_.ncclGetErrorString(r)));
     std::vector<char> v(sizeof(id));
     std::memcpy(v.data(), &id, sizeof(id));
     if (absl::Status s = store->Set(key, v); !s.ok())
@@ -283,23 +302,23 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
   ncclComm_t comm = nullptr;
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  ncclResult_t r = ncclCommInitRankConfig(&comm, size, id, rank, &config);
+  ncclResult_t r = nc_.ncclCommInitRankConfig(&comm, size, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
-    if (comm != nullptr) ncclCommAbort(comm);
-    return absl::UnavailableError(absl::StrCat(where, ": ncclCommInitRankConfig: ", ncclGetErrorString(r)));
+    if (comm != nullptr) nc_.ncclCommAbort(comm);
+    return absl::UnavailableError(absl::StrCat(where, ": ncclCommInitRankConfig: ", nc_.ncclGetErrorString(r)));
   }
   for (int i = 0;; ++i) {
     ncclResult_t async = ncclSuccess;
-    ncclCommGetAsyncError(comm, &async);
+    nc_.ncclCommGetAsyncError(comm, &async);
     if (async == ncclSuccess) break;
     if (async != ncclInProgress) {
-      std::string last = ncclGetLastError(comm);
-      ncclCommAbort(comm);
+      std::string last = nc_.ncclGetLastError(comm);
+      nc_.ncclCommAbort(comm);
       return absl::UnavailableError(
-          absl::StrCat(where, ": initialisation failed: ", ncclGetErrorString(async), ": ", last));
+          absl::StrCat(where, ": initialisation failed: ", nc_.ncclGetErrorString(async), ": ", last));
     }
     if (Clock::now() > deadline) {
-      ncclCommAbort(comm);
+      nc_.ncclCommAbort(comm);
       return absl::DeadlineExceededError(absl::StrCat(
           where, ": the group did not form within the timeout (a peer did not join?)"));
     }
@@ -314,11 +333,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
       (ce = cudaMalloc(&scratch, sizeof(float))) != cudaSuccess) {
     if (stream) cudaStreamDestroy(stream);
     if (done) cudaEventDestroy(done);
-    ncclCommAbort(comm);
+    nc_.ncclCommAbort(comm);
     return absl::ResourceExhaustedError(absl::StrCat(where, ": ", CudaErr(ce)));
   }
   return std::unique_ptr<Communicator>(
-      new NcclCommunicator(comm, stream, done, scratch, rank, size, device, timeout));
+      new NcclCommunicator(nc_, comm, stream, done, scratch, rank, size, device, timeout));
 }
 
 absl::Status NcclSelfTest(Communicator& c) {

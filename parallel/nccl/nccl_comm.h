@@ -23,7 +23,12 @@
 
 namespace rs::par {
 
-// Unavailable "no CUDA device" where the machine has none (the tests skip on that message).
+// Whether libnccl can be loaded (it is loaded at run time, nccl_api.h), with its version code
+// (e.g. 22304 for 2.23.4); else *why says why.
+bool NcclAvailable(std::string* why, int* version = nullptr);
+
+// Unavailable "no CUDA device" where the machine has none (the tests skip on that message);
+// Unavailable "NCCL is not installed (...)" where the library cannot be loaded.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     int rank, int size, KvStore* store, const std::string& prefix, int device,
     std::chrono::milliseconds timeout);

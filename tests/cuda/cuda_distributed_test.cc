@@ -86,6 +86,8 @@ TEST_P(CudaDistributed, LastStageMatchesOneCpuModel) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n < world)
       GTEST_SKIP() << "NCCL needs one GPU per rank: " << world << " ranks, " << n << " GPU(s)";
+    std::string why;
+    if (!par::NcclAvailable(&why)) GTEST_SKIP() << why;
 #endif
   }
   Model::Placement pl;
