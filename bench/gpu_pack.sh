@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the CUDA tests and the GPU benchmark HERE (build dir build-gpu, sm_90 by default) and
 # packs them, with the shared libraries that a bare GPU host lacks (Abseil, cudart, libstdc++,
-# ...), into one folder for `bench/gpu_check.sh --prebuilt DIR` on the GPU machine.
+# ...), into one folder for `bench/gpu_check.sh --prebuilt DIR` on the GPU machine. The build
+# has no gRPC (RIGSERVE_WITH_GRPC=OFF) and one shared copy of the device code
+# (RIGSERVE_CUDA_SHARED=ON, librs_cuda.so): what travels stays under the limit. Its own build
+# dir (a first build takes ~15 minutes on 2 cores).
 #
 #   bench/gpu_pack.sh [DIR]          DIR defaults to .carry/gpu (ignored by git)
 #   env: CUDA_ARCH=90  BUILD_DIR=build-gpu  JOBS=1
@@ -34,6 +37,7 @@ fi
 # --as-needed: the test binaries link every project library; keep only the shared libraries
 # they really use (no gRPC/protobuf for the CUDA tests), so that little has to travel.
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRIGSERVE_WITH_CUDA=ON \
+  -DRIGSERVE_WITH_GRPC=OFF -DRIGSERVE_CUDA_SHARED=ON -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
   -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
   -DCMAKE_EXE_LINKER_FLAGS="-Wl,--as-needed" "${launcher[@]}" >/dev/null
 
