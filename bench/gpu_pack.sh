@@ -70,6 +70,8 @@ for b in "${bins[@]}"; do
     if [[ -z "${seen[$name]:-}" ]]; then
       seen[$name]=1
       cp -L "$lib" "$DEST/lib/$name"
+      # Ours: host symbols only (the dynamic ones and the device code stay).
+      [[ "$name" == librs_*.so ]] && strip --strip-unneeded "$DEST/lib/$name"
     fi
   done < <(ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3}')
 done

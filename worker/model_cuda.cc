@@ -53,6 +53,10 @@ constexpr int64_t kGroupedMoeTokens = 16;  // prefill steps from this size group
 constexpr int64_t kMoeDecodeChunk = 16;    // tokens per fused MoE decode call
 constexpr int64_t kFlashPrefillTokens = 2;  // pieces from this size use the flash prefill kernel
 constexpr int64_t kChunkedDeltaTokens = 32;  // pieces from this size run the chunked delta rule
+// A decode batch's attention runs in one launch pair while its split-K workspace (every token's
+// chunk records over the largest capacity) stays below this; beyond (hundreds of sequences at
+// long contexts) it runs per sequence, reusing one sequence's workspace.
+constexpr size_t kBatchedAttnWorkspace = size_t{128} << 20;
 
 size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -228,9 +232,10 @@ class CudaModel : public CudaBackend {
     DropGraphs();  // captured with the other path
   }
   absl::StatusOr<Model::CudaProfile> Profile(const std::function<absl::Status()>& step) override {
+    cudaSetDevice(device_);
+    RS_CU(cuda::profile_begin(stream_));
     const bool graphs = use_graphs_;
     use_graphs_ = false;  // a replayed graph records no marks
-    RS_CU(cuda::profile_begin(stream_));
     const absl::Status st = step();
     cuda::profile_scope(nullptr);
     absl::StatusOr<cuda::LaunchProfile> p = cuda::profile_end();
@@ -1366,11 +1371,18 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     // the same count, largest capacity and rows (continuous batching changes the set often);
     // the separate DeltaNet kernels take a sequence's buffer as a launch argument, so with them
     // the buffers are part of the key.
-    const bool by_shape = n_dn_ == 0 || (fused_dn_ && fused_dn_on_);
+    const bool batched_attn = kv_tok_n_ == N;  // BeginStep's choice
+    const bool by_shape =
+        (n_dn_ == 0 || (fused_dn_ && fused_dn_on_)) && (n_attn_ == 0 || batched_attn);
     size_t need = 0;
     int64_t max_cap = 1;
-    for (const Piece& p : ps)
-      max_cap = std::max(max_cap, static_cast<CudaSeqState*>(p.seq->device.get())->cap);
+    for (const Piece& p : ps) {
+      auto* st = static_cast<CudaSeqState*>(p.seq->device.get());
+      max_cap = std::max(max_cap, st->cap);
+      if (n_attn_ > 0 && !batched_attn)  // attention per sequence: the largest one's workspace
+        need = std::max(need, cuda::attention_workspace_bytes(1, c_.n_head, c_.head_dim,
+                                                              st->cap - 1));
+    }
     std::vector<uintptr_t> key = {static_cast<uintptr_t>(mode),
                                   reinterpret_cast<uintptr_t>(attn_ws_.get()),
                                   static_cast<uintptr_t>(by_shape), static_cast<uintptr_t>(N),
@@ -1384,7 +1396,7 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
       key.push_back(static_cast<uintptr_t>(p.rows));
     }
     // The decode batch's attention (Attention: one launch pair over every sequence's cache).
-    if (n_attn_ > 0)
+    if (n_attn_ > 0 && batched_attn)
       need = cuda::attention_seqs_workspace_bytes(N, c_.n_head, c_.head_dim, max_cap);
     if (need > attn_ws_.size()) {
       RS_CU(cuda::synchronize(stream_));
@@ -1446,8 +1458,18 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
 absl::Status CudaModel::BeginStep(const std::vector<Piece>& ps, bool decode) {
   decode_step_ = decode;
   kv_tok_n_ = 0;
+  if (!decode) return absl::OkStatus();
   const bool dn = fused_dn_ && fused_dn_on_;
-  if (!decode || (!dn && n_attn_ == 0)) return absl::OkStatus();
+  bool attn = false;
+  if (n_attn_ > 0) {
+    int64_t max_cap = 1;
+    for (const Piece& p : ps)
+      max_cap = std::max(max_cap, static_cast<CudaSeqState*>(p.seq->device.get())->cap);
+    const size_t need = cuda::attention_seqs_workspace_bytes(
+        static_cast<int64_t>(ps.size()), c_.n_head, c_.head_dim, max_cap);
+    attn = need <= std::max(kBatchedAttnWorkspace, attn_ws_.size());
+  }
+  if (!dn && !attn) return absl::OkStatus();
   // One upload: the sequences' state buffers (the fused DeltaNet kernel), then each attention
   // layer's K and V caches per token (the decode batch's KV stores and attention in one launch
   // each instead of one per sequence).
@@ -1462,7 +1484,7 @@ absl::Status CudaModel::BeginStep(const std::vector<Piece>& ps, bool decode) {
       ptrs[(2 + 2 * ai) * N + i] = kv(base, st->cap, ai, 1);
     }
   }
-  kv_tok_n_ = n_attn_ > 0 ? N : 0;
+  kv_tok_n_ = attn ? N : 0;
   return cuda::copy_to_device(d_seq_base_, ptrs.data(), ptrs.size() * sizeof(uint8_t*), stream_);
 }
 

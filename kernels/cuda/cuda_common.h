@@ -88,6 +88,9 @@ void emulate_dequant32(GgmlType t, const uint8_t* row, int64_t k0, float* v);
 cudaError_t launch_fill_random(void* data, size_t bytes, uint64_t seed, cudaStream_t s);
 // Whether launches ask for programmatic dependent launch (cuda_launch.cuh).
 bool pdl_enabled();
+// The PTX version (major * 10 + minor) the loaded kernels were compiled from: below 90 they carry
+// no griddepcontrol (pdl.h), whatever the device (e.g. a build for sm_86 JIT-compiled on an H100).
+int kernels_ptx_version();
 // One thread that spins for `ns` nanoseconds of the device's global timer (the launch
 // profile's hold).
 cudaError_t launch_hold(uint64_t ns, cudaStream_t s);

@@ -298,7 +298,8 @@ bool programmatic_launch_supported() {
     (void)cudaGetLastError();
     return false;
   }
-  return major >= 9;
+  // The device must support it and the kernels must have been compiled with their wait.
+  return major >= 9 && detail::kernels_ptx_version() >= 90;
 }
 
 void set_programmatic_launch(bool on) {
@@ -323,8 +324,9 @@ struct ProfileState {
   double queued_ms = -1;    // host time of the mark before the first device-to-host copy (which
                             // waits for the device), or -1
 };
-ProfileState* g_profile = nullptr;
-const char* g_scope = nullptr;
+// Per thread: a profile covers the work its thread queues (several models may run in one process).
+thread_local ProfileState* g_profile = nullptr;
+thread_local const char* g_scope = nullptr;
 
 void destroy_profile(ProfileState* p) {
   for (cudaEvent_t e : p->events) (void)cudaEventDestroy(e);

@@ -284,6 +284,15 @@ __global__ void hold_kernel(uint64_t ns) {
   } while (t - t0 < ns);
 }
 
+int kernels_ptx_version() {
+  cudaFuncAttributes a{};
+  if (cudaFuncGetAttributes(&a, hold_kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return a.ptxVersion;
+}
+
 cudaError_t launch_hold(uint64_t ns, cudaStream_t s) {
   detail::launch_kernel(hold_kernel, 1, 1, 0, s, ns);
   return cudaGetLastError();

@@ -89,7 +89,8 @@ class EventTimer {
 
 // ---- programmatic dependent launch -------------------------------------------------------------
 // Whether the current device can start a kernel's blocks before the previous kernel in the
-// stream ends (sm_90 and later; kernels/cuda/pdl.h).
+// stream ends (sm_90 and later) and the loaded kernels were compiled for it (PTX 9.0 or later:
+// their wait for the previous kernel, kernels/cuda/pdl.h).
 bool programmatic_launch_supported();
 // Every later launch of this library asks for it (on) or not (off, the default); on takes
 // effect only where the current device supports it. Each kernel waits for the one before it

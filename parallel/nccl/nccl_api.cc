@@ -20,7 +20,7 @@ template <typename F>
 bool Bind(void* lib, const char* name, F* out, std::string* why) {
   void* p = dlsym(lib, name);
   if (p == nullptr) {
-    *why = absl::StrCat("NCCL library lacks ", name, " (older than NCCL 2.18?)");
+    *why = absl::StrCat("NCCL library lacks ", name, " (older than NCCL 2.14?)");
     return false;
   }
   *out = reinterpret_cast<F>(p);
