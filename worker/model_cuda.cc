@@ -318,6 +318,7 @@ class CudaModel : public CudaBackend {
   absl::Status SharedExpertAdd(const DevLayer& L, const float* f, int64_t N, float* out);
   absl::Status BeginStep(const std::vector<Piece>& ps, bool decode);
   void DropGraphs();
+  absl::Status EnsureAttnWorkspace(size_t need);
   // y = W x for n tokens (matvec up to kMaxMatvecTokens tokens, tensor cores above).
   absl::Status Mm(const WeightView& w, const float* x, int64_t n, float* y);
   // Several matrices reading the same activations (quantised once for decode).
@@ -892,13 +893,7 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
       max_ctx = std::max(max_ctx, graph ? st->cap : p.seq->n_past + 1);
     }
     const size_t need = cuda::attention_seqs_workspace_bytes(N, nh, hd, max_ctx);
-    if (need > attn_ws_.size()) {  // never inside a capture: Step sized it first
-      RS_CU(cuda::synchronize(stream_));
-      DropGraphs();
-      auto b = cuda::DeviceBuffer::alloc(need);
-      if (!b.ok()) return b.status();
-      attn_ws_ = std::move(*b);
-    }
+    RS_CU(EnsureAttnWorkspace(need));  // never grows inside a capture: Step sized it first
     const KvView kview{kv_type_, nullptr, nkv, hd, kv_row_};
     RS_CU(cuda::attention_seqs_at(q, N, nh, hd, kview, kview, Kt, Vt, d_pos_, max_ctx, scale, y,
                                   attn_ws_.get(), attn_ws_.size(), stream_, gqa_attn_));
@@ -923,13 +918,7 @@ absl::Status CudaModel::Attention(const DevLayer& L, int64_t ai, const std::vect
       }
       const int64_t max_ctx = graph ? st->cap : n_past + T;
       const size_t need = cuda::attention_workspace_bytes(T, nh, hd, max_ctx - T);
-      if (need > attn_ws_.size()) {  // never inside a capture: Step sized it first
-        RS_CU(cuda::synchronize(stream_));
-        DropGraphs();
-        auto b = cuda::DeviceBuffer::alloc(need);
-        if (!b.ok()) return b.status();
-        attn_ws_ = std::move(*b);
-      }
+      RS_CU(EnsureAttnWorkspace(need));  // never grows inside a capture: Step sized it first
       RS_CU(cuda::attention_at(q + r0 * nh * hd, T, nh, hd, kview, vview, d_pos_ + r0, max_ctx,
                                scale, y + r0 * nh * hd, attn_ws_.get(), attn_ws_.size(), stream_,
                                gqa_attn_));
@@ -1305,6 +1294,18 @@ absl::Status CudaModel::Head(const std::vector<int64_t>& rows, size_t i0, int64_
   return absl::OkStatus();
 }
 
+// Grows the attention workspace to `need` bytes (waiting for the stream and dropping the graphs,
+// which hold the old one).
+absl::Status CudaModel::EnsureAttnWorkspace(size_t need) {
+  if (need <= attn_ws_.size()) return absl::OkStatus();
+  RS_CU(cuda::synchronize(stream_));
+  DropGraphs();
+  auto b = cuda::DeviceBuffer::alloc(need);
+  if (!b.ok()) return b.status();
+  attn_ws_ = std::move(*b);
+  return absl::OkStatus();
+}
+
 void CudaModel::DropGraphs() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
   graphs_.clear();
@@ -1398,14 +1399,8 @@ absl::Status CudaModel::Step(const std::vector<Piece>& ps, std::vector<float>* l
     // The decode batch's attention (Attention: one launch pair over every sequence's cache).
     if (n_attn_ > 0 && batched_attn)
       need = cuda::attention_seqs_workspace_bytes(N, c_.n_head, c_.head_dim, max_cap);
-    if (need > attn_ws_.size()) {
-      RS_CU(cuda::synchronize(stream_));
-      DropGraphs();
-      auto b = cuda::DeviceBuffer::alloc(need);
-      if (!b.ok()) return b.status();
-      attn_ws_ = std::move(*b);
-      key[1] = reinterpret_cast<uintptr_t>(attn_ws_.get());
-    }
+    RS_CU(EnsureAttnWorkspace(need));
+    key[1] = reinterpret_cast<uintptr_t>(attn_ws_.get());
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= 64) DropGraphs();

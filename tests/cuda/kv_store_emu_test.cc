@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/kv_store_kernel.cuh"
@@ -19,6 +20,16 @@ struct Case {
   GgmlType type;
   int64_t n_tok, n;
 };
+
+// K and V of a's tokens in one launch (grid y = the pair), as cuda_glue.cu launches them.
+std::string Launch(GgmlType type, const KvStoreArgs& a) {
+  const unsigned blocks =
+      static_cast<unsigned>((a.n_tok * a.n + kKvStoreThreads - 1) / kKvStoreThreads);
+  const auto kernel = type == GgmlType::F32   ? kv_store_f32_kernel
+                      : type == GgmlType::F16 ? kv_store_f16_kernel
+                                              : kv_store_q8_kernel;
+  return simt::launch({blocks, 2}, {kKvStoreThreads}, 0, kernel, a);
+}
 
 class KvStoreEmu : public ::testing::TestWithParam<Case> {};
 
@@ -47,12 +58,7 @@ TEST_P(KvStoreEmu, RowsAtTheirPositionsAsTheReference) {
   a.n = c.n;
   a.row_bytes = stride;
   a.pos = pos.data();
-  const unsigned blocks =
-      static_cast<unsigned>((c.n_tok * c.n + kKvStoreThreads - 1) / kKvStoreThreads);
-  const auto kernel = c.type == GgmlType::F32   ? kv_store_f32_kernel
-                      : c.type == GgmlType::F16 ? kv_store_f16_kernel
-                                                : kv_store_q8_kernel;
-  ASSERT_EQ(simt::launch({blocks, 2}, {kKvStoreThreads}, 0, kernel, a), "");
+  ASSERT_EQ(Launch(c.type, a), "");
   std::vector<uint8_t> want(row);
   for (int which = 0; which < 2; ++which) {
     const std::vector<float>& src = which ? v : k;
@@ -106,12 +112,7 @@ TEST_P(KvStoreEmu, DecodeBatchEachTokenInItsOwnCache) {
   a.n = c.n;
   a.row_bytes = stride;
   a.pos = pos.data();
-  const unsigned blocks =
-      static_cast<unsigned>((c.n_tok * c.n + kKvStoreThreads - 1) / kKvStoreThreads);
-  const auto kernel = c.type == GgmlType::F32   ? kv_store_f32_kernel
-                      : c.type == GgmlType::F16 ? kv_store_f16_kernel
-                                                : kv_store_q8_kernel;
-  ASSERT_EQ(simt::launch({blocks, 2}, {kKvStoreThreads}, 0, kernel, a), "");
+  ASSERT_EQ(Launch(c.type, a), "");
   std::vector<uint8_t> want(row);
   for (int which = 0; which < 2; ++which)
     for (int64_t t = 0; t < c.n_tok; ++t) {
