@@ -86,7 +86,7 @@ declare -a test_rows=()
 all_ok=1
 for t in "$BIN"/cuda_*_test; do
   name=$(basename "$t")
-  out=$(timeout 240 "$t" --gtest_brief=1 2>&1)
+  out=$(timeout "${GPU_TEST_TIMEOUT:-240}" "$t" --gtest_brief=1 2>&1)
   rc=$?
   [[ -n "$LOG" ]] && printf '%s\n' "$out" >"$LOG/$name.log"
   passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' <<<"$out" | tail -1)
@@ -101,6 +101,22 @@ for t in "$BIN"/cuda_*_test; do
     all_ok=0
     echo "---- $name failed (rc $rc); first failures:"
     grep -E "Failure|FAILED|error|Expected|got" <<<"$out" | head -25
+  fi
+  # A crash (a signal; 124 is the timeout) leaves no summary: rerun it with every test named
+  # (gtest flushes each "[ RUN ]" line) to find which one, and take a backtrace of that one
+  # where cuda-gdb is installed.
+  if ((rc > 128)) || ((rc == 124)); then
+    verbose=$(timeout "${GPU_TEST_TIMEOUT:-240}" "$t" 2>&1)
+    [[ -n "$LOG" ]] && printf '%s\n' "$verbose" >"$LOG/$name.verbose.log"
+    last=$(grep '^\[ RUN      \]' <<<"$verbose" | tail -1 | sed 's/^\[ RUN      \] //')
+    echo "---- $name: the last test started was '${last:-?}'"
+    tail -8 <<<"$verbose"
+    gdb=$(command -v cuda-gdb || ls /usr/local/cuda/bin/cuda-gdb 2>/dev/null)
+    if ((rc != 124)) && [[ -n "$last" && -n "$gdb" ]]; then
+      echo "---- backtrace ($gdb)"
+      timeout 150 "$gdb" -batch -ex run -ex bt --args "$t" --gtest_filter="$last" 2>&1 |
+        grep -E '^#|signal|SIG' | head -30
+    fi
   fi
 done
 

@@ -399,6 +399,8 @@ class CudaModel : public CudaBackend {
   int32_t* d_unused_ = nullptr;
   int64_t n_unused_ = 0;
   int32_t* d_argmax_ = nullptr;
+  void* d_argmax_ws_ = nullptr;  // argmax_rows' per-chunk pairs
+  size_t argmax_ws_bytes_ = 0;
   // ForwardSample: the requests of the rows (in row order) and the next one to use.
   absl::Span<const SampleRequest> sample_reqs_;
   size_t sample_next_ = 0;
@@ -737,12 +739,16 @@ absl::Status CudaModel::Init() {
   {
     const auto& unused = m_.unused_token_ids();
     n_unused_ = static_cast<int64_t>(unused.size());
-    auto mb2 = cuda::DeviceBuffer::alloc(Align256(kMaxLogitRows * 4) + Align256(n_unused_ * 4 + 4));
+    argmax_ws_bytes_ = cuda::argmax_workspace_bytes(kMaxLogitRows, c_.n_vocab);
+    auto mb2 = cuda::DeviceBuffer::alloc(Align256(kMaxLogitRows * 4) + Align256(n_unused_ * 4 + 4) +
+                                         Align256(argmax_ws_bytes_));
     if (!mb2.ok()) return mb2.status();
     misc_ = std::move(*mb2);
     d_argmax_ = misc_.as<int32_t>();
     d_unused_ = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(misc_.get()) +
                                            Align256(kMaxLogitRows * 4));
+    d_argmax_ws_ = static_cast<uint8_t*>(misc_.get()) + Align256(kMaxLogitRows * 4) +
+                   Align256(n_unused_ * 4 + 4);
     RS_CU(cuda::copy_to_device(d_unused_, unused.data(), n_unused_ * 4, stream_));
     use_graphs_ = m_.opts_.cuda_graphs;
     // The sampler's buffers: one LM-head launch of rows, and the distinct tokens of a few full
@@ -1290,7 +1296,8 @@ absl::Status CudaModel::Head(const std::vector<int64_t>& rows, size_t i0, int64_
   if (mode != HeadMode::kLogits && n_unused_ > 0)
     RS_CU(cuda::mask_ids(F(o_logits_), n, c_.n_vocab, d_unused_, n_unused_, stream_));
   if (mode == HeadMode::kGreedy)
-    RS_CU(cuda::argmax_rows(F(o_logits_), n, c_.n_vocab, d_argmax_, stream_));
+    RS_CU(cuda::argmax_rows(F(o_logits_), n, c_.n_vocab, d_argmax_, stream_, d_argmax_ws_,
+                            argmax_ws_bytes_));
   return absl::OkStatus();
 }
 

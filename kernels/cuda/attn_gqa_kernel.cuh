@@ -1,9 +1,9 @@
 // Split-K attention's first pass with the KV cache read once per KV head: a block per (token,
 // KV head, chunk of positions) whose warps are the KV head's query heads (GQA: nh / nkv of
 // them, at most kGqaMaxGroup). The block stages the chunk's K and V rows in shared memory, a
-// tile of kGqaTile positions at a time (dequantised to f32 once), and each warp runs the
-// per-position online softmax of attn_partial_kernel (cuda_attention.cu) on its head: the same
-// arithmetic in the same order, so the same {m, l, acc} records for the same merge kernel.
+// tile of kGqaTile positions at a time (dequantised to f32 once), and each warp runs a
+// per-position online softmax on its head: the records of attn_tile_partial_kernel
+// (attn_tile_kernel.cuh), equal up to rounding, for the same merge kernel.
 // The per-head kernel reads each K/V row once per query head (8 times for 35b-a3b's 16/2
 // heads). Compiled by nvcc (cuda_attention.cu) and by g++ for the SIMT emulator
 // (tests/cuda/attn_gqa_emu_test.cc).
@@ -30,7 +30,7 @@ RS_DEVICE float kv_elem(const AttnKv& kv, int64_t p, int64_t i) {
   return h2f(ld_u16(blk)) * static_cast<float>(reinterpret_cast<const int8_t*>(blk + 2)[i % 32]);
 }
 
-// Grid (T * nkv, n_chunks), 32 * group threads. ws records as attn_partial_kernel's:
+// Grid (T * nkv, n_chunks), 32 * group threads. ws records as attn_tile_partial_kernel's:
 // ws[(th * n_chunks + c) * (hd + 2)] = {m, l, acc[hd]}, th = t * nh + h.
 template <int DPL>
 RS_KERNEL void RS_LAUNCH_BOUNDS(32 * kGqaMaxGroup)

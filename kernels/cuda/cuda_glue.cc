@@ -378,9 +378,14 @@ absl::Status dn_prep(const float* cv, int64_t n_tok, int64_t Hk, int64_t dk, int
   return st("dn_prep",
             glue::launch_dn_prep(cv, n_tok, Hk, dk, VD, q_scale, q, k, v, as_stream(s)));
 }
-absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids, Stream s) {
-  if (rows < 0 || n < 1) return bad("argmax_rows", rows, n);
-  return st("argmax_rows", glue::launch_argmax_rows(x, rows, n, ids, as_stream(s)));
+size_t argmax_workspace_bytes(int64_t rows, int64_t n) {
+  return glue::argmax_workspace_bytes(rows, n);
+}
+absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids, Stream s,
+                         void* ws, size_t ws_bytes) {
+  if (rows < 0 || n < 1 || n > INT32_MAX) return bad("argmax_rows", rows, n);
+  return st("argmax_rows",
+            glue::launch_argmax_rows(x, rows, n, ids, ws, ws_bytes, as_stream(s)));
 }
 
 }  // namespace rs::cuda

@@ -66,36 +66,78 @@ __global__ void add_sigmoid_scaled_kernel(float* __restrict__ out, const float* 
   out[i] += sigmoid_d(sg[i / H]) * d[i];
 }
 
-// One block per row.
-__global__ void __launch_bounds__(kThreads)
-    argmax_kernel(const float* __restrict__ x, int64_t n, int32_t* __restrict__ ids) {
-  RS_PDL_ENTRY();
-  const float* row = x + static_cast<int64_t>(blockIdx.x) * n;
-  float best = -FLT_MAX;
-  int64_t best_i = n;  // n: "none yet" (a row of -inf/NaN falls back to 0 below)
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const float v = row[i];
-    if (v > best || (v == best && i < best_i)) { best = v; best_i = i; }
+// Argmax: (value, index) pairs, the larger value winning and ties going to the lower index;
+// index n means "none yet" (only -inf / NaN seen: such a row's answer is 0).
+__device__ __forceinline__ void argmax_take(float ov, int64_t oi, float* v, int64_t* i) {
+  if (ov > *v || (ov == *v && oi < *i)) {
+    *v = ov;
+    *i = oi;
   }
-  __shared__ float sv[kThreads];
-  __shared__ int64_t si[kThreads];
-  sv[threadIdx.x] = best;
-  si[threadIdx.x] = best_i;
+}
+__device__ __forceinline__ void argmax_warp(float* v, int64_t* i) {
+  for (int o = 16; o > 0; o >>= 1)
+    argmax_take(__shfl_xor_sync(0xFFFFFFFFu, *v, o), __shfl_xor_sync(0xFFFFFFFFu, *i, o), v, i);
+}
+// The block's pair (valid in every thread of warp 0).
+__device__ __forceinline__ void argmax_block(float* v, int64_t* i) {
+  __shared__ float sv[kThreads / 32];
+  __shared__ int64_t si[kThreads / 32];
+  argmax_warp(v, i);
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  if (lane == 0) {
+    sv[warp] = *v;
+    si[warp] = *i;
+  }
   __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (static_cast<int>(threadIdx.x) < s) {
-      const float ov = sv[threadIdx.x + s];
-      const int64_t oi = si[threadIdx.x + s];
-      if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x])) {
-        sv[threadIdx.x] = ov;
-        si[threadIdx.x] = oi;
-      }
-    }
-    __syncthreads();
+  if (warp == 0) {
+    *v = lane < kThreads / 32 ? sv[lane] : -FLT_MAX;
+    *i = lane < kThreads / 32 ? si[lane] : INT64_MAX;
+    argmax_warp(v, i);
   }
-  if (threadIdx.x == 0) ids[blockIdx.x] = static_cast<int32_t>(si[0] < n ? si[0] : 0);
 }
 
+// Grid (chunks, rows): block (c, r) takes elements [c * chunk, (c + 1) * chunk) of row r, every
+// thread with several loads in flight (a 248K vocabulary in one block per row was ~200 us of
+// load latency). chunks == 1: writes ids[r]; else its pair into part[r][c] for the merge.
+__global__ void __launch_bounds__(kThreads)
+    argmax_chunk_kernel(const float* __restrict__ x, int64_t n, int64_t chunk,
+                        int32_t* __restrict__ ids, float2* __restrict__ part) {
+  RS_PDL_ENTRY();
+  const int64_t r = blockIdx.y, c = blockIdx.x, chunks = gridDim.x;
+  const float* row = x + r * n;
+  const int64_t e1 = min(n, (c + 1) * chunk);
+  float best = -FLT_MAX;
+  int64_t best_i = n;
+#pragma unroll 8
+  for (int64_t i = c * chunk + threadIdx.x; i < e1; i += kThreads)
+    argmax_take(row[i], i, &best, &best_i);
+  argmax_block(&best, &best_i);
+  if (threadIdx.x != 0) return;
+  if (chunks == 1) {
+    ids[r] = static_cast<int32_t>(best_i < n ? best_i : 0);
+  } else {
+    float2 p;
+    p.x = best;
+    p.y = __int_as_float(static_cast<int32_t>(best_i < n ? best_i : -1));
+    part[r * chunks + c] = p;
+  }
+}
+// One warp per row: merges its chunks' pairs.
+__global__ void __launch_bounds__(32)
+    argmax_merge_kernel(const float2* __restrict__ part, int64_t chunks, int64_t n,
+                        int32_t* __restrict__ ids) {
+  RS_PDL_ENTRY();
+  const int64_t r = blockIdx.x;
+  float best = -FLT_MAX;
+  int64_t best_i = n;
+  for (int64_t c = threadIdx.x; c < chunks; c += 32) {
+    const float2 p = part[r * chunks + c];
+    const int32_t pi = __float_as_int(p.y);
+    if (pi >= 0) argmax_take(p.x, pi, &best, &best_i);
+  }
+  argmax_warp(&best, &best_i);
+  if (threadIdx.x == 0) ids[r] = static_cast<int32_t>(best_i < n ? best_i : 0);
+}
 
 // DeltaNet: from the conv output cv [N][2*KD + VD] (q | k | v) to q, k (L2-normed per key head,
 // q also scaled) and v. One warp per (token, key head); it also copies its share of v.
@@ -176,8 +218,8 @@ cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, i
   a.q = q;
   a.ds = ds;
   if (rows > 0)
-    detail::launch_kernel(add_rms_norm_q8_kernel, static_cast<unsigned>(rows), kNormQ8Threads, 0, s,
-                          a);
+    detail::launch_kernel(add_rms_norm_q8_kernel, static_cast<unsigned>(rows), kNormRowThreads, 0,
+                          s, a);
   return cudaGetLastError();
 }
 cudaError_t launch_gather_rows(float* dst, const int32_t* dst_rows, const float* src, const int32_t* rows,
@@ -270,10 +312,19 @@ cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* s
                           n_tok, H);
   return cudaGetLastError();
 }
-cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
-                               cudaStream_t s) {
-  if (rows > 0)
-    detail::launch_kernel(argmax_kernel, static_cast<unsigned>(rows), kThreads, 0, s, x, n, ids);
+cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids, void* ws,
+                               size_t ws_bytes, cudaStream_t s) {
+  if (rows <= 0) return cudaGetLastError();
+  int64_t chunks = argmax_chunks(n);
+  if (ws == nullptr || ws_bytes < argmax_workspace_bytes(rows, n)) chunks = 1;
+  const int64_t chunk = (n + chunks - 1) / chunks;
+  float2* part = static_cast<float2*>(ws);
+  detail::launch_kernel(argmax_chunk_kernel,
+                        dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)), kThreads,
+                        0, s, x, n, chunk, ids, part);
+  if (chunks > 1)
+    detail::launch_kernel(argmax_merge_kernel, static_cast<unsigned>(rows), 32, 0, s,
+                          static_cast<const float2*>(part), chunks, n, ids);
   return cudaGetLastError();
 }
 

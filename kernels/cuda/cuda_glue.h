@@ -119,8 +119,12 @@ absl::Status attention_prefill(const float* q, int64_t T, int64_t nh, int64_t hd
 absl::Status delta_rule_chunked(const DeltaNetDims& d, const float* q, const float* k,
                                 const float* v, const float* g, const float* beta, float* S,
                                 float* out, Stream s = nullptr);
-// ids[i] = argmax of row i of x (rows of n floats; ties to the lower index).
+// ids[i] = argmax of row i of x (rows of n floats; ties to the lower index; a row of -inf /
+// NaN only gives 0). With a workspace of argmax_workspace_bytes(rows, n) a long row is split
+// over up to 128 blocks and merged by a second launch; without one, one block per
+// row (slow for a 248K vocabulary: its loads are one block's).
+size_t argmax_workspace_bytes(int64_t rows, int64_t n);
 absl::Status argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
-                         Stream s = nullptr);
+                         Stream s = nullptr, void* ws = nullptr, size_t ws_bytes = 0);
 
 }  // namespace rs::cuda

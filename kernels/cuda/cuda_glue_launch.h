@@ -41,7 +41,17 @@ cudaError_t launch_gather_rows(float* dst, const int32_t* dst_rows, const float*
 cudaError_t launch_combine_slots(float* hidden, const float* rows, const int32_t* slot_row,
                                  const float* ffn, int64_t n_tok, int64_t k, int64_t H,
                                  cudaStream_t s);
-cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids,
-                               cudaStream_t s);
+// Argmax's split of a row of n: chunks of >= 4096, at most kArgmaxMaxChunks; the workspace holds
+// a {value, index} pair per chunk and row. Without one that large: one block per row.
+constexpr int64_t kArgmaxMaxChunks = 128;
+inline int64_t argmax_chunks(int64_t n) {
+  const int64_t c = (n + 4095) / 4096;
+  return c < 1 ? 1 : (c > kArgmaxMaxChunks ? kArgmaxMaxChunks : c);
+}
+inline size_t argmax_workspace_bytes(int64_t rows, int64_t n) {
+  return static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(argmax_chunks(n)) * 8;
+}
+cudaError_t launch_argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* ids, void* ws,
+                               size_t ws_bytes, cudaStream_t s);
 
 }  // namespace rs::cuda::glue

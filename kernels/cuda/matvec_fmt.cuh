@@ -43,20 +43,17 @@ RS_HD int dot16(const uint32_t* w, int4 x) {
   s = dp4a(w[2], x.z, s);
   return dp4a(w[3], x.w, s);
 }
-// Byte i (0..11) of the three scale words of a k-quant block.
-RS_HD int sbyte(uint32_t s0, uint32_t s1, uint32_t s2, int i) {
-  const uint32_t w = i < 4 ? s0 : (i < 8 ? s1 : s2);
-  return static_cast<int>((w >> (8 * (i & 3))) & 0xFF);
-}
-RS_HD void scale_min(int j, uint32_t s0, uint32_t s1, uint32_t s2, int* sc,
-                                          int* m) {
-  if (j < 4) {
-    *sc = sbyte(s0, s1, s2, j) & 63;
-    *m = sbyte(s0, s1, s2, j + 4) & 63;
-  } else {
-    *sc = (sbyte(s0, s1, s2, j + 4) & 15) | ((sbyte(s0, s1, s2, j - 4) >> 6) << 4);
-    *m = (sbyte(s0, s1, s2, j + 4) >> 4) | ((sbyte(s0, s1, s2, j) >> 6) << 4);
-  }
+// The 6-bit scales and mins of sub-blocks 2c and 2c+1 (c = 0..3) at once, without branches (the
+// lanes of a warp hold different c): byte 0 of *sc / *m is sub-block 2c's, byte 1 2c+1's. Those
+// are bytes 2(c&1) and 2(c&1)+1 of each scale word; for c >= 2 the low 4 bits come from s2 and
+// the top 2 from bits 6-7 of s0 (scales) or s1 (mins), as scale_min's j >= 4 case.
+RS_HD void scale_min_pair(int c, uint32_t s0, uint32_t s1, uint32_t s2, uint32_t* sc,
+                          uint32_t* m) {
+  const int sh = 16 * (c & 1);
+  const uint32_t a0 = s0 >> sh, a1 = s1 >> sh, a2 = s2 >> sh;
+  const bool hi = c >= 2;
+  *sc = hi ? ((a2 & 0x0F0Fu) | ((a0 >> 2) & 0x3030u)) : (a0 & 0x3F3Fu);
+  *m = hi ? (((a2 >> 4) & 0x0F0Fu) | ((a1 >> 2) & 0x3030u)) : (a1 & 0x3F3Fu);
 }
 
 template <GgmlType T> struct Fmt;
@@ -188,9 +185,10 @@ struct FmtQ45K {
                                                      32 * c + 16 * h);
     const float d = h2f(static_cast<uint16_t>(hdr.x & 0xFFFF));
     const float dmin = h2f(static_cast<uint16_t>(hdr.x >> 16));
-    int sc0, m0, sc1, m1;
-    scale_min(2 * c, hdr.y, hdr.z, hdr.w, &sc0, &m0);
-    scale_min(2 * c + 1, hdr.y, hdr.z, hdr.w, &sc1, &m1);
+    uint32_t scp, mp;
+    scale_min_pair(c, hdr.y, hdr.z, hdr.w, &scp, &mp);
+    const int sc0 = static_cast<int>(scp & 0xFF), sc1 = static_cast<int>((scp >> 8) & 0xFF);
+    const int m0 = static_cast<int>(mp & 0xFF), m1 = static_cast<int>((mp >> 8) & 0xFF);
     const uint32_t qw[4] = {qv.x, qv.y, qv.z, qv.w};
     uint32_t lo[4], hi[4];
 #pragma unroll

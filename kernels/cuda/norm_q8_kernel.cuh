@@ -2,7 +2,7 @@
 // (the quantize_act launch that would follow is saved). Compiled by nvcc (cuda_glue.cu) and by
 // g++ for the SIMT emulator (tests/cuda/norm_q8_emu_test.cc).
 //
-// One block per row; thread i takes elements i, i + kNormQ8Threads, ...: a warp's 32 lanes hold
+// One block per row; thread i takes elements i, i + kNormRowThreads, ...: a warp's 32 lanes hold
 // 32 consecutive elements, one q8 block, so its d = amax / 127, q = rint(y / d) and exact sum
 // come from warp shuffles in the same order as quantize_act's (the same bits).
 #pragma once
@@ -27,36 +27,79 @@ struct NormQ8Args {
   float* ds = nullptr;
 };
 
-RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads) add_rms_norm_q8_kernel(const NormQ8Args a) {
+// add_rms_norm_q8_kernel's block, and the elements per thread it keeps in registers (rows up to
+// kNormRowThreads * kNormRowPer = 8192 wide: every load of a row is issued before the first is
+// used; the loop for wider rows waits on each in turn, which was most of this kernel's time).
+constexpr int kNormRowThreads = 512;
+constexpr int kNormRowPer = 16;
+
+RS_KERNEL void RS_LAUNCH_BOUNDS(kNormRowThreads) add_rms_norm_q8_kernel(const NormQ8Args a) {
   RS_PDL_ENTRY();
+  constexpr int kT = kNormRowThreads;
   const int64_t r = blockIdx.x, n = a.n;
+  const int tid = static_cast<int>(threadIdx.x);
   float* h = a.hidden + r * n;
+  const float* mr = a.m ? a.m + r * n : nullptr;
+  const bool cached = n <= int64_t{kT} * kNormRowPer;
+  float v[kNormRowPer];
   float ss = 0.0f;
-  if (a.m) {
-    const float* mr = a.m + r * n;
-    for (int64_t i = threadIdx.x; i < n; i += kNormQ8Threads) {
-      const float v = h[i] + mr[i];
-      h[i] = v;
-      ss += v * v;
+  if (cached) {
+#pragma unroll
+    for (int j = 0; j < kNormRowPer; ++j) {
+      const int64_t i = tid + int64_t{j} * kT;
+      v[j] = i < n ? h[i] : 0.0f;
+    }
+    if (mr) {
+      float mv[kNormRowPer];
+#pragma unroll
+      for (int j = 0; j < kNormRowPer; ++j) {
+        const int64_t i = tid + int64_t{j} * kT;
+        mv[j] = i < n ? mr[i] : 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < kNormRowPer; ++j) {
+        const int64_t i = tid + int64_t{j} * kT;
+        v[j] += mv[j];
+        if (i < n) h[i] = v[j];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNormRowPer; ++j) ss += v[j] * v[j];
+  } else if (mr) {
+    for (int64_t i = tid; i < n; i += kT) {
+      const float x = h[i] + mr[i];
+      h[i] = x;
+      ss += x * x;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < n; i += kNormQ8Threads) ss += h[i] * h[i];
+    for (int64_t i = tid; i < n; i += kT) ss += h[i] * h[i];
   }
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
-  __shared__ float part[kNormQ8Threads / 32];
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  __shared__ float part[kT / 32];
+  const int warp = tid >> 5, lane = tid & 31;
   if (lane == 0) part[warp] = ss;
   __syncthreads();
   float tot = 0.0f;
-  for (int i = 0; i < kNormQ8Threads / 32; ++i) tot += part[i];
+  for (int i = 0; i < kT / 32; ++i) tot += part[i];
   const float scale = 1.0f / sqrtf(tot / static_cast<float>(n) + a.eps);
   float* yr = a.y + r * n;
-  for (int64_t i = threadIdx.x; i < n; i += kNormQ8Threads) {
-    const float v = h[i] * scale * a.w[i];
-    yr[i] = v;
+  // n % 32 == 0 where q8 blocks are written: the whole warp is in range together.
+  if (cached) {
+#pragma unroll
+    for (int j = 0; j < kNormRowPer; ++j) {
+      const int64_t i = tid + int64_t{j} * kT;
+      if (i >= n) break;
+      const float y = v[j] * scale * a.w[i];
+      yr[i] = y;
+      if (a.q) warp_q8_block(y, true, a.q + r * n + i, a.ds + 2 * (r * (n / 32) + i / 32), lane);
+    }
+    return;
+  }
+  for (int64_t i = tid; i < n; i += kT) {
+    const float y = h[i] * scale * a.w[i];
+    yr[i] = y;
     if (a.q == nullptr) continue;
-    // n % 32 == 0: the whole warp is in range together.
-    warp_q8_block(v, true, a.q + r * n + i, a.ds + 2 * (r * (n / 32) + i / 32), lane);
+    warp_q8_block(y, true, a.q + r * n + i, a.ds + 2 * (r * (n / 32) + i / 32), lane);
   }
 }
 

@@ -8,14 +8,17 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/matvec_fmt.cuh"
 #include "kernels/formats.h"
 #include "kernels/matmul.h"
+#include "kernels/quant_blocks.h"
 
 namespace rs::cuda {
 namespace {
@@ -94,6 +97,28 @@ INSTANTIATE_TEST_SUITE_P(Formats, CudaEmulationTest, ::testing::ValuesIn(kTypes)
                          [](const ::testing::TestParamInfo<GgmlType>& info) {
                            return std::string(type_name(info.param));
                          });
+
+// The branch-free pair decode of the Q4_K / Q5_K scales (matvec_fmt.cuh) against the
+// reference's get_scale_min, on random scale bytes (every bit pattern of each byte position).
+TEST(CudaEmulation, ScaleMinPairMatchesReference) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 20000; ++trial) {
+    uint8_t s[12];
+    for (auto& b : s) b = static_cast<uint8_t>(rng());
+    uint32_t w[3];
+    std::memcpy(w, s, 12);
+    for (int c = 0; c < 4; ++c) {
+      uint32_t scp = 0, mp = 0;
+      detail::scale_min_pair(c, w[0], w[1], w[2], &scp, &mp);
+      for (int h = 0; h < 2; ++h) {
+        uint8_t sc = 0, m = 0;
+        qblk::get_scale_min(2 * c + h, s, &sc, &m);
+        ASSERT_EQ((scp >> (8 * h)) & 0xFF, sc) << "c " << c << " h " << h;
+        ASSERT_EQ((mp >> (8 * h)) & 0xFF, m) << "c " << c << " h " << h;
+      }
+    }
+  }
+}
 
 TEST(CudaEmulation, QuantizeActRoundsWithinHalfAStep) {
   std::mt19937 rng(3);

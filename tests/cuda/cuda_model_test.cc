@@ -420,10 +420,11 @@ TEST_P(CudaModelTest, ProgrammaticLaunchDecodeMatchesPlain) {
   EXPECT_FALSE(cuda::programmatic_launch());
 }
 
-// Split-K attention's first pass per KV head (gqa) vs per query head: the same arithmetic per
-// head (quantised models: a rounding difference can move a q8 step).
+// Split-K attention's first pass per KV head (gqa) vs per query head (in tiles of 32 positions):
+// the same arithmetic up to the order of additions (quantised models: a rounding difference can
+// move a q8 step).
 TEST_P(CudaModelTest, GqaAttentionDecodeMatchesPerHead) {
-  DecodeBothWays(gpu_.get(), V_, &Model::set_cuda_gqa_attention, false, exact_ ? 1e-10 : 2e-2);
+  DecodeBothWays(gpu_.get(), V_, &Model::set_cuda_gqa_attention, false, exact_ ? 1e-8 : 2e-2);
 }
 
 // A decode batch of 17 sequences with the routed experts grouped by expert equals the same

@@ -91,8 +91,9 @@ INSTANTIATE_TEST_SUITE_P(
         MoeDecodeCase{GgmlType::BF16, 5, 2, 1, 64, 48, 0, true, false, false},
         MoeDecodeCase{GgmlType::Q8_0, 7, 2, 1, 64, 160, 32, false, true, false},
         MoeDecodeCase{GgmlType::Q4_0, 5, 3, 2, 64, 96, 64, true, false, false},
-        // 35b-a3b's shapes: 8 of 256 experts, H 2048, I = Is = 512; a batch of 8 tokens.
-        MoeDecodeCase{GgmlType::Q4_K, 256, 8, 8, 2048, 512, 512, true, false, false},
+        // 35b-a3b's shapes (H 2048, I = Is = 512, 8 routed experts, a batch of 8 tokens) with
+        // 24 experts, not 256: the host quantises every expert (256 took minutes).
+        MoeDecodeCase{GgmlType::Q4_K, 24, 8, 8, 2048, 512, 512, true, false, false},
         MoeDecodeCase{GgmlType::Q4_K, 6, 3, 2, 256, 256, 512, true, false, true},
         MoeDecodeCase{GgmlType::Q5_K, 5, 2, 1, 256, 256, 256, false, true, false},
         MoeDecodeCase{GgmlType::Q6_K, 16, 8, 1, 2048, 512, 512, false, false, false},

@@ -397,6 +397,46 @@ TEST_F(CudaOps, DecodeBatchStoresAndAttendsPerSequence) {
   }
 }
 
+// argmax_rows, split over chunks with a workspace and in one block per row without: rows at
+// awkward lengths (up to a 248K vocabulary), ties to the lower index across chunk borders,
+// -inf / NaN entries skipped, a row of only -inf giving 0.
+TEST_F(CudaOps, ArgmaxRowsSplitAndWhole) {
+  for (const int64_t n : {int64_t{1}, int64_t{37}, int64_t{4097}, int64_t{70001},
+                          int64_t{248320}, int64_t{600000}}) {
+    const int64_t rows = 5;
+    std::mt19937 rng(static_cast<uint32_t>(n));
+    std::vector<float> x = testing::randn(rng, rows * n, 2.0f);
+    float* r1 = x.data() + n;  // row 1: its maximum twice, in different chunks
+    const int64_t i1 = n / 3, i1b = n - 1;
+    r1[i1] = 50.0f;
+    r1[i1b] = 50.0f;
+    float* r2 = x.data() + 2 * n;  // row 2: -inf and NaN around the maximum
+    r2[0] = -INFINITY;
+    r2[n / 2] = std::nanf("");
+    for (int64_t i = 0; i < n; ++i) x[3 * n + i] = -INFINITY;  // row 3: nothing finite
+    std::vector<int32_t> want(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t b = -1;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = x[r * n + i];
+        if (!(v > -INFINITY)) continue;
+        if (b < 0 || v > x[r * n + b]) b = i;
+      }
+      want[r] = static_cast<int32_t>(b < 0 ? 0 : b);
+    }
+    if (n > 1) {
+      EXPECT_EQ(want[1], static_cast<int32_t>(i1));
+    }
+    DeviceBuffer dx = upload(x), ws = poisoned<uint8_t>(argmax_workspace_bytes(rows, n) + 8);
+    for (const bool split : {true, false}) {
+      DeviceBuffer ids = poisoned<int32_t>(rows);
+      RS_ASSERT_OK(argmax_rows(dx.as<float>(), rows, n, ids.as<int32_t>(), nullptr,
+                               split ? ws.get() : nullptr, split ? ws.size() : 0));
+      EXPECT_EQ(download<int32_t>(ids, rows), want) << "n " << n << (split ? " split" : " whole");
+    }
+  }
+}
+
 TEST(CudaOpsArgs, RejectBadShapesWithNumbers) {
   const DeltaNetDims d{1, 2, 3, 100, 128};
   absl::Status st = delta_rule(d, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);

@@ -61,14 +61,14 @@ inline MoeDecodeProblem make_moe_decode(const MoeDecodeCase& c) {
   p.irb = row_bytes(c.type, I);
   p.isrb = row_bytes(c.type, Iss);
   const std::vector<float> gate_f = rnd(E * I * H, 0.2f), up_f = rnd(E * I * H, 0.2f);
-  std::vector<float> fused_f;
-  for (int64_t e = 0; e < E; ++e) {
-    fused_f.insert(fused_f.end(), gate_f.begin() + e * I * H, gate_f.begin() + (e + 1) * I * H);
-    fused_f.insert(fused_f.end(), up_f.begin() + e * I * H, up_f.begin() + (e + 1) * I * H);
-  }
   p.gate = quantize_rows(c.type, gate_f, E * I, H);
   p.up = quantize_rows(c.type, up_f, E * I, H);
-  p.fused = quantize_rows(c.type, fused_f, E * 2 * I, H);
+  // gate|up interleaved per expert is the same rows as gate and up: no second quantisation.
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b0 = e * I * static_cast<int64_t>(p.hrb), b1 = b0 + I * static_cast<int64_t>(p.hrb);
+    p.fused.insert(p.fused.end(), p.gate.begin() + b0, p.gate.begin() + b1);
+    p.fused.insert(p.fused.end(), p.up.begin() + b0, p.up.begin() + b1);
+  }
   p.down = quantize_rows(c.type, rnd(E * H * I, 0.1f), E * H, I);
   p.sh_gate = quantize_rows(c.type, rnd(Iss * H, 0.2f), Iss, H);
   p.sh_up = quantize_rows(c.type, rnd(Iss * H, 0.2f), Iss, H);

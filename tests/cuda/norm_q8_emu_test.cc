@@ -44,7 +44,7 @@ TEST_P(NormQ8Emu, MatchesReference) {
   a.y = y.data();
   a.q = c.q8 ? q.data() : nullptr;
   a.ds = c.q8 ? ds.data() : nullptr;
-  ASSERT_EQ(simt::launch({static_cast<unsigned>(c.rows)}, {kNormQ8Threads}, 0,
+  ASSERT_EQ(simt::launch({static_cast<unsigned>(c.rows)}, {kNormRowThreads}, 0,
                          add_rms_norm_q8_kernel, a),
             "");
   for (int64_t r = 0; r < c.rows; ++r) {
@@ -113,7 +113,8 @@ TEST(GateQ8Emu, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, NormQ8Emu,
                          ::testing::Values(Case{3, 96, true, true}, Case{2, 544, true, true},
                                            Case{3, 544, false, true}, Case{2, 256, true, false},
-                                           Case{1, 2048, false, false}),
+                                           Case{1, 2048, false, false}, Case{2, 5120, true, true},
+                                           Case{1, 8736, true, true}, Case{1, 8200, false, false}),
                          [](const auto& info) {
                            const Case& c = info.param;
                            return "r" + std::to_string(c.rows) + "_n" + std::to_string(c.n) +
