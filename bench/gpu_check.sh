@@ -15,6 +15,8 @@
 # launch timed on the device, by model part and entry point).
 # Without a GPU it says so and exits 0 (after building or locating the binaries).
 # Logs go to $GPU_CHECK_LOG_DIR, else $OUT when set (the device machine's return folder).
+# GPU_TESTS (names of tests/cuda binaries) runs only those; GPU_TEST_TIMEOUT (s, default 240)
+# bounds each; GPU_MODEL_ARGS / GPU_MODEL_TIMEOUT the same for gpu_model_main.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +26,7 @@ while (($#)); do
   case "$1" in
     --prebuilt) PREBUILT=${2:?--prebuilt needs a folder}; shift 2 ;;
     --quick) QUICK=(--quick); shift ;;
-    -h|--help) sed -n '2,17p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | cut -c3-; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -84,8 +86,10 @@ fi
 # ---- tests ------------------------------------------------------------------------------------
 declare -a test_rows=()
 all_ok=1
+# GPU_TESTS="cuda_ops_test cuda_model_test ...": only those (a rerun after a change; default all).
 for t in "$BIN"/cuda_*_test; do
   name=$(basename "$t")
+  if [[ -n "${GPU_TESTS:-}" && " $GPU_TESTS " != *" $name "* ]]; then continue; fi
   out=$(timeout "${GPU_TEST_TIMEOUT:-240}" "$t" --gtest_brief=1 2>&1)
   rc=$?
   [[ -n "$LOG" ]] && printf '%s\n' "$out" >"$LOG/$name.log"

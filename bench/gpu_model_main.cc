@@ -67,7 +67,8 @@ struct Row {
   std::string model;
   double weights_gb = 0, mb_per_tok = 0, load_s = 0;
   double prefill512 = 0, prefill_ctx = 0, prefill8k = 0, decode = 0, decode_nograph = 0, frac = 0;
-  double decode_unfused = 0, decode_unfused_moe = 0, decode_gqa = 0, decode_sampled = 0;
+  double decode_dn_fused = 0, decode_unfused_moe = 0, decode_gqa = 0, decode_sampled = 0;
+  double decode_ffn_up = 0;  // dense models: with cuda::ffn_up (0: MoE)
   double dev_ms = 0;  // the decode step's kernels' device time (launch profile)
   double decode_pdl = 0;  // with programmatic dependent launch (0: the device has none)
   std::vector<std::pair<int, double>> batch;
@@ -134,23 +135,34 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
       (graphs ? r.decode : r.decode_nograph) = 1.0 / sec;
     }
     r.frac = r.mb_per_tok * 1e6 * r.decode / (bw * 1e9);
-    // The same with graphs but the DeltaNet layers as separate kernels (the fused kernel's gain),
-    // and with a sampled (not greedy) token: top-k 40, top-p 0.95, penalties, on the device.
+    // The same with graphs but each DeltaNet layer as the one fused kernel (the separate kernels
+    // are the default), and with a sampled (not greedy) token: top-k 40, top-p 0.95, penalties,
+    // on the device.
     auto timed = [&](auto&& step) {
       for (int i = 0; i < 3; ++i) step();
       const double t1 = Now();
       for (int i = 0; i < n_decode; ++i) step();
       return n_decode / (Now() - t1);
     };
-    model.set_cuda_fused_deltanet(false);
-    r.decode_unfused = timed([&] {
+    model.set_cuda_fused_deltanet(true);
+    r.decode_dn_fused = timed([&] {
       StepItem it{s.get(), &tok, 1, false};
       if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
       tok = ids[0];
     });
-    model.set_cuda_fused_deltanet(true);
-    // The experts as per-token matvecs plus the separate shared expert, and the norms without
-    // their q8 output (the fused MoE kernels' and norm's gain; dense models: the norm's and the fused FFN up kernel's).
+    model.set_cuda_fused_deltanet(false);
+    // Dense models: the FFN's gate/up/SwiGLU in one launch (cuda::ffn_up; off by default).
+    if (model.config().n_expert == 0) {
+      model.set_cuda_fused_ffn_up(true);
+      r.decode_ffn_up = timed([&] {
+        StepItem it{s.get(), &tok, 1, false};
+        if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
+        tok = ids[0];
+      });
+      model.set_cuda_fused_ffn_up(false);
+    }
+    // The experts as per-token matvecs plus the separate shared expert, and the norms (SwiGLU,
+    // attention gate) without their q8 output (the fused MoE kernels' and those kernels' gain).
     model.set_cuda_fused_moe_decode(false);
     r.decode_unfused_moe = timed([&] {
       StepItem it{s.get(), &tok, 1, false};
@@ -225,11 +237,12 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
               spec.c_str(), r.prefill512, static_cast<long long>(ctx), r.prefill_ctx,
               static_cast<long long>(ctx), r.decode, r.mb_per_tok * r.decode / 1e3, 100 * r.frac,
               bw, r.decode_nograph);
-  std::printf("[%s] decode at %lld with graphs: DeltaNet unfused %.1f tok/s; MoE + norm-q8 unfused "
-              "%.1f tok/s; attention per KV head %.1f tok/s; programmatic dependent launch %.1f "
-              "tok/s; sampled on the GPU (top-k 40, top-p 0.95, penalties) %.1f tok/s\n",
-              spec.c_str(), static_cast<long long>(ctx), r.decode_unfused, r.decode_unfused_moe,
-              r.decode_gqa, r.decode_pdl, r.decode_sampled);
+  std::printf("[%s] decode at %lld with graphs: DeltaNet fused %.1f tok/s; MoE + norm-q8 unfused "
+              "%.1f tok/s; FFN up fused %.1f tok/s; attention per KV head %.1f tok/s; "
+              "programmatic dependent launch %.1f tok/s; sampled on the GPU (top-k 40, top-p "
+              "0.95, penalties) %.1f tok/s\n",
+              spec.c_str(), static_cast<long long>(ctx), r.decode_dn_fused, r.decode_unfused_moe,
+              r.decode_ffn_up, r.decode_gqa, r.decode_pdl, r.decode_sampled);
   std::fflush(stdout);
   if (do8k) {
     auto s8 = model.NewSequence(8192);
@@ -321,22 +334,23 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (auto spec : absl::StrSplit(models, ',')) rows.push_back(Run(std::string(spec), ctx, n_decode, do8k, batches, bw));
   std::printf("\n==== model on GPU (wall clock; greedy decode, argmax on the GPU) ====\n");
-  // no-graph / dn-unfused / moe-unfused / attn-gqa: decode tok/s without CUDA graphs, with the
-  // DeltaNet layers as separate kernels, with the per-token experts and separate quantisers,
-  // with split-K attention's first pass per KV head. dev-ms: the decode step's kernels' own
+  // no-graph / dn-fused / moe-unfused / ffn-up / attn-gqa: decode tok/s without CUDA graphs,
+  // with each DeltaNet layer as one fused kernel, with the per-token experts and separate
+  // quantisers, with the dense FFN's fused up kernel (0: MoE), with split-K attention's first
+  // pass per KV head; the defaults are the other way. dev-ms: the decode step's kernels' own
   // device time (launch profile), against 1000 / decode for the whole step. pdl: decode with
   // programmatic dependent launch (0 where the device has none).
-  std::printf("%-16s %8s %9s %9s %9s %10s %7s %7s %10s %10s %11s %9s %8s %s\n", "model",
+  std::printf("%-16s %8s %9s %9s %9s %10s %7s %7s %10s %10s %11s %8s %9s %8s %s\n", "model",
               "MB/tok", "pf512", "pf-ctx", "pf8k", "decode", "%BW", "dev-ms", "no-graph",
-              "dn-unfused", "moe-unfused", "attn-gqa", "pdl", "batch tok/s");
+              "dn-fused", "moe-unfused", "ffn-up", "attn-gqa", "pdl", "batch tok/s");
   for (const Row& r : rows) {
     std::string b;
     for (auto [n, t] : r.batch) b += std::to_string(n) + ":" + std::to_string(static_cast<int>(t)) + " ";
-    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %7.3f %10.1f %10.1f %11.1f %9.1f "
-                "%8.1f %s\n",
+    std::printf("%-16s %8.0f %9.0f %9.0f %9.0f %10.1f %6.1f%% %7.3f %10.1f %10.1f %11.1f %8.1f "
+                "%9.1f %8.1f %s\n",
                 r.model.c_str(), r.mb_per_tok, r.prefill512, r.prefill_ctx, r.prefill8k, r.decode,
-                100 * r.frac, r.dev_ms, r.decode_nograph, r.decode_unfused, r.decode_unfused_moe,
-                r.decode_gqa, r.decode_pdl, b.c_str());
+                100 * r.frac, r.dev_ms, r.decode_nograph, r.decode_dn_fused, r.decode_unfused_moe,
+                r.decode_ffn_up, r.decode_gqa, r.decode_pdl, b.c_str());
   }
   return 0;
 }

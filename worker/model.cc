@@ -642,6 +642,10 @@ void Model::set_cuda_fused_moe_decode(bool on) {
   if (cuda_) cuda_->SetFusedMoeDecode(on);
 }
 
+void Model::set_cuda_fused_ffn_up(bool on) {
+  if (cuda_) cuda_->SetFusedFfnUp(on);
+}
+
 void Model::set_cuda_gqa_attention(bool on) {
   if (cuda_) cuda_->SetGqaAttention(on);
 }

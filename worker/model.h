@@ -162,18 +162,22 @@ class Model {
   // gpu_experts: per layer, the routed experts to keep on the device (see ModelOptions).
   absl::Status ShardCuda(const std::vector<char>& layers,
                          const std::vector<std::vector<int32_t>>& gpu_experts = {});
-  // CUDA backend: decode steps run each DeltaNet layer as one fused kernel (default) or as the
-  // separate conv / norm / gate / delta-rule / gated-norm kernels of prefill (for comparison).
+  // CUDA backend: decode steps run each DeltaNet layer as one fused kernel or as the separate
+  // conv / norm / gate / delta-rule / gated-norm kernels of prefill (default: measured faster
+  // on an H200, bench/gpu_check.sh's dn-fused column).
   void set_cuda_fused_deltanet(bool on);
   // CUDA backend: decode steps of 16+ sequences run the routed experts grouped by expert (as
   // prefill does) instead of per-token matvecs. Off by default until measured on a GPU.
   void set_cuda_grouped_moe_decode(bool on);
   // CUDA backend: steps below the grouped size run each MoE layer's routed and shared experts
-  // in two fused launches, a dense FFN's gate/up/SwiGLU in one (cuda::ffn_up), and take the
-  // matvecs' q8 activations from the norm kernel before them (default), or run per-token
-  // matvecs, the separate shared expert, the FFN's matvec pair and SwiGLU, and a quantiser per
-  // matvec group (for comparison).
+  // in two fused launches and take the matvecs' q8 activations from the kernel before them (the
+  // norm, SwiGLU, the attention gate: default), or run per-token matvecs, the separate shared
+  // expert, and a quantiser per matvec group (for comparison).
   void set_cuda_fused_moe_decode(bool on);
+  // CUDA backend: steps below the grouped size run a dense FFN's gate/up/SwiGLU in one launch
+  // (cuda::ffn_up) instead of the matvec pair and swiglu_q8 (default off: slower on an H200,
+  // bench/gpu_check.sh's ffn-up column).
+  void set_cuda_fused_ffn_up(bool on);
   // CUDA backend: split-K attention reads each K/V row once per KV head for all its query heads
   // (on) or once per query head (off, the default until measured on a GPU).
   void set_cuda_gqa_attention(bool on);

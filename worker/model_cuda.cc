@@ -262,6 +262,11 @@ class CudaModel : public CudaBackend {
     fused_norm_q8_ = on;
     DropGraphs();  // captured with the other path
   }
+  void SetFusedFfnUp(bool on) override {
+    if (on == fused_ffn_up_) return;
+    fused_ffn_up_ = on;
+    DropGraphs();  // captured with the other path
+  }
 
   // Layout of a sequence's device buffer.
   size_t state_bytes() const { return state_bytes_; }
@@ -373,13 +378,18 @@ class CudaModel : public CudaBackend {
   int32_t* d_tokens_ = nullptr;
   uint8_t** d_seq_base_ = nullptr;  // decode steps: each piece's state buffer
   bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
-  bool fused_dn_on_ = true;         // ... and is used (SetFusedDeltaNet)
+  // ... and is used (SetFusedDeltaNet). Off: on the H200 the separate kernels decoded 6 % faster
+  // (35b-a3b, 286 vs 270 tok/s; 27b 79.7 vs 78.0), the fused kernel having a block per value head.
+  bool fused_dn_on_ = false;
   bool flash_ok_ = false;           // the flash prefill kernel covers the attention shape
   bool chunked_dn_ = true;          // the chunked delta rule (off once the device refuses it)
   bool sharded_ = false;            // holds only some layers' mixers (a group rank)
   bool grouped_decode_ = false;     // decode batches of kGroupedMoeTokens+ use moe_grouped
   bool fused_moe_on_ = true;        // short steps' experts through moe_decode (SetFusedMoeDecode)
   bool fused_norm_q8_ = true;       // short steps' norms also quantise (pre_); with fused_moe_on_
+  // Short steps' FFN gate/up/SwiGLU through cuda::ffn_up (SetFusedFfnUp). Off: on the H200 the
+  // matvec pair + swiglu_q8 was faster (27b: ffn_up ~80 us a layer against ~40 for the pair).
+  bool fused_ffn_up_ = false;
   bool gqa_attn_ = false;           // split-K attention reads K/V once per KV head (SetGqaAttention)
   std::shared_ptr<StatePool> pool_ = std::make_shared<StatePool>();
   // Shard experts: per layer, expert id -> index in the layer's compact device copy (or -1),
@@ -1093,7 +1103,7 @@ absl::StatusOr<bool> CudaModel::FusedUp(const WeightView& gate, const WeightView
                                         const WeightView& down, const float* f, int64_t N,
                                         float* h, cuda::DeviceAct* ha) {
   const int64_t H = c_.n_embd, I = gate.rows;
-  if (!fused_moe_on_ || N > cuda::kMaxMatvecTokens || !cuda::ffn_up_fits(gate, up) ||
+  if (!fused_ffn_up_ || N > cuda::kMaxMatvecTokens || !cuda::ffn_up_fits(gate, up) ||
       act_ws_.size() < cuda::ffn_up_workspace_bytes(I, N))
     return false;
   cuda::DeviceAct x{f, H, nullptr, nullptr, H, N};
@@ -1115,6 +1125,12 @@ absl::Status CudaModel::DenseFfn(const DevLayer& L, const float* f, int64_t N, f
   if (!fused.ok()) return fused.status();
   if (*fused) return cuda::matvec(L.ffn_down, ha, out, L.ffn_down.rows, stream_);
   RS_CU(MmGroup(f, N, c_.n_embd, {{&L.ffn_gate, g}, {&L.ffn_up, u}}));
+  if (fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && c_.n_ff % 32 == 0 &&
+      cuda::matvec_uses_q8(L.ffn_down.type)) {
+    // SwiGLU and the down matvec's q8 activations in one kernel.
+    RS_CU(cuda::swiglu_q8(g, u, N, c_.n_ff, act_ws_.get(), act_ws_.size(), &ha, stream_));
+    return cuda::matvec(L.ffn_down, ha, out, L.ffn_down.rows, stream_);
+  }
   RS_CU(cuda::swiglu(g, u, N * c_.n_ff, g, stream_));
   return Mm(L.ffn_down, g, N, out);
 }

@@ -106,13 +106,16 @@ class CudaBackend : public RowsBackend {
                                      std::vector<int32_t>* ids) = 0;
   // Decode steps as CUDA graphs (on by default; off: every kernel launched each step).
   virtual void SetGraphs(bool on) = 0;
-  // Decode: the fused DeltaNet kernel (default) or the separate kernels.
+  // Decode: the fused DeltaNet kernel or the separate kernels (default).
   virtual void SetFusedDeltaNet(bool on) = 0;
   // Decode batches of 16+ tokens: routed experts grouped by expert (default off).
   virtual void SetGroupedMoeDecode(bool on) = 0;
   // Steps below the grouped size: experts through the fused decode kernels (default) or
   // per-token matvecs and the separate shared expert.
   virtual void SetFusedMoeDecode(bool on) = 0;
+  // Short steps of a dense FFN (and the separate shared expert): gate/up/SwiGLU in one launch
+  // (cuda::ffn_up) or the matvec pair and swiglu_q8 (default).
+  virtual void SetFusedFfnUp(bool on) = 0;
   // Split-K attention (decode, and prefill pieces the flash kernel does not take): the first pass
   // reads each K/V row once per KV head (on) or once per query head (default until measured).
   virtual void SetGqaAttention(bool on) = 0;

@@ -356,6 +356,19 @@ absl::Status mul_sigmoid_q8(float* o, const float* gate, int64_t n_tok, int64_t 
   return absl::OkStatus();
 }
 
+absl::Status swiglu_q8(float* g, const float* up, int64_t n_tok, int64_t cols, void* ws,
+                       size_t ws_bytes, DeviceAct* out, Stream s) {
+  absl::StatusOr<DeviceAct> a = act_q8_layout("swiglu_q8", g, cols, n_tok, cols, ws, ws_bytes);
+  if (!a.ok()) return a.status();
+  if (absl::Status e = st("swiglu_q8",
+                          glue::launch_swiglu_q8(g, up, n_tok * cols, const_cast<int8_t*>(a->q),
+                                                 const_cast<float*>(a->ds), as_stream(s)));
+      !e.ok())
+    return e;
+  *out = *a;
+  return absl::OkStatus();
+}
+
 absl::Status add_rms_norm_q8(float* hidden, const float* m, const float* w, int64_t rows,
                              int64_t n, float eps, float* y, void* ws, size_t ws_bytes,
                              DeviceAct* out, Stream s) {

@@ -205,6 +205,15 @@ cudaError_t launch_gate_q8(float* y, const float* gate, int64_t n, int8_t* q, fl
   return cudaGetLastError();
 }
 
+cudaError_t launch_swiglu_q8(float* y, const float* up, int64_t n, int8_t* q, float* ds,
+                             cudaStream_t s) {
+  if (n > 0)
+    detail::launch_kernel(swiglu_q8_kernel,
+                          static_cast<unsigned>((n + kNormQ8Threads - 1) / kNormQ8Threads),
+                          kNormQ8Threads, 0, s, y, up, n, q, ds);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_add_rms_norm(float* hidden, const float* m, const float* w, int64_t rows,
                                 int64_t n, float eps, float* y, int8_t* q, float* ds,
                                 cudaStream_t s) {

@@ -72,6 +72,10 @@ absl::Status attn_prep(const float* qg, int64_t n_tok, int64_t nh, int64_t nkv, 
 // layout and bits) in the same kernel: *out is then o's prepared activations. cols % 32 == 0.
 absl::Status mul_sigmoid_q8(float* o, const float* gate, int64_t n_tok, int64_t cols, void* ws,
                             size_t ws_bytes, DeviceAct* out, Stream s = nullptr);
+// g[i] = silu(g[i]) * up[i] (SwiGLU, in place) for the n_tok x cols matrix g, and its q8 blocks in
+// ws as mul_sigmoid_q8 does: *out is then g's prepared activations. cols % 32 == 0.
+absl::Status swiglu_q8(float* g, const float* up, int64_t n_tok, int64_t cols, void* ws,
+                       size_t ws_bytes, DeviceAct* out, Stream s = nullptr);
 // As add_rms_norm (m == nullptr: rms_norm alone), and the result's q8 blocks in ws (the layout
 // and size of quantize_act's) in the same kernel: *out is then y's prepared activations, bit for
 // bit what quantize_act(y) gives. n a multiple of 32.

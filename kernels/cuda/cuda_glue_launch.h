@@ -26,6 +26,8 @@ cudaError_t launch_add_sigmoid_scaled(float* out, const float* d, const float* s
                                       int64_t H, cudaStream_t s);
 cudaError_t launch_gate_q8(float* y, const float* gate, int64_t n, int8_t* q, float* ds,
                           cudaStream_t s);
+cudaError_t launch_swiglu_q8(float* y, const float* up, int64_t n, int8_t* q, float* ds,
+                             cudaStream_t s);
 struct AttnPrepArgs;
 cudaError_t launch_attn_prep(const AttnPrepArgs& a, cudaStream_t s);
 // m == nullptr: no add; q == nullptr: no q8 blocks (norm_q8_kernel.cuh).

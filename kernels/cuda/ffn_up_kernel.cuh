@@ -1,9 +1,10 @@
 // The dense FFN's fused up kernel (arguments: ffn_up_types.h). Compiled by nvcc for the device
 // (cuda_ffn_up.cu) and by g++ for the SIMT emulator (tests/cuda/ffn_up_emu_test.cc).
 //
-// Block b computes rows 32b .. 32b+31 of gate and of up for every token: warp w takes four gate
-// rows and the same four up rows, so each lane keeps eight row loads in flight, and each weight
-// unit is read once for all tokens (as the decode matvec does: lane i takes units i, i+32, ...).
+// Block b computes rows 32b .. 32b+31 of gate and of up for every token: warp w takes
+// kRowsPerWarp gate rows and the same up rows, whose loads each lane keeps in flight, and each
+// weight unit is read once for all tokens (as the decode matvec does: lane i takes units i,
+// i+32, ...).
 // Then warp t (one per token) forms h = silu(gate) * up for the 32 rows and their q8 block.
 #pragma once
 

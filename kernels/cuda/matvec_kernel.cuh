@@ -53,8 +53,13 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kMvWarps * 32) matvec_kernel(const MvParams p) {
 
   if constexpr (MODE == static_cast<int>(MvMode::kPlain)) {
     const uint8_t* wr = cur.w + row * cur.row_stride;
+    if constexpr (NT == 1) {  // one token: four units' loads in flight per lane
+#pragma unroll 4
+      for (int64_t u = lane; u < n_units; u += 32) Fmt<T>::template dot<NT>(wr, u, act, acc);
+    } else {
 #pragma unroll 2
-    for (int64_t u = lane; u < n_units; u += 32) Fmt<T>::template dot<NT>(wr, u, act, acc);
+      for (int64_t u = lane; u < n_units; u += 32) Fmt<T>::template dot<NT>(wr, u, act, acc);
+    }
   } else if constexpr (MODE == static_cast<int>(MvMode::kMoeUp)) {
     const int sel = static_cast<int>(blockIdx.y);
     const uint8_t* wr = p.w + static_cast<int64_t>(p.ids[sel]) * p.expert_stride + row * p.row_stride;

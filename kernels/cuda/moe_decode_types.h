@@ -15,7 +15,7 @@
 
 namespace rs::cuda::moed {
 
-constexpr int kUpThreads = 256;    // 8 warps: a tile of kUpTile rows of one slot
+constexpr int kUpThreads = 512;    // 16 warps (2 gate + 2 up rows each): kUpTile rows of a slot
 constexpr int kUpTile = 32;        // one q8 block of the output
 constexpr int kDownThreads = 256;  // 8 warps: slots spread over them
 constexpr int kDownRows = 8;       // output rows per block

@@ -116,4 +116,17 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads)
   warp_q8_block(v, true, q + i, ds + 2 * (i / 32), static_cast<int>(threadIdx.x & 31));
 }
 
+// y[i] = silu(y[i]) * up[i] (SwiGLU, into the gate's buffer), then y's q8 blocks for the down
+// projection: one launch instead of swiglu and quantize_act. Launched as gate_q8_kernel.
+RS_KERNEL void RS_LAUNCH_BOUNDS(kNormQ8Threads)
+    swiglu_q8_kernel(float* y, const float* up, int64_t n, int8_t* q, float* ds) {
+  RS_PDL_ENTRY();
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kNormQ8Threads + threadIdx.x;
+  if (i >= n) return;  // n % 32 == 0: whole warps leave together
+  const float g = y[i];
+  const float v = g / (1.0f + expf(-g)) * up[i];
+  y[i] = v;
+  warp_q8_block(v, true, q + i, ds + 2 * (i / 32), static_cast<int>(threadIdx.x & 31));
+}
+
 }  // namespace rs::cuda::glue

@@ -89,6 +89,36 @@ TEST(CudaGateQ8, SameBitsAsGateThenQuantize) {
   EXPECT_EQ(d1, d2);
 }
 
+// SwiGLU with the down matvec's q8 blocks: the same bits as swiglu then quantize_act (an odd
+// number of 256-thread blocks: 3 x 1376 = 4128 elements, a partial last block).
+TEST(CudaSwigluQ8, SameBitsAsSwigluThenQuantize) {
+  RS_SKIP_WITHOUT_CUDA();
+  const int64_t n_tok = 3, cols = 1376;
+  std::mt19937 rng(6);
+  const std::vector<float> g = testing::randn(rng, n_tok * cols, 2.0f);
+  const std::vector<float> u = testing::randn(rng, n_tok * cols, 2.0f);
+  DeviceBuffer g1 = testing::upload(g), du = testing::upload(u),
+               y2 = testing::poisoned<float>(n_tok * cols);
+  const size_t wsb = act_q8_bytes(cols, n_tok);
+  DeviceBuffer ws1 = testing::poisoned<uint8_t>(wsb), ws2 = testing::poisoned<uint8_t>(wsb);
+  DeviceBuffer dg = testing::upload(g);
+  DeviceAct a1, a2;
+  RS_ASSERT_OK(swiglu_q8(g1.as<float>(), du.as<float>(), n_tok, cols, ws1.get(), wsb, &a1));
+  RS_ASSERT_OK(swiglu(dg.as<float>(), du.as<float>(), n_tok * cols, y2.as<float>()));
+  RS_ASSERT_OK(quantize_act(y2.as<float>(), cols, n_tok, cols, ws2.get(), wsb, &a2));
+  EXPECT_EQ(testing::download<float>(g1, n_tok * cols), testing::download<float>(y2, n_tok * cols));
+  std::vector<int8_t> q1(n_tok * cols), q2(n_tok * cols);
+  std::vector<float> d1(n_tok * cols / 16), d2(n_tok * cols / 16);
+  RS_ASSERT_OK(synchronize());
+  RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
+  RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
+  RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
+  RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(d1, d2);
+  EXPECT_EQ(a1.x, g1.as<float>());
+}
+
 TEST(CudaNormQ8Args, RefusesColsNotAMultipleOf32) {
   DeviceAct a;
   const absl::Status st = add_rms_norm_q8(nullptr, nullptr, nullptr, 2, 100, 1e-6f, nullptr,

@@ -78,6 +78,39 @@ TEST_P(NormQ8Emu, MatchesReference) {
 
 // Attention's output gate with the q8 blocks for wo: y *= sigmoid(gate), then quantize_act's
 // blocks of the result; n not a multiple of the block size (a partial last block of threads).
+// SwiGLU with the q8 blocks for the down matvec: y = silu(y) * up, then quantize_act's blocks.
+TEST(SwigluQ8Emu, MatchesReference) {
+  simt::set_order(simt::Order::kShuffled, 3);
+  for (const int64_t n : {int64_t{64}, int64_t{3 * 352}}) {
+    std::mt19937 rng(static_cast<uint32_t>(n) + 1);
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    std::vector<float> y(n), up(n);
+    for (auto& v : y) v = nd(rng);
+    for (auto& v : up) v = nd(rng);
+    for (int i = 0; i < 32; ++i) up[i] = 0.0f;  // a zero block: d = 0
+    const std::vector<float> y0 = y;
+    std::vector<int8_t> q(n, 99);
+    std::vector<float> ds(n / 16, NAN);
+    const unsigned blocks = static_cast<unsigned>((n + kNormQ8Threads - 1) / kNormQ8Threads);
+    ASSERT_EQ(simt::launch({blocks}, {kNormQ8Threads}, 0, swiglu_q8_kernel, y.data(), up.data(),
+                           n, q.data(), ds.data()),
+              "");
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = y0[i], want = g / (1.0 + std::exp(-g)) * up[i];
+      ASSERT_NEAR(y[i], want, 1e-5 * (1 + std::fabs(want))) << i;
+    }
+    std::vector<int8_t> qr(32);
+    std::vector<float> dr(2);
+    for (int64_t b = 0; b < n / 32; ++b) {
+      testing_kernels::quantize_q8(y.data() + b * 32, 32, qr.data(), dr.data());
+      for (int i = 0; i < 32; ++i) ASSERT_EQ(q[b * 32 + i], qr[i]) << "block " << b;
+      ASSERT_EQ(ds[2 * b], dr[0]) << "block " << b;
+      ASSERT_NEAR(ds[2 * b + 1], dr[1], 1e-5 * 32 * 127 * dr[0] + 1e-30) << "block " << b;
+    }
+  }
+  simt::set_order(simt::Order::kForward);
+}
+
 TEST(GateQ8Emu, MatchesReference) {
   simt::set_order(simt::Order::kShuffled, 2);
   for (const int64_t n : {int64_t{96}, int64_t{3 * 352}}) {
