@@ -11,8 +11,8 @@
 
 namespace rs::cuda::ffnup {
 
-// 16 warps of 2 gate + 2 up rows (8 warps of 4 + 4 kept too few loads in flight: the H200 ran
-// this kernel at half the plain matvec's bandwidth).
+// 16 warps of 2 gate + 2 up rows (8 warps of 4 + 4 ran at half the plain matvec's bandwidth on
+// the H200; this is better but still slower than the matvec pair: 27b 85.6 against 97.8 tok/s).
 constexpr int kThreads = 512;
 constexpr int kTile = 32;  // rows of gate (and up) per block: one q8 block of h
 constexpr int kRowsPerWarp = kTile / (kThreads / 32);

@@ -82,9 +82,6 @@ RS_KERNEL void RS_LAUNCH_BOUNDS(32 * kRouterWarps) router_fused_kernel(const Rou
     for (int64_t t = 0; t < a.n_tok; ++t) {
       const ActDev act{a.x + t * a.H, a.H, nullptr, nullptr, a.H};
       float acc[1] = {0.0f};
-      // Unrolled: a warp per row and 33 blocks for 256 experts, so each lane's loads must be in
-      // flight together (one after another they were most of the router's ~10 us).
-#pragma unroll 4
       for (int64_t u = lane; u < U; u += 32) Fmt<GgmlType::F32>::template dot<1>(row, u, act, acc);
       for (int o = 16; o > 0; o >>= 1) acc[0] += __shfl_xor_sync(0xFFFFFFFFu, acc[0], o);
       if (lane == 0) {
