@@ -378,6 +378,7 @@ class CudaModel : public CudaBackend {
   int32_t* d_tokens_ = nullptr;
   uint8_t** d_seq_base_ = nullptr;  // decode steps: each piece's state buffer
   bool fused_dn_ = false;           // the fused DeltaNet decode kernel covers this model
+  int64_t dn_split_ = 1;            // ... with this many blocks per value head
   // ... and is used (SetFusedDeltaNet). Off: on the H200 the separate kernels decoded 6 % faster
   // (35b-a3b, 286 vs 270 tok/s; 27b 79.7 vs 78.0), the fused kernel having a block per value head.
   bool fused_dn_on_ = false;
@@ -735,8 +736,11 @@ absl::Status CudaModel::Init() {
     fused_dn_ = n_dn_ > 0 && P > 0 && c_.Hv % c_.Hk == 0 &&
                 (c_.dk + P - 1) / P <= cuda::dn::kDecodeMaxRows;
     if (fused_dn_) {
-      // Its per-(sequence, key head) counters, zero between launches.
-      auto cnt = cuda::DeviceBuffer::alloc(static_cast<size_t>(kMaxStepTokens * c_.Hk) * 4);
+      // Its per-(sequence, key head) and per-(sequence, value head) counters, zero between
+      // launches, and the norm's partial sums of a head split over dn_split_ blocks.
+      dn_split_ = cuda::dn::decode_col_split(c_.dv);
+      const size_t words = static_cast<size_t>(kMaxStepTokens * (c_.Hk + c_.Hv * (1 + dn_split_)));
+      auto cnt = cuda::DeviceBuffer::alloc(words * 4);
       if (!cnt.ok()) return cnt.status();
       dn_counters_ = std::move(*cnt);
       RS_CU(cuda::fill_bytes(dn_counters_.get(), 0, dn_counters_.size()));
@@ -995,6 +999,11 @@ absl::Status CudaModel::DeltaNet(const DevLayer& L, int64_t di, const std::vecto
     da.ssm_off = static_cast<size_t>(n_dn_) * conv_bytes_ + static_cast<size_t>(di) * ssm_bytes_;
     da.y = y;
     da.counters = static_cast<int*>(dn_counters_.get());
+    da.col_split = dn_split_;
+    if (dn_split_ > 1) {
+      da.norm_cnt = da.counters + kMaxStepTokens * Hk;
+      da.norm_part = reinterpret_cast<float*>(da.norm_cnt + kMaxStepTokens * Hv);
+    }
     // ssm_out's q8 activations from the same kernel (the quantiser launch saved).
     absl::StatusOr<cuda::DeviceAct> ya = absl::UnavailableError("no q8 output");
     if (fused_norm_q8_ && N <= cuda::kMaxMatvecTokens && dv % 32 == 0 &&

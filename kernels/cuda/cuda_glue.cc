@@ -197,9 +197,15 @@ absl::Status dn_decode(const dn::DecodeArgs& a, int64_t B, Stream s) {
         "dn_decode: head dims dk ", a.dk, ", dv ", a.dv, " exceed the kernel's tile (dv <= ",
         dn::kDecodeThreads, ", dk <= ", dn::kDecodeMaxRows, " * ", dn::kDecodeThreads,
         " / dv)"));
-  if (a.Hk >= 1 && a.Hv > a.Hk && a.counters == nullptr)
+  if (a.col_split < 1 || a.dv % a.col_split != 0 ||
+      (a.col_split > 1 && (a.norm_part == nullptr || a.norm_cnt == nullptr)))
     return absl::InvalidArgumentError(absl::StrCat(
-        "dn_decode: ", a.Hv, " value heads over ", a.Hk, " key heads need the counters"));
+        "dn_decode: col_split ", a.col_split, " must divide dv ", a.dv,
+        " (and > 1 needs norm_part and norm_cnt)"));
+  if (a.Hk >= 1 && (a.Hv > a.Hk || a.col_split > 1) && a.counters == nullptr)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dn_decode: ", a.Hv, " value heads over ", a.Hk, " key heads in ", a.col_split,
+        " column groups need the counters"));
   return st("dn_decode", dn::launch_dn_decode(a, B, as_stream(s)));
 }
 

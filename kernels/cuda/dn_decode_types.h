@@ -26,15 +26,30 @@ struct DecodeArgs {
   uint8_t* const* seq_base = nullptr;
   size_t conv_off = 0, ssm_off = 0;
   float* y = nullptr;            // [B][Hv*dv]
-  // [B][Hk] ints, all 0 (and 0 again after the kernel): needed when Hv > Hk.
+  // [B][Hk] ints, all 0 (and 0 again after the kernel): needed when Hv > Hk or col_split > 1.
   int* counters = nullptr;
+  // Column groups per value head (decode_col_split): > 1 spreads a head's state columns over
+  // that many blocks, which then need norm_part [B][Hv][col_split] floats and norm_cnt [B][Hv]
+  // ints (all 0, and 0 again after the kernel) for the head's gated norm.
+  int64_t col_split = 1;
+  float* norm_part = nullptr;
+  int* norm_cnt = nullptr;
   // When not null (dv % 32 == 0): y's q8 blocks as quantize_act makes them for ssm_out's matvec,
   // yq [B][Hv*dv] and {d, sum} yds [B][Hv*dv / 32].
   int8_t* yq = nullptr;
   float* yds = nullptr;
 };
 
-// Shared memory the kernel needs (dynamic); grid (Hk, B, Hv / Hk).
+// Column groups for dv-wide value heads: 4 (or 2) groups of a multiple of 32 columns where dv
+// allows, else 1 (the whole head in one block).
+inline int64_t decode_col_split(int64_t dv) {
+  if (dv % 128 == 0 && dv / 4 <= kDecodeThreads) return 4;
+  if (dv % 64 == 0 && dv / 2 <= kDecodeThreads) return 2;
+  return 1;
+}
+
+// Shared memory the kernel needs (dynamic; the same for every col_split); grid (Hk, B,
+// Hv / Hk * col_split).
 inline size_t decode_smem_bytes(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
   (void)Hk;
   (void)Hv;

@@ -13,6 +13,7 @@ namespace {
 
 struct Shape {
   int64_t B, Hk, Hv, dk, dv, K;
+  int64_t S = 1;  // column groups per value head (DecodeArgs::col_split)
 };
 
 class CudaDnDecode : public ::testing::TestWithParam<Shape> {
@@ -36,6 +37,8 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
                d_z = testing::upload(p.z), d_b = testing::upload(p.b), d_al = testing::upload(p.al);
   DeviceBuffer d_y = testing::poisoned<float>(p.B * p.Hv * p.dv);
   DeviceBuffer d_cnt = testing::upload(std::vector<int32_t>(p.B * p.Hk, 0));
+  DeviceBuffer d_ncnt = testing::upload(std::vector<int32_t>(p.B * p.Hv, 0));
+  DeviceBuffer d_npart = testing::poisoned<float>(p.B * p.Hv * sh.S);
   // y's q8 blocks (dv % 32 == 0 shapes): the same bits as quantize_act of y.
   const bool q8 = p.dv % 32 == 0;
   const int64_t ny = p.B * p.Hv * p.dv;
@@ -55,6 +58,11 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
     a.ssm_off = static_cast<size_t>(p.conv_floats()) * 4;
     a.y = d_y.as<float>();
     a.counters = d_cnt.as<int>();
+    a.col_split = sh.S;
+    if (sh.S > 1) {
+      a.norm_part = d_npart.as<float>();
+      a.norm_cnt = d_ncnt.as<int>();
+    }
     if (q8) {
       a.yq = d_yq.as<int8_t>();
       a.yds = d_yds.as<float>();
@@ -62,6 +70,8 @@ TEST_P(CudaDnDecode, MatchesReferenceOps) {
     RS_ASSERT_OK(dn_decode(a, p.B, nullptr));
     for (int32_t v : testing::download<int32_t>(d_cnt, p.B * p.Hk))
       ASSERT_EQ(v, 0) << "a counter was not set back";
+    for (int32_t v : testing::download<int32_t>(d_ncnt, p.B * p.Hv))
+      ASSERT_EQ(v, 0) << "a norm counter was not set back";
     if (q8) {
       DeviceAct qa;
       RS_ASSERT_OK(quantize_act(d_y.as<float>(), p.Hv * p.dv, p.B, p.Hv * p.dv, qws.get(),
@@ -98,12 +108,18 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDnDecode,
                                            Shape{4, 16, 48, 128, 128, 4},  // 27B, 4 sequences
                                            Shape{2, 16, 64, 128, 128, 4},  // 122B-A10B
                                            Shape{3, 2, 6, 48, 80, 4}, Shape{2, 1, 3, 64, 32, 3},
-                                           Shape{1, 3, 3, 100, 96, 4}),
+                                           Shape{1, 3, 3, 100, 96, 4},
+                                           // Several blocks per value head (col_split):
+                                           Shape{1, 16, 32, 128, 128, 4, 4},  // 35B-A3B
+                                           Shape{4, 16, 48, 128, 128, 4, 4},  // 27B
+                                           Shape{3, 2, 6, 48, 64, 4, 2},
+                                           Shape{2, 1, 3, 64, 96, 3, 3},
+                                           Shape{1, 3, 3, 100, 96, 4, 2}),
                          [](const auto& info) {
                            const Shape& s = info.param;
                            return "B" + std::to_string(s.B) + "_Hk" + std::to_string(s.Hk) +
                                   "_Hv" + std::to_string(s.Hv) + "_dk" + std::to_string(s.dk) +
-                                  "_dv" + std::to_string(s.dv);
+                                  "_dv" + std::to_string(s.dv) + "_S" + std::to_string(s.S);
                          });
 
 TEST(CudaDnDecodeArgs, RefusesShapesOutsideTheTile) {
@@ -118,6 +134,13 @@ TEST(CudaDnDecodeArgs, RefusesShapesOutsideTheTile) {
   a.dv = 128;  // a valid shape, but two value heads per key head and no counters
   st = dn_decode(a, 1, nullptr);
   EXPECT_NE(std::string(st.message()).find("need the counters"), std::string::npos) << st;
+  a.Hv = 2;
+  a.col_split = 3;  // does not divide dv
+  st = dn_decode(a, 1, nullptr);
+  EXPECT_NE(std::string(st.message()).find("col_split 3"), std::string::npos) << st;
+  a.col_split = 4;  // no norm buffers
+  st = dn_decode(a, 1, nullptr);
+  EXPECT_NE(std::string(st.message()).find("norm_part"), std::string::npos) << st;
 }
 
 }  // namespace

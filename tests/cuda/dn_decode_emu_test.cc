@@ -14,6 +14,7 @@ namespace {
 
 struct Shape {
   int64_t B, Hk, Hv, dk, dv, K;
+  int64_t S = 1;  // column groups per value head (DecodeArgs::col_split)
 };
 
 class DnDecodeEmu : public ::testing::TestWithParam<Shape> {};
@@ -41,8 +42,14 @@ TEST_P(DnDecodeEmu, MatchesReferenceOps) {
       a.conv_off = 0;
       a.ssm_off = static_cast<size_t>(p.conv_floats()) * 4;
       a.y = y.data();
-      std::vector<int> counters(p.B * p.Hk, 0);
+      std::vector<int> counters(p.B * p.Hk, 0), norm_cnt(p.B * p.Hv, 0);
+      std::vector<float> norm_part(p.B * p.Hv * sh.S, NAN);
       a.counters = counters.data();
+      a.col_split = sh.S;
+      if (sh.S > 1) {
+        a.norm_part = norm_part.data();
+        a.norm_cnt = norm_cnt.data();
+      }
       // The q8 output (dv % 32 == 0 shapes), checked against quantize_act's rule on y.
       const bool q8 = p.dv % 32 == 0;
       std::vector<int8_t> yq(y.size(), 99);
@@ -53,11 +60,12 @@ TEST_P(DnDecodeEmu, MatchesReferenceOps) {
       }
       const std::string err = simt::launch(
           {static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B),
-           static_cast<unsigned>(p.Hv / p.Hk)},
+           static_cast<unsigned>(p.Hv / p.Hk * sh.S)},
           {kDecodeThreads},
           decode_smem_bytes(p.Hk, p.Hv, p.dk, p.dv), dn_decode_kernel, a);
       ASSERT_EQ(err, "");
       for (int v : counters) ASSERT_EQ(v, 0) << "a counter was not set back";
+      for (int v : norm_cnt) ASSERT_EQ(v, 0) << "a norm counter was not set back";
       EXPECT_LE(testing_dn::max_rel(y.data(), want.data(), static_cast<int64_t>(y.size())), 2e-5)
           << "step " << step;
       if (q8) {
@@ -89,12 +97,18 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DnDecodeEmu,
                          ::testing::Values(Shape{1, 2, 4, 128, 128, 4},   // R = 2, model dims
                                            Shape{3, 2, 6, 48, 80, 4},     // awkward: P = 6
                                            Shape{2, 1, 3, 64, 32, 3},     // R = 3, K = 3
-                                           Shape{1, 3, 3, 100, 96, 4}),   // dk not a multiple
+                                           Shape{1, 3, 3, 100, 96, 4},    // dk not a multiple
+                                           // Several blocks per value head (col_split):
+                                           Shape{1, 2, 4, 128, 128, 4, 4},  // 35b's split
+                                           Shape{3, 2, 6, 48, 64, 4, 2},
+                                           Shape{2, 1, 3, 64, 96, 3, 3},  // R = 3: 9 readers
+                                           Shape{1, 3, 3, 100, 96, 4, 2},  // 48 columns a block
+                                           Shape{2, 1, 1, 40, 64, 2, 2}),  // R = 1, K = 2
                          [](const auto& info) {
                            const Shape& s = info.param;
                            return "B" + std::to_string(s.B) + "_Hk" + std::to_string(s.Hk) +
                                   "_Hv" + std::to_string(s.Hv) + "_dk" + std::to_string(s.dk) +
-                                  "_dv" + std::to_string(s.dv);
+                                  "_dv" + std::to_string(s.dv) + "_S" + std::to_string(s.S);
                          });
 
 }  // namespace
