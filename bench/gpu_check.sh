@@ -140,7 +140,7 @@ if [[ "$gpu_line" != none ]]; then
   model_rc=$?
   [[ -n "$LOG" ]] && printf '%s\n' "$model_out" >"$LOG/gpu_model.log"
   echo "---- gpu_model_main (rc $model_rc)"
-  sed '/^==== model on GPU/,$d' <<<"$model_out" | tail -80
+  sed '/^==== model on GPU/,$d' <<<"$model_out" | tail -120
 fi
 # Details first, the summary table (from the "====" line) last, with the test results in it.
 sed '/^==== rigserve GPU check/,$d' <<<"$bench_out"

@@ -74,6 +74,17 @@ struct Row {
   std::vector<std::pair<int, double>> batch;
 };
 
+// Prints a launch profile's rows (the `top` largest), by model part and entry point.
+void PrintProfile(const Model::CudaProfile& prof, size_t top) {
+  std::printf("    %-34s %6s %10s %6s\n", "part/entry point", "calls", "us/step", "%");
+  for (size_t i = 0; i < prof.rows.size() && i < top; ++i) {
+    const auto& pr = prof.rows[i];
+    std::printf("    %-34s %6lld %10.1f %5.1f%%\n", pr.name.c_str(),
+                static_cast<long long>(pr.calls), 1e3 * pr.ms,
+                100 * pr.ms / std::max(prof.total_ms, 1e-9));
+  }
+}
+
 // Feeds `ids` in one Forward (the model splits it into device sub-steps); returns seconds.
 double Prefill(Model& m, SeqState* s, const std::vector<int32_t>& ids) {
   std::vector<float> logits;
@@ -109,6 +120,21 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
     s->reset();
     const double sec = Prefill(model, s.get(), Ids(512, V, 3));
     r.prefill512 = 512 / sec;
+    // Where a 512-token prefill's device time goes (each launch timed, as for decode below).
+    s->reset();
+    const std::vector<int32_t> ids = Ids(512, V, 3);
+    auto prof = model.ProfileCuda([&]() -> absl::Status {
+      std::vector<float> logits;
+      StepItem it{s.get(), ids.data(), 512, false};
+      return model.Forward({&it, 1}, &logits);
+    });
+    if (!prof.ok()) Die("prefill profile", prof.status());
+    std::printf("[%s] prefill 512 profile: %lld launches, %.3f ms of device time, host queued "
+                "them in %.3f ms; wall clock %.3f ms%s\n",
+                spec.c_str(), static_cast<long long>(prof->launches), prof->total_ms,
+                prof->host_queue_ms, 1e3 * sec,
+                prof->host_bound ? " (host-bound: times include waits for the host)" : "");
+    PrintProfile(*prof, 12);
   }
   auto s = model.NewSequence(ctx + 4 * (n_decode + 3) + 16);
   {
@@ -223,13 +249,7 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
                 prof->total_ms, 1e3 * prof->total_ms / std::max<int64_t>(prof->launches, 1),
                 prof->host_queue_ms, 1e3 / r.decode,
                 prof->host_bound ? " (host-bound: times include waits for the host)" : "");
-    std::printf("    %-34s %6s %10s %6s\n", "part/entry point", "calls", "us/step", "%");
-    for (size_t i = 0; i < prof->rows.size() && i < 16; ++i) {
-      const auto& pr = prof->rows[i];
-      std::printf("    %-34s %6lld %10.1f %5.1f%%\n", pr.name.c_str(),
-                  static_cast<long long>(pr.calls), 1e3 * pr.ms,
-                  100 * pr.ms / std::max(prof->total_ms, 1e-9));
-    }
+    PrintProfile(*prof, 16);
   }
   s.reset();
   std::printf("[%s] prefill 512: %.0f tok/s; prefill %lld: %.0f tok/s; decode at %lld: %.1f tok/s "
