@@ -65,7 +65,7 @@ inline MoeDecodeProblem make_moe_decode(const MoeDecodeCase& c) {
   p.up = quantize_rows(c.type, up_f, E * I, H);
   // gate|up interleaved per expert is the same rows as gate and up: no second quantisation.
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t b0 = e * I * static_cast<int64_t>(p.hrb), b1 = b0 + I * static_cast<int64_t>(p.hrb);
+    const int64_t rb = static_cast<int64_t>(p.hrb), b0 = e * I * rb, b1 = b0 + I * rb;
     p.fused.insert(p.fused.end(), p.gate.begin() + b0, p.gate.begin() + b1);
     p.fused.insert(p.fused.end(), p.up.begin() + b0, p.up.begin() + b1);
   }
