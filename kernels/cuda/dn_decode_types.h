@@ -53,8 +53,9 @@ inline int64_t decode_col_split(int64_t dv) {
 inline size_t decode_smem_bytes(int64_t Hk, int64_t Hv, int64_t dk, int64_t dv) {
   (void)Hk;
   (void)Hv;
-  const int64_t P = kDecodeThreads / dv;
-  return sizeof(float) * static_cast<size_t>(2 * dk + dv + 2 + 2 * P * dv + 64);
+  // q, k, v, the gates, two [P][columns] reductions (P * columns <= kDecodeThreads for every
+  // col_split) and the block sums' 32.
+  return sizeof(float) * static_cast<size_t>(2 * dk + dv + 2 + 2 * kDecodeThreads + 64);
 }
 
 }  // namespace rs::cuda::dn
