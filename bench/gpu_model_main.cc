@@ -144,74 +144,49 @@ Row Run(const std::string& spec, int64_t ctx, int n_decode, bool do8k,
   {  // batch-1 greedy decode at `ctx` tokens of context: CUDA graphs off, then on
     std::vector<int32_t> ids;
     int32_t tok = 1;
-    for (int graphs = 0; graphs < 2; ++graphs) {
-      model.set_cuda_graphs(graphs == 1);
-      for (int i = 0; i < 3; ++i) {  // warm-up (and capture)
-        StepItem it{s.get(), &tok, 1, false};
-        if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-        tok = ids[0];
-      }
-      const double t1 = Now();
-      for (int i = 0; i < n_decode; ++i) {
-        StepItem it{s.get(), &tok, 1, false};
-        if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-        tok = ids[0];
-      }
-      const double sec = (Now() - t1) / n_decode;
-      (graphs ? r.decode : r.decode_nograph) = 1.0 / sec;
-    }
-    r.frac = r.mb_per_tok * 1e6 * r.decode / (bw * 1e9);
-    // The same with graphs but each DeltaNet layer as the one fused kernel (the separate kernels
-    // are the default), and with a sampled (not greedy) token: top-k 40, top-p 0.95, penalties,
-    // on the device.
+    // One greedy decode step; timed(step): tok/s over n_decode steps after 3 of warm-up (and
+    // graph capture).
+    auto greedy = [&] {
+      StepItem it{s.get(), &tok, 1, false};
+      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
+      tok = ids[0];
+    };
     auto timed = [&](auto&& step) {
       for (int i = 0; i < 3; ++i) step();
       const double t1 = Now();
       for (int i = 0; i < n_decode; ++i) step();
       return n_decode / (Now() - t1);
     };
+    model.set_cuda_graphs(false);
+    r.decode_nograph = timed(greedy);
+    model.set_cuda_graphs(true);
+    r.decode = timed(greedy);
+    r.frac = r.mb_per_tok * 1e6 * r.decode / (bw * 1e9);
+    // The same with graphs but each DeltaNet layer as the one fused kernel (the separate kernels
+    // are the default), and with a sampled (not greedy) token: top-k 40, top-p 0.95, penalties,
+    // on the device.
     model.set_cuda_fused_deltanet(true);
-    r.decode_dn_fused = timed([&] {
-      StepItem it{s.get(), &tok, 1, false};
-      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-      tok = ids[0];
-    });
+    r.decode_dn_fused = timed(greedy);
     model.set_cuda_fused_deltanet(false);
     // Dense models: the FFN's gate/up/SwiGLU in one launch (cuda::ffn_up; off by default).
     if (model.config().n_expert == 0) {
       model.set_cuda_fused_ffn_up(true);
-      r.decode_ffn_up = timed([&] {
-        StepItem it{s.get(), &tok, 1, false};
-        if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-        tok = ids[0];
-      });
+      r.decode_ffn_up = timed(greedy);
       model.set_cuda_fused_ffn_up(false);
     }
     // The experts as per-token matvecs plus the separate shared expert, and the norms (SwiGLU,
     // attention gate) without their q8 output (the fused MoE kernels' and those kernels' gain).
     model.set_cuda_fused_moe_decode(false);
-    r.decode_unfused_moe = timed([&] {
-      StepItem it{s.get(), &tok, 1, false};
-      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-      tok = ids[0];
-    });
+    r.decode_unfused_moe = timed(greedy);
     model.set_cuda_fused_moe_decode(true);
     // Split-K attention's first pass per KV head (off by default until this number says).
     model.set_cuda_gqa_attention(true);
-    r.decode_gqa = timed([&] {
-      StepItem it{s.get(), &tok, 1, false};
-      if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-      tok = ids[0];
-    });
+    r.decode_gqa = timed(greedy);
     model.set_cuda_gqa_attention(false);
     // Programmatic dependent launch (sm_90+; off by default until this number says).
     if (cuda::programmatic_launch_supported()) {
       model.set_cuda_programmatic_launch(true);
-      r.decode_pdl = timed([&] {
-        StepItem it{s.get(), &tok, 1, false};
-        if (auto st = model.ForwardGreedy({&it, 1}, &ids); !st.ok()) Die("decode", st);
-        tok = ids[0];
-      });
+      r.decode_pdl = timed(greedy);
       model.set_cuda_programmatic_launch(false);
     }
     SamplerParams sp;

@@ -14,6 +14,19 @@
 namespace rs::cuda {
 namespace {
 
+// The q8 blocks and {d, sum} pairs of two prepared activations of n values are the same bits.
+void ExpectSameQ8(const DeviceAct& a1, const DeviceAct& a2, int64_t n) {
+  std::vector<int8_t> q1(n), q2(n);
+  std::vector<float> d1(n / 16), d2(n / 16);
+  RS_ASSERT_OK(synchronize());
+  RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
+  RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
+  RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
+  RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(d1, d2);
+}
+
 TEST(CudaNormQ8, SameBitsAsNormThenQuantize) {
   RS_SKIP_WITHOUT_CUDA();
   for (const int64_t n : {int64_t{96}, int64_t{2048}, int64_t{3104}}) {
@@ -49,15 +62,7 @@ TEST(CudaNormQ8, SameBitsAsNormThenQuantize) {
       EXPECT_EQ(testing::download<float>(h1, rows * n), testing::download<float>(h2, rows * n));
       // quantize_act of the kernel's own y: the same q8 blocks.
       RS_ASSERT_OK(quantize_act(y1.as<float>(), n, rows, n, ws2.get(), wsb, &a2));
-      std::vector<int8_t> q1(rows * n), q2(rows * n);
-      std::vector<float> d1(rows * n / 16), d2(rows * n / 16);
-      RS_ASSERT_OK(synchronize());
-      RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
-      RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
-      RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
-      RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
-      EXPECT_EQ(q1, q2);
-      EXPECT_EQ(d1, d2);
+      ExpectSameQ8(a1, a2, rows * n);
       EXPECT_EQ(a1.x, y1.as<float>());
       EXPECT_EQ(a1.n_tok, rows);
     }
@@ -78,15 +83,7 @@ TEST(CudaGateQ8, SameBitsAsGateThenQuantize) {
   RS_ASSERT_OK(mul_sigmoid(y2.as<float>(), dg.as<float>(), n_tok * cols));
   RS_ASSERT_OK(quantize_act(y2.as<float>(), cols, n_tok, cols, ws2.get(), wsb, &a2));
   EXPECT_EQ(testing::download<float>(y1, n_tok * cols), testing::download<float>(y2, n_tok * cols));
-  std::vector<int8_t> q1(n_tok * cols), q2(n_tok * cols);
-  std::vector<float> d1(n_tok * cols / 16), d2(n_tok * cols / 16);
-  RS_ASSERT_OK(synchronize());
-  RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
-  RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
-  RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
-  RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
-  EXPECT_EQ(q1, q2);
-  EXPECT_EQ(d1, d2);
+  ExpectSameQ8(a1, a2, n_tok * cols);
 }
 
 // SwiGLU with the down matvec's q8 blocks: the same bits as swiglu then quantize_act (an odd
@@ -107,15 +104,7 @@ TEST(CudaSwigluQ8, SameBitsAsSwigluThenQuantize) {
   RS_ASSERT_OK(swiglu(dg.as<float>(), du.as<float>(), n_tok * cols, y2.as<float>()));
   RS_ASSERT_OK(quantize_act(y2.as<float>(), cols, n_tok, cols, ws2.get(), wsb, &a2));
   EXPECT_EQ(testing::download<float>(g1, n_tok * cols), testing::download<float>(y2, n_tok * cols));
-  std::vector<int8_t> q1(n_tok * cols), q2(n_tok * cols);
-  std::vector<float> d1(n_tok * cols / 16), d2(n_tok * cols / 16);
-  RS_ASSERT_OK(synchronize());
-  RS_ASSERT_OK(copy_to_host(q1.data(), a1.q, q1.size()));
-  RS_ASSERT_OK(copy_to_host(q2.data(), a2.q, q2.size()));
-  RS_ASSERT_OK(copy_to_host(d1.data(), a1.ds, d1.size() * 4));
-  RS_ASSERT_OK(copy_to_host(d2.data(), a2.ds, d2.size() * 4));
-  EXPECT_EQ(q1, q2);
-  EXPECT_EQ(d1, d2);
+  ExpectSameQ8(a1, a2, n_tok * cols);
   EXPECT_EQ(a1.x, g1.as<float>());
 }
 

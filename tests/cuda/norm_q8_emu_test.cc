@@ -3,6 +3,7 @@
 // blocks against quantize_act's rule applied to the kernel's own output. Runs everywhere.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -18,6 +19,19 @@ struct Case {
   int64_t rows, n;
   bool add, q8;
 };
+
+// The kernel's q8 blocks of its own output y (n values) against quantize_act's rule.
+void CheckQ8Blocks(const std::vector<float>& y, const std::vector<int8_t>& q,
+                   const std::vector<float>& ds, int64_t n) {
+  std::vector<int8_t> qr(32);
+  std::vector<float> dr(2);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    testing_kernels::quantize_q8(y.data() + b * 32, 32, qr.data(), dr.data());
+    for (int i = 0; i < 32; ++i) ASSERT_EQ(q[b * 32 + i], qr[i]) << "block " << b;
+    ASSERT_EQ(ds[2 * b], dr[0]) << "block " << b;
+    ASSERT_NEAR(ds[2 * b + 1], dr[1], 1e-5 * 32 * 127 * dr[0] + 1e-30) << "block " << b;
+  }
+}
 
 class NormQ8Emu : public ::testing::TestWithParam<Case> {};
 
@@ -64,14 +78,7 @@ TEST_P(NormQ8Emu, MatchesReference) {
   if (!c.q8) {
     for (int8_t v : q) ASSERT_EQ(v, 99);  // untouched
   } else {
-    std::vector<int8_t> qr(32);
-    std::vector<float> dr(2);
-    for (int64_t b = 0; b < c.rows * c.n / 32; ++b) {
-      testing_kernels::quantize_q8(y.data() + b * 32, 32, qr.data(), dr.data());
-      for (int i = 0; i < 32; ++i) ASSERT_EQ(q[b * 32 + i], qr[i]) << "block " << b;
-      ASSERT_EQ(ds[2 * b], dr[0]) << "block " << b;
-      ASSERT_NEAR(ds[2 * b + 1], dr[1], 1e-5 * 32 * 127 * dr[0] + 1e-30) << "block " << b;
-    }
+    CheckQ8Blocks(y, q, ds, c.rows * c.n);
   }
   simt::set_order(simt::Order::kForward);
 }
@@ -99,14 +106,7 @@ TEST(SwigluQ8Emu, MatchesReference) {
       const double g = y0[i], want = g / (1.0 + std::exp(-g)) * up[i];
       ASSERT_NEAR(y[i], want, 1e-5 * (1 + std::fabs(want))) << i;
     }
-    std::vector<int8_t> qr(32);
-    std::vector<float> dr(2);
-    for (int64_t b = 0; b < n / 32; ++b) {
-      testing_kernels::quantize_q8(y.data() + b * 32, 32, qr.data(), dr.data());
-      for (int i = 0; i < 32; ++i) ASSERT_EQ(q[b * 32 + i], qr[i]) << "block " << b;
-      ASSERT_EQ(ds[2 * b], dr[0]) << "block " << b;
-      ASSERT_NEAR(ds[2 * b + 1], dr[1], 1e-5 * 32 * 127 * dr[0] + 1e-30) << "block " << b;
-    }
+    CheckQ8Blocks(y, q, ds, n);
   }
   simt::set_order(simt::Order::kForward);
 }
@@ -119,7 +119,7 @@ TEST(GateQ8Emu, MatchesReference) {
     std::vector<float> y(n), g(n);
     for (auto& v : y) v = nd(rng);
     for (auto& v : g) v = nd(rng);
-    for (int i = 0; i < 32; ++i) y[32 + i] = 0.0f;  // a zero block: d = 0
+    for (size_t i = 32; i < 64 && i < y.size(); ++i) y[i] = 0.0f;  // a zero block: d = 0
     const std::vector<float> y0 = y;
     std::vector<int8_t> q(n, 99);
     std::vector<float> ds(n / 16, NAN);
@@ -131,14 +131,7 @@ TEST(GateQ8Emu, MatchesReference) {
       ASSERT_NEAR(y[i], y0[i] / (1.0 + std::exp(-static_cast<double>(g[i]))),
                   1e-6 * (1 + std::fabs(y0[i])))
           << i;
-    std::vector<int8_t> qr(32);
-    std::vector<float> dr(2);
-    for (int64_t b = 0; b < n / 32; ++b) {
-      testing_kernels::quantize_q8(y.data() + b * 32, 32, qr.data(), dr.data());
-      for (int i = 0; i < 32; ++i) ASSERT_EQ(q[b * 32 + i], qr[i]) << "block " << b;
-      ASSERT_EQ(ds[2 * b], dr[0]) << "block " << b;
-      ASSERT_NEAR(ds[2 * b + 1], dr[1], 1e-5 * 32 * 127 * dr[0] + 1e-30) << "block " << b;
-    }
+    CheckQ8Blocks(y, q, ds, n);
   }
   simt::set_order(simt::Order::kForward);
 }
